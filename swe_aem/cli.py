@@ -12,7 +12,11 @@ import importlib
 import sys
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("swe_aem.eval.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
+    "evidence": ("swe_aem.eval.evidence.run", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
+    "report": ("swe_aem.eval.report", "render graded runs as eval JSON, Markdown and a plot"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
