@@ -1,0 +1,1 @@
+"""Pure algorithm code: entropy, advantage estimators, AEM, policy losses. No I/O."""
