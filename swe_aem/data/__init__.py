@@ -1,0 +1,5 @@
+"""SWE-bench-schema instances: the local suite, local files, the hub."""
+
+from swe_aem.data.instances import DatasetError, Instance, load_instances
+
+__all__ = ["DatasetError", "Instance", "load_instances"]

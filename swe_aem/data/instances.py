@@ -1,0 +1,161 @@
+"""SWE-bench-schema instances: one typed record, loaded from the local suite, a file or the hub.
+
+The hub stores FAIL_TO_PASS / PASS_TO_PASS as JSON strings; we accept both that
+and real lists, and turn every malformed row into an error that names the row
+and the field, because a silently skipped instance skews every resolve rate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
+LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be loaded, or one of its rows is malformed."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One task: a repo at base_commit, an issue, the hidden tests and how to run them."""
+
+    instance_id: str
+    repo: str
+    base_commit: str
+    problem_statement: str
+    version: str = ""
+    hints_text: str = ""
+    patch: str = ""
+    test_patch: str = ""
+    FAIL_TO_PASS: tuple[str, ...] = ()
+    PASS_TO_PASS: tuple[str, ...] = ()
+    image: str = ""
+    eval_script: str = ""
+    log_parser: str = "parse_log_pytest"
+    eval_type: str = "pass_and_fail"
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_swebench(self) -> dict[str, Any]:
+        """The dict swebench's make_test_spec / get_eval_report expect (lists, not tuples)."""
+        row = {k: v for k, v in asdict(self).items() if k != "extra"}
+        row.update({k: list(row[k]) for k in LIST_FIELDS})
+        return {**self.extra, **row}
+
+
+_KNOWN = {f.name for f in fields(Instance)} - {"extra"}
+
+
+def _as_list(value: Any, row: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{row}: field {name!r} is not a JSON list: {exc}") from exc
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise DatasetError(f"{row}: field {name!r} must be a list of test names, got {value!r:.80}")
+    return tuple(value)
+
+
+def instance_from_row(raw: Any, where: str) -> Instance:
+    """Validate one row (a dict in the SWE-bench schema); `where` names it in errors."""
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(raw).__name__}")
+    row = f"{where} (instance_id={raw.get('instance_id')!r})"
+    for name in REQUIRED:
+        if not isinstance(raw.get(name), str) or not raw[name]:
+            raise DatasetError(f"{row}: required field {name!r} is missing or not a non-empty string")
+    values: dict[str, Any] = {}
+    for name in _KNOWN:
+        if name not in raw or raw[name] is None:
+            continue
+        if name in LIST_FIELDS:
+            values[name] = _as_list(raw[name], row, name)
+        elif not isinstance(raw[name], str):
+            raise DatasetError(f"{row}: field {name!r} must be a string, got {type(raw[name]).__name__}")
+        else:
+            values[name] = raw[name]
+    values.setdefault("image", official_image(values["instance_id"]))
+    extra = {k: v for k, v in raw.items() if k not in _KNOWN}
+    return Instance(**values, extra=extra)
+
+
+def official_image(instance_id: str) -> str:
+    """SWE-bench's published image name for an instance (used when a row names none)."""
+    return f"swebench/sweb.eval.x86_64.{instance_id.replace('__', '_1776_').lower()}:latest"
+
+
+def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist")
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{n}: not valid JSON: {exc}") from exc
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of instances")
+        yield from ((f"{path}[{i}]", row) for i, row in enumerate(data))
+    elif path.suffix == ".parquet":
+        import datasets
+
+        table = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        yield from ((f"{path} row {i}", row) for i, row in enumerate(table))
+    else:
+        raise DatasetError(f"{path}: unknown dataset format (use .jsonl, .json or .parquet)")
+
+
+def _hub_rows(name: str, split: str) -> Iterable[tuple[str, Any]]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # the hub raises many kinds; all mean "not loadable here"
+        raise DatasetError(
+            f"cannot load {name!r} (split {split!r}) from the Hugging Face hub: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "The hub may be unreachable (offline machine / HF_HUB_OFFLINE=1); "
+            "pass a local .jsonl/.json/.parquet file in the same schema instead."
+        ) from exc
+    return ((f"{name}[{split}] row {i}", row) for i, row in enumerate(table))
+
+
+def load_instances(dataset: str, split: str = "test",
+                   instance_ids: Iterable[str] | None = None) -> list[Instance]:
+    """Load `dataset`: "local" (the project's suite), a .jsonl/.json/.parquet path, or a hub name."""
+    if dataset == "local":
+        from swe_aem.data.local_suite import load_local_suite
+
+        instances = load_local_suite()
+    else:
+        path = Path(dataset)
+        is_file = path.suffix in (".jsonl", ".json", ".parquet") or path.exists()
+        rows = _read_rows(path) if is_file else _hub_rows(dataset, split)
+        instances = [instance_from_row(row, where) for where, row in rows]
+    seen: set[str] = set()
+    for inst in instances:
+        if inst.instance_id in seen:
+            raise DatasetError(f"{dataset}: instance_id {inst.instance_id!r} appears twice")
+        seen.add(inst.instance_id)
+    if instance_ids is not None:
+        wanted = list(instance_ids)
+        missing = sorted(set(wanted) - seen)
+        if missing:
+            raise DatasetError(f"{dataset}: no instance(s) {', '.join(missing)}")
+        instances = [inst for inst in instances if inst.instance_id in set(wanted)]
+    return instances

@@ -1,0 +1,141 @@
+"""A bounded pool of sandboxes over one or more Docker daemons, and the reaper.
+
+Concurrency is bounded by a semaphore; each new sandbox goes to the live daemon
+with the fewest running sandboxes of this pool. A daemon that does not answer is
+marked down with its reason; only when every daemon is down does the pool fail,
+with an error naming each address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+import docker
+from docker.errors import APIError, NotFound
+
+from swe_aem.data.instances import Instance
+from swe_aem.sandbox.engine import (
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN_ID,
+    DockerUnavailableError,
+    connect,
+    host_label,
+)
+from swe_aem.sandbox.sandbox import Sandbox, SandboxConfig
+
+log = logging.getLogger(__name__)
+
+
+class SandboxPool:
+    """Hands out sandboxes for instances, at most `max_concurrency` at a time."""
+
+    def __init__(self, docker_hosts: list[str] | None = None, max_concurrency: int = 4,
+                 config: SandboxConfig | None = None, run_id: str | None = None):
+        self.hosts: list[str | None] = list(docker_hosts) if docker_hosts else [None]
+        self.config = config or SandboxConfig()
+        self.run_id = run_id or uuid.uuid4().hex[:10]
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._clients: dict[int, docker.DockerClient] = {}
+        self._down: dict[int, str] = {}
+        self._active = [0] * len(self.hosts)
+
+    def _client(self, index: int) -> docker.DockerClient:
+        with self._lock:
+            if index not in self._clients:
+                self._clients[index] = connect(self.hosts[index], timeout=self.config.api_timeout_s)
+            return self._clients[index]
+
+    def _pick(self) -> tuple[int, docker.DockerClient]:
+        """The least-loaded daemon that answers; raises when none does."""
+        while True:
+            with self._lock:
+                live = [i for i in range(len(self.hosts)) if i not in self._down]
+                if not live:
+                    reasons = "; ".join(self._down.values())
+                    raise DockerUnavailableError(f"no Docker daemon answers: {reasons}")
+                index = min(live, key=lambda i: self._active[i])
+                self._active[index] += 1
+            try:
+                return index, self._client(index)
+            except DockerUnavailableError as exc:
+                with self._lock:
+                    self._active[index] -= 1
+                    self._down[index] = str(exc)
+                log.warning("%s", exc)
+
+    @contextmanager
+    def sandbox(self, instance: Instance) -> Iterator[Sandbox]:
+        """A fresh sandbox from the instance's image, removed on exit whatever happens."""
+        with self._slots:
+            index, client = self._pick()
+            try:
+                sandbox = Sandbox.start(client, instance.image, config=self.config,
+                                        run_id=self.run_id, instance_id=instance.instance_id,
+                                        base_commit=instance.base_commit)
+                with sandbox:
+                    yield sandbox
+            finally:
+                with self._lock:
+                    self._active[index] -= 1
+
+    def active(self) -> dict[str, int]:
+        """Running sandboxes per daemon address."""
+        with self._lock:
+            return {host_label(h): n for h, n in zip(self.hosts, self._active)}
+
+    def close(self) -> None:
+        """Remove whatever this run left on every daemon it used, then drop the clients."""
+        for index, client in list(self._clients.items()):
+            reap(self.run_id, client=client)
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process: we cannot tell, so leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap(run_id: str | None = None, *, client: docker.DockerClient | None = None,
+         docker_host: str | None = None) -> list[str]:
+    """Remove containers a run left behind; returns their names.
+
+    With `run_id`, every container of that run goes. Without it, every swe-aem
+    container whose owning process (recorded in a label) is gone on this machine.
+    """
+    client = client or connect(docker_host)
+    filters = {"label": [f"{LABEL_MANAGED}=1"] + ([f"{LABEL_RUN_ID}={run_id}"] if run_id else [])}
+    removed = []
+    for container in client.containers.list(all=True, filters=filters):
+        if run_id is None and _owner_alive(container.labels.get(LABEL_OWNER, "")):
+            continue
+        try:
+            container.remove(force=True)
+            removed.append(container.name)
+        except NotFound:
+            pass
+        except APIError as exc:
+            log.warning("could not remove %s: %s", container.name, exc)
+    return removed

@@ -1,0 +1,302 @@
+"""One container per episode: exec with a real timeout, files in and out, the patch as a diff.
+
+Everything goes through the Docker SDK (no CLI subprocess per command). A command
+runs as `timeout -k GRACE T bash -c CMD` inside the container, which kills its whole
+process group; a host-side guard kills the group again if the container's own
+`timeout` does not finish the job. Output is capped in bytes (head and tail kept,
+with a visible note) and decoded with replacement, so no byte sequence can crash us.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import re
+import socket
+import tarfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from swe_aem.sandbox.engine import (
+    LABEL_INSTANCE_ID,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN_ID,
+    SandboxError,
+    retry_transient,
+)
+
+# Runs as `sh -c WRAPPER CMD`: records its pid (= the process group `timeout` leads),
+# then becomes `timeout`, which runs CMD under bash and kills the group at the deadline.
+_WRAPPER = 'echo $$ > {pidfile}; exec timeout -k {grace} {limit} /bin/bash -c "$0" 2>&1'
+TIMEOUT_EXIT_CODES = (124, 137)
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Resource limits and defaults of a sandbox (mirrored by the `sandbox:` config section)."""
+
+    cpus: float = 1.0
+    memory: str = "2g"
+    pids_limit: int = 512
+    network: bool = False
+    user: str | None = None  # None: the image's own user (our images: non-root `swe`)
+    workdir: str = "/testbed"
+    exec_timeout_s: float = 180.0
+    kill_grace_s: float = 5.0
+    output_limit_bytes: int = 32_000
+    api_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str
+    timed_out: bool
+    duration_s: float
+    truncated: bool
+
+
+class _CappedBuffer:
+    """Keeps the first and last `limit/2` bytes of a stream and counts the rest."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.limit is None:
+            self.head += chunk
+            return
+        half = self.limit // 2
+        room = half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        self.tail += chunk
+        if len(self.tail) > 2 * half:
+            del self.tail[: len(self.tail) - half]
+
+    def text(self) -> tuple[str, bool]:
+        if self.limit is None or self.total <= self.limit:
+            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", errors="replace"), False
+        tail = bytes(self.tail[-(self.limit // 2):])
+        dropped = self.total - len(self.head) - len(tail)
+        note = f"\n[... output truncated: {dropped} of {self.total} bytes omitted ...]\n"
+        return (bytes(self.head).decode("utf-8", errors="replace") + note
+                + tail.decode("utf-8", errors="replace")), True
+
+
+def _container_name(run_id: str, instance_id: str | None) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{run_id}-{instance_id or 'sandbox'}")[:80]
+    return f"swe-aem-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+class Sandbox:
+    """A running container for one episode. Use `Sandbox.start(...)` or `SandboxPool.sandbox(...)`."""
+
+    def __init__(self, container, config: SandboxConfig, *, base_commit: str | None = None,
+                 instance_id: str | None = None):
+        self.container = container
+        self.config = config
+        self.base_commit = base_commit
+        self.instance_id = instance_id
+        self.uid, self.gid = 0, 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(cls, client: docker.DockerClient, image: str, *, config: SandboxConfig | None = None,
+              run_id: str = "adhoc", instance_id: str | None = None,
+              base_commit: str | None = None) -> "Sandbox":
+        """Create and start a container from `image`, wait until a command runs in it."""
+        config = config or SandboxConfig()
+        labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
+                  LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
+        kwargs = dict(
+            image=image, command=["sleep", "infinity"], name=_container_name(run_id, instance_id),
+            detach=True, init=True, labels=labels, mem_limit=config.memory,
+            memswap_limit=config.memory, nano_cpus=int(config.cpus * 1e9),
+            pids_limit=config.pids_limit, security_opt=["no-new-privileges"],
+            network_mode="bridge" if config.network else "none",
+        )
+        if config.user is not None:
+            kwargs["user"] = config.user
+        try:
+            container = retry_transient()(client.containers.run)(**kwargs)
+        except ImageNotFound as exc:
+            raise SandboxError(
+                f"image {image} is not on the Docker daemon; build the local suite with "
+                "`swe-aem images build` or pull official images with `swe-aem images pull`"
+            ) from exc
+        except APIError as exc:
+            raise SandboxError(f"cannot start a container from {image}: {exc}") from exc
+        sandbox = cls(container, config, base_commit=base_commit, instance_id=instance_id)
+        try:
+            ready = sandbox.exec("id -u; id -g", timeout=60, workdir="/")
+            if ready.exit_code != 0:
+                raise SandboxError(f"container from {image} is not usable: {ready.output[-500:]}")
+            sandbox.uid, sandbox.gid = (int(x) for x in ready.output.split()[:2])
+        except BaseException:
+            sandbox.close()
+            raise
+        return sandbox
+
+    def close(self) -> None:
+        """Remove the container (idempotent; a container already gone is fine)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            retry_transient()(self.container.remove)(force=True)
+        except NotFound:
+            pass
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ exec
+    def exec(self, cmd: str, timeout: float | None = None, workdir: str | None = None,
+             env: dict[str, str] | None = None) -> ExecResult:
+        """Run `cmd` with bash; stdout and stderr merged; killed (whole group) after `timeout` s."""
+        return self._exec(cmd, timeout, workdir, env, self.config.output_limit_bytes)
+
+    def _exec(self, cmd: str, timeout: float | None, workdir: str | None,
+              env: dict[str, str] | None, limit: int | None, user: str | None = None) -> ExecResult:
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        limit_s = float(timeout if timeout is not None else self.config.exec_timeout_s)
+        pidfile = f"/tmp/.swe-aem-exec-{uuid.uuid4().hex}.pid"
+        wrapper = _WRAPPER.format(pidfile=pidfile, grace=int(self.config.kill_grace_s),
+                                  limit=f"{limit_s:g}")
+        api = self.container.client.api
+        start = time.monotonic()
+        try:
+            exec_id = retry_transient()(api.exec_create)(
+                self.container.id, ["/bin/sh", "-c", wrapper, cmd], stdout=True, stderr=True,
+                workdir=workdir or self.config.workdir, environment=env,
+                **({"user": user} if user else {}))["Id"]
+            stream = api.exec_start(exec_id, stream=True, demux=False)
+        except (APIError, NotFound) as exc:
+            raise self._dead_container_error(cmd, exc) from exc
+        guard_fired = threading.Event()
+
+        def guard() -> None:  # the in-container `timeout` should have ended it by now
+            guard_fired.set()
+            self._kill_group(pidfile)
+
+        timer = threading.Timer(limit_s + 2 * self.config.kill_grace_s + 5, guard)
+        timer.daemon = True
+        timer.start()
+        buf = _CappedBuffer(limit)
+        try:
+            for chunk in stream:
+                buf.add(chunk)
+        except Exception as exc:  # the connection broke: usually the container went away
+            raise self._dead_container_error(cmd, exc) from exc
+        finally:
+            timer.cancel()
+        duration = time.monotonic() - start
+        try:
+            exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        except (APIError, NotFound) as exc:
+            raise self._dead_container_error(cmd, exc) from exc
+        # a container killed under us shows as no exit code or a signal exit code
+        if (exit_code is None or exit_code >= 128) and not self._running():
+            raise self._dead_container_error(cmd, None)
+        output, truncated = buf.text()
+        timed_out = guard_fired.is_set() or (exit_code in TIMEOUT_EXIT_CODES and duration >= limit_s)
+        return ExecResult(exit_code=int(exit_code), output=output, timed_out=timed_out,
+                          duration_s=duration, truncated=truncated)
+
+    def _kill_group(self, pidfile: str) -> None:
+        try:
+            self.container.exec_run(
+                ["/bin/sh", "-c", f'p=$(cat {pidfile}) && kill -KILL -- -"$p" "$p"'], user="root")
+        except (APIError, NotFound):
+            pass
+
+    def _running(self) -> bool:
+        try:
+            self.container.reload()
+        except NotFound:
+            return False
+        return self.container.status == "running"
+
+    def _dead_container_error(self, cmd: str, exc: BaseException | None) -> SandboxError:
+        try:
+            self.container.reload()
+            state = self.container.attrs.get("State", {})
+            what = (f"is {state.get('Status')} (exit code {state.get('ExitCode')}, "
+                    f"OOMKilled={state.get('OOMKilled')})")
+        except NotFound:
+            what = "no longer exists"
+        except Exception as err:  # the daemon itself may be gone
+            what = f"cannot be inspected ({type(err).__name__}: {err})"
+        detail = f": {type(exc).__name__}: {exc}" if exc else ""
+        return SandboxError(f"container {self.container.name} {what} while running {cmd[:200]!r}{detail}")
+
+    # ------------------------------------------------------------------ files
+    def _abs(self, path: str) -> str:
+        return path if path.startswith("/") else posixpath.join(self.config.workdir, path)
+
+    def read_file(self, path: str) -> str:
+        """The text of `path` (relative to the workdir), undecodable bytes replaced."""
+        full = self._abs(path)
+        try:
+            chunks, stat = self.container.get_archive(full)
+        except NotFound as exc:
+            raise FileNotFoundError(f"{full}: no such file in the sandbox") from exc
+        if stat.get("mode", 0) & (1 << 31):  # Go's os.ModeDir bit
+            raise IsADirectoryError(f"{full} is a directory")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member else None
+            data = handle.read() if handle else b""
+        return data.decode("utf-8", errors="replace")
+
+    def write_file(self, path: str, text: str) -> None:
+        """Create or replace `path` with `text`, owned by the sandbox user (parents created)."""
+        full = self._abs(path)
+        parent, name = posixpath.split(full)
+        made = self._exec(f'mkdir -p "{parent}"', 30, "/", None, 4000)
+        if made.exit_code != 0:
+            raise PermissionError(f"cannot create {parent} in the sandbox: {made.output.strip()}")
+        data = text.encode("utf-8")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            info.uid, info.gid = self.uid, self.gid
+            tar.addfile(info, io.BytesIO(data))
+        if not self.container.put_archive(parent, archive.getvalue()):
+            raise SandboxError(f"writing {full} failed")
+
+    def diff(self) -> str:
+        """`git diff` of the work tree against base_commit, new untracked files included.
+
+        Uses a throwaway index so the agent's own staging area is left alone.
+        """
+        base = self.base_commit or "HEAD"
+        script = (
+            "set -e; idx=/tmp/.swe-aem-index-$$; trap 'rm -f $idx' EXIT; "
+            'cp "$(git rev-parse --git-dir)/index" $idx 2>/dev/null || true; '
+            "export GIT_INDEX_FILE=$idx; git add -A; "
+            f"git -c core.fileMode=false diff --cached --no-color --no-ext-diff {base}"
+        )
+        result = self._exec(script, 120, None, None, None)
+        if result.exit_code != 0:
+            raise SandboxError(f"git diff failed in {self.config.workdir}: {result.output[-1000:]}")
+        return result.output
