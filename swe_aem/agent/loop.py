@@ -1,0 +1,148 @@
+"""The episode loop: generate, parse one tool call, run it, show the observation, repeat.
+
+Every way an episode can end is a termination reason on the record, never an
+exception out of run_episode: the rollout keeps going and the trainer decides
+what to do with truncated episodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from swe_aem.agent.chat import ChatTokens
+from swe_aem.agent.toolcalls import STOP_STRINGS, ToolCallError, parse_tool_call
+from swe_aem.agent.tools import ToolResult, ToolRunner
+from swe_aem.agent.trajectory import Episode, Turn
+from swe_aem.policy.client import (
+    GenerationError,
+    PolicyClient,
+    SamplingParams,
+    ServerUnavailableError,
+)
+from swe_aem.sandbox import SandboxError
+
+
+@dataclass
+class AgentConfig:
+    max_turns: int = 30
+    max_context_tokens: int = 8192  # prompt + response of the last turn
+    max_observation_chars: int = 8000
+    episode_timeout_s: float = 1800.0
+    tool_timeout_s: float = 60.0  # default execute_bash timeout
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512  # per turn
+    tool_call_format: str = "xml"
+    seed: int | None = None  # per-request sampling seed (turn k uses seed + k)
+
+
+def truncate_observation(text: str, limit: int) -> tuple[str, bool]:
+    """Keep the head and the tail, with a visible note of what was cut."""
+    if len(text) <= limit:
+        return text, False
+    half = limit // 2
+    cut = len(text) - 2 * half
+    return f"{text[:half]}\n[... observation truncated: {cut} characters omitted ...]\n{text[-half:]}", True
+
+
+def _observation(result: ToolResult | None, parse_error: str | None) -> str:
+    if parse_error is not None:
+        return f"ERROR: {parse_error}"
+    return result.output if result.output.strip() else "(no output)"
+
+
+async def run_episode(
+    instance: Any,
+    sandbox: Any,
+    policy_client: PolicyClient,
+    tokenizer: Any,
+    config: AgentConfig,
+    *,
+    sample_index: int = 0,
+) -> Episode:
+    """Run one agent episode on an instance inside a started sandbox."""
+    start = time.monotonic()
+    deadline = start + config.episode_timeout_s
+    chat = ChatTokens(tokenizer, config.tool_call_format)
+    tools = ToolRunner(sandbox, default_timeout_s=config.tool_timeout_s)
+    episode = Episode(instance.instance_id, sample_index, model=policy_client.model)
+    pending = chat.initial_ids(instance)  # ids added since the last response
+    context = list(pending)
+    episode.termination = "max_turns"
+    try:
+        for turn_no in range(config.max_turns):
+            room = config.max_context_tokens - len(context)
+            if room <= 0:
+                episode.termination = "context_overflow"
+                break
+            if time.monotonic() >= deadline:
+                episode.termination = "timeout"
+                break
+            sampling = SamplingParams(
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=min(config.max_new_tokens, room),
+                stop=STOP_STRINGS[config.tool_call_format],
+                seed=None if config.seed is None else config.seed + turn_no,
+            )
+            t0 = time.monotonic()
+            gen = await asyncio.wait_for(
+                policy_client.generate(context, sampling), deadline - time.monotonic()
+            )
+            generate_s = time.monotonic() - t0
+            text = chat.decode(gen.token_ids)
+            call, parse_error, result = None, None, None
+            try:
+                call = parse_tool_call(text, config.tool_call_format)
+            except ToolCallError as exc:
+                parse_error = str(exc)
+            t1 = time.monotonic()
+            if call is not None:
+                result = await asyncio.wait_for(
+                    asyncio.to_thread(tools.run, call, deadline - time.monotonic()),
+                    deadline - time.monotonic(),
+                )
+            observation, truncated = truncate_observation(
+                _observation(result, parse_error), config.max_observation_chars
+            )
+            episode.turns.append(Turn(
+                prompt_ids=pending,
+                response_ids=list(gen.token_ids),
+                logprobs=list(gen.logprobs),
+                finish_reason=gen.finish_reason,
+                response_text=text,
+                tool_call=call,
+                tool_error=parse_error if parse_error is not None else (
+                    observation if result is not None and result.error else None),
+                observation=observation,
+                observation_truncated=truncated,
+                generate_s=generate_s,
+                tool_s=time.monotonic() - t1,
+            ))
+            if result is not None and result.finished:
+                episode.termination = "finished"
+                break
+            pending = chat.observation_ids(gen.token_ids, observation)
+            context += list(gen.token_ids) + pending
+    except TimeoutError:
+        episode.termination = "timeout"
+    except (ServerUnavailableError, GenerationError, SandboxError) as exc:
+        episode.termination = "error"
+        episode.error = f"{type(exc).__name__}: {exc}"
+    episode.patch = await _final_patch(sandbox, episode)
+    episode.wall_s = time.monotonic() - start
+    return episode
+
+
+async def _final_patch(sandbox: Any, episode: Episode) -> str:
+    """The sandbox's git diff against base_commit; a failure is recorded, not raised."""
+    try:
+        return await asyncio.to_thread(sandbox.diff)
+    except Exception as exc:  # noqa: BLE001 (a dead container must not lose the episode record)
+        note = f"patch unavailable: {type(exc).__name__}: {exc}"
+        episode.error = f"{episode.error}; {note}" if episode.error else note
+        episode.termination = "error"
+        return ""

@@ -1,0 +1,123 @@
+"""Episode records: every token the policy saw and sampled, kept exactly.
+
+One episode is a list of turns. Turn k holds the prompt tokens added since turn k-1's
+response (turn 0: the whole initial prompt; later turns: the observation and chat
+template glue) and the response tokens the server sampled, with their log-probs.
+Concatenating prompt_ids + response_ids over the turns gives exactly the token
+sequence the model was shown for its last response.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "error")
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Turn:
+    prompt_ids: list[int]  # tokens added before this response (mask 0)
+    response_ids: list[int]  # tokens the policy sampled (mask 1)
+    logprobs: list[float]  # rollout log-prob of each response token
+    finish_reason: str  # the server's: "stop" or "length"
+    response_text: str = ""
+    tool_call: ToolCall | None = None
+    tool_error: str | None = None  # parse or execution error shown to the model
+    observation: str = ""  # what the model is shown next (after truncation)
+    observation_truncated: bool = False
+    generate_s: float = 0.0
+    tool_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.logprobs) != len(self.response_ids):
+            raise ValueError(
+                f"turn has {len(self.response_ids)} response tokens but {len(self.logprobs)} log-probs"
+            )
+
+
+@dataclass(frozen=True)
+class FlatEpisode:
+    """The whole conversation as one sequence, as the trainer consumes it."""
+
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 on sampled tokens, 0 on prompt / observation / glue
+    rollout_logprobs: list[float]  # 0.0 where loss_mask is 0
+    turn_index: list[int]  # assistant turn of a sampled token, -1 elsewhere
+
+
+@dataclass
+class Episode:
+    instance_id: str
+    sample_index: int
+    turns: list[Turn] = field(default_factory=list)
+    termination: str = "error"
+    error: str | None = None
+    patch: str = ""
+    reward: float | None = None  # None until graded
+    grade_status: str | None = None
+    grade_reason: str | None = None
+    model: str = ""
+    wall_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def flatten(self) -> FlatEpisode:
+        ids: list[int] = []
+        mask: list[int] = []
+        logps: list[float] = []
+        turn_index: list[int] = []
+        for k, turn in enumerate(self.turns):
+            n, m = len(turn.prompt_ids), len(turn.response_ids)
+            ids += turn.prompt_ids + turn.response_ids
+            mask += [0] * n + [1] * m
+            logps += [0.0] * n + list(turn.logprobs)
+            turn_index += [-1] * n + [k] * m
+        return FlatEpisode(ids, mask, logps, turn_index)
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Episode:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"episode record has schema_version {version!r}; this code reads {SCHEMA_VERSION}"
+            )
+        data = dict(data)
+        turns = []
+        for raw in data.pop("turns"):
+            raw = dict(raw)
+            call = raw.pop("tool_call", None)
+            turns.append(Turn(**raw, tool_call=ToolCall(**call) if call else None))
+        return cls(**data, turns=turns)
+
+
+def write_episodes(path: str | Path, episodes: Iterable[Episode], append: bool = False) -> None:
+    with open(path, "a" if append else "w") as fh:
+        fh.writelines(json.dumps(ep.to_dict()) + "\n" for ep in episodes)
+
+
+def read_episodes(path: str | Path) -> Iterator[Episode]:
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Episode.from_dict(json.loads(line))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"{path}:{lineno}: bad episode record: {exc}") from exc

