@@ -1,0 +1,162 @@
+"""Typed run configuration, mirrored by configs/*.yaml, overridable with key=value.
+
+Resolution order (later wins): these dataclass defaults, configs/train.yaml,
+configs/algo/ALGO.yaml, configs/recipe/RECIPE.yaml, command-line `key=value`
+overrides. The resolved config is saved with every run. Model-dependent
+trainer settings left at None come from the model preset (configs/model/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "rloo"  # a name in swe_aem.algo.advantages.ADVANTAGE_ESTIMATORS
+    aem: bool = True
+    aem_lambda: float = 1.0
+    aem_level: str = "turn"  # "turn" (each assistant turn is a response) or "trajectory"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    loss_agg: str = "seq-mean-token-sum"
+    kl_coef: float = 0.0
+    tis_cap: float | None = 2.0  # truncated importance weight, rollout vs trainer log-probs
+    compact_filtering: bool = True  # mask trajectories cut short out of the loss
+    filter_terminations: list[str] = field(
+        default_factory=lambda: ["max_turns", "context_overflow", "timeout"]
+    )
+
+
+@dataclass
+class RolloutConfig:
+    tasks_per_step: int = 2
+    samples_per_task: int = 4
+    max_turns: int = 4
+    max_context_tokens: int = 3072
+    max_new_tokens: int = 192
+    max_observation_chars: int = 2000
+    temperature: float = 1.0
+    top_p: float = 1.0
+    episode_timeout_s: float = 300.0
+    concurrency: int = 8
+    max_episode_retries: int = 1  # an episode that errored (not a 0 reward) is retried, then dropped
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    mini_batches: int = 1  # optimizer steps per training step
+    ppo_epochs: int = 1
+    logprob_chunk_size: int = 1024
+    seed: int = 0
+    # None: take the value from the model preset
+    micro_batch_tokens: int | None = None
+    zero_stage: int | None = None
+    offload_optimizer: bool | None = None
+    offload_params: bool | None = None
+    bf16: bool | None = None
+    gradient_checkpointing: bool | None = None
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # default: MODEL-ALGO
+    out_dir: str = "runs"
+    steps: int = 2
+    dataset: str = "local"
+    split: str = "test"
+    instance_ids: list[str] | None = None
+    save_every: int = 1
+    keep_checkpoints: int = 2
+    vllm_url: str | None = None  # attach to a running server instead of starting one
+    docker_hosts: list[str] = field(default_factory=list)
+    sandbox_cpus: float = 1.0
+    sandbox_memory: str = "1g"
+    grade_timeout_s: float = 300.0
+    replay: str | None = None  # trajectories.jsonl to train on instead of live rollouts
+
+
+@dataclass
+class Config:
+    model: str = "tiny"  # a preset in configs/model/ or a local model folder
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _yaml(kind: str, name: str) -> list[Any]:
+    """The layers of one named YAML file; `inherits: OTHER` puts OTHER's layers first."""
+    path = CONFIG_ROOT / kind / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
+        raise ConfigError(f"unknown {kind} config {name!r}; known: {', '.join(known)}")
+    layer = OmegaConf.load(path)
+    parent = layer.pop("inherits", None)
+    return (_yaml(kind, parent) if parent else []) + [layer]
+
+
+def load_config(
+    algo: str | None = None,
+    recipe: str | None = None,
+    overrides: list[str] | None = None,
+    base: Path | None = CONFIG_ROOT / "train.yaml",
+) -> Config:
+    """Resolve a typed Config from the YAML layers and key=value overrides."""
+    layers = [OmegaConf.structured(Config)]
+    if base is not None:
+        layers.append(OmegaConf.load(base))
+    if algo:
+        layers += _yaml("algo", algo)
+    if recipe:
+        layers += _yaml("recipe", recipe)
+    try:
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value")
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(*layers)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad configuration: {exc}") from exc
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from swe_aem.algo.advantages import ADVANTAGE_ESTIMATORS
+    from swe_aem.algo.losses import LOSS_AGG_MODES
+
+    checks = [
+        (cfg.algo.advantage in ADVANTAGE_ESTIMATORS,
+         f"algo.advantage {cfg.algo.advantage!r} not in {sorted(ADVANTAGE_ESTIMATORS)}"),
+        (cfg.algo.aem_level in ("turn", "trajectory"), "algo.aem_level must be turn or trajectory"),
+        (cfg.algo.loss_agg in LOSS_AGG_MODES, f"algo.loss_agg must be one of {LOSS_AGG_MODES}"),
+        (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
+        (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
+        (cfg.run.steps >= 1, "run.steps must be >= 1"),
+        (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
+         "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,1 @@
+"""The RL loop: rollouts, rewards, advantages, AEM, PPO on DeepSpeed, weight sync."""

@@ -1,0 +1,129 @@
+"""From episodes to trainer tensors (pure: no I/O, no model).
+
+Each trajectory becomes one sequence. Token t of the model input predicts
+token t+1, so every per-token field is shifted by one: position t holds the
+target id, loss mask, rollout log-prob and turn of token t+1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from swe_aem.agent.trajectory import Episode
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One trajectory as the trainer sees it."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    rollout_logprobs: list[float]
+    turn_index: list[int]  # turn of a sampled token, -1 elsewhere
+    group: int  # the task this trajectory was sampled for
+    reward: float
+    trainable: bool  # False: compact-filtered (kept for the baseline, out of the loss)
+
+    @property
+    def num_turns(self) -> int:
+        return max(self.turn_index, default=-1) + 1
+
+
+def samples_from_episodes(
+    episodes: Sequence[Episode], filter_terminations: Sequence[str] = ()
+) -> list[Sample]:
+    """Graded episodes -> samples; the group is the instance id's position of first appearance."""
+    groups: dict[str, int] = {}
+    out = []
+    for ep in episodes:
+        if ep.reward is None:
+            raise ValueError(f"episode {ep.instance_id}#{ep.sample_index} has not been graded")
+        flat = ep.flatten()
+        if not flat.input_ids:
+            raise ValueError(f"episode {ep.instance_id}#{ep.sample_index} has no tokens")
+        out.append(Sample(
+            input_ids=flat.input_ids, loss_mask=flat.loss_mask,
+            rollout_logprobs=flat.rollout_logprobs, turn_index=flat.turn_index,
+            group=groups.setdefault(ep.instance_id, len(groups)), reward=float(ep.reward),
+            trainable=ep.termination not in filter_terminations,
+        ))
+    return out
+
+
+def pack_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Split indices into micro-batches whose padded size (count x longest) fits max_tokens.
+
+    Sorted by length so that padding is small; a sequence longer than the budget
+    gets a micro-batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass(frozen=True)
+class TurnLayout:
+    """Every assistant turn of the batch, numbered 0..R-1 across samples."""
+
+    offsets: list[int]  # first global turn id of each sample
+    turn_sample: Tensor  # [R] sample of each turn
+    turn_group: Tensor  # [R] group (task) of each turn
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> TurnLayout:
+        offsets, sample_of, group_of = [], [], []
+        for i, s in enumerate(samples):
+            offsets.append(len(sample_of))
+            sample_of += [i] * s.num_turns
+            group_of += [s.group] * s.num_turns
+        return cls(offsets, torch.tensor(sample_of, dtype=torch.long),
+                   torch.tensor(group_of, dtype=torch.long))
+
+    @property
+    def num_turns(self) -> int:
+        return int(self.turn_sample.numel())
+
+
+def collate(
+    samples: Sequence[Sample], indices: Sequence[int], layout: TurnLayout, pad_id: int
+) -> dict[str, Tensor]:
+    """Right-padded, shifted [B, T-1] tensors for the given samples.
+
+    `turn` holds the global turn id of each target token (-1 for non-sampled
+    tokens and padding); `loss_mask` is 0 for compact-filtered samples.
+    """
+    width = max(len(samples[i].input_ids) for i in indices)
+    b = len(indices)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    loss_mask = torch.zeros((b, width), dtype=torch.float32)
+    rollout_lp = torch.zeros((b, width), dtype=torch.float32)
+    turn = torch.full((b, width), -1, dtype=torch.long)
+    for row, i in enumerate(indices):
+        s = samples[i]
+        n = len(s.input_ids)
+        input_ids[row, :n] = torch.tensor(s.input_ids)
+        attention[row, :n] = 1
+        if s.trainable:
+            loss_mask[row, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
+        rollout_lp[row, :n] = torch.tensor(s.rollout_logprobs)
+        local = torch.tensor(s.turn_index)
+        turn[row, :n] = torch.where(local >= 0, local + layout.offsets[i], -1)
+    return {
+        "input_ids": input_ids[:, :-1],
+        "attention_mask": attention[:, :-1],
+        "targets": input_ids[:, 1:],
+        "loss_mask": loss_mask[:, 1:],
+        "rollout_logprobs": rollout_lp[:, 1:],
+        "turn": turn[:, 1:],
+        "sample": torch.tensor(list(indices), dtype=torch.long),
+    }

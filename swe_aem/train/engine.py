@@ -1,0 +1,108 @@
+"""The policy on DeepSpeed: model wrapper, config, distributed set-up.
+
+The wrapper returns per-token log-probs (differentiable) and entropies
+(detached) from the chunked LM head, so no [tokens x vocab] tensor is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from swe_aem.algo.entropy import chunked_logprobs_and_entropy
+
+
+class PolicyLogprobs(nn.Module):
+    """A causal LM whose forward gives log p(target) and entropy per position."""
+
+    def __init__(self, lm: nn.Module, chunk_size: int = 1024, zero3: bool = False):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+        if zero3:
+            import deepspeed
+
+            # the head weight is used outside lm_head.forward: ZeRO-3 must gather it here
+            deepspeed.zero.register_external_parameter(self, lm.get_output_embeddings().weight)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        head = self.lm.get_output_embeddings().weight
+        return chunked_logprobs_and_entropy(hidden, head, targets, chunk_size=self.chunk_size)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Resolved trainer settings (config values with the model preset's defaults filled in)."""
+
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    bf16: bool
+    gradient_checkpointing: bool
+    micro_batch_tokens: int
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    grad_clip: float
+
+
+def deepspeed_config(s: EngineSettings) -> dict:
+    """DeepSpeed JSON config. Micro-batches vary in size, so accumulation is unmanaged:
+    backward() accumulates and every step() is an optimizer step."""
+    zero: dict = {"stage": s.zero_stage}
+    if s.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if s.offload_params:
+        if s.zero_stage != 3:
+            raise ValueError("offload_params needs ZeRO stage 3")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if s.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": s.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": s.lr, "betas": list(s.betas), "eps": 1e-8, "weight_decay": s.weight_decay,
+            # plain torch AdamW unless the optimizer lives on the CPU (DeepSpeedCPUAdam)
+            **({} if s.offload_optimizer else {"torch_adam": True}),
+        }},
+        "zero_optimization": zero,
+        "bf16": {"enabled": s.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed (gloo on CPU, nccl on GPU); works without a launcher."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def build_engine(lm: nn.Module, s: EngineSettings, chunk_size: int):
+    """Wrap the model and build the DeepSpeed engine (optimizer included)."""
+    import deepspeed
+
+    if s.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+    model = PolicyLogprobs(lm, chunk_size=chunk_size, zero3=s.zero_stage == 3)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(s),
+    )
+    return engine

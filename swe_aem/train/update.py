@@ -1,0 +1,138 @@
+"""Trainer forward passes and the PPO update over micro-batches.
+
+`engine` is a DeepSpeed engine wrapping `PolicyLogprobs`: calling it returns
+per-token (log-prob, entropy); `engine.backward` accumulates; `engine.step`
+applies one optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from swe_aem.algo.aem import segment_mean
+from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
+from swe_aem.train.batch import Sample, TurnLayout, collate, pack_by_tokens
+
+
+@dataclass
+class ForwardStats:
+    """Trainer-side per-token values before the update, kept per sample."""
+
+    old_logprobs: list[Tensor]  # [len-1] per sample
+    turn_entropy: Tensor  # [R] mean token entropy of each turn (the AEM proxy)
+    turn_lengths: Tensor  # [R] sampled tokens per turn
+    turn_surprisal: Tensor  # [R] -sum log p of the turn's tokens (trainer)
+    rollout_kl: float  # mean |trainer - rollout| log-prob gap proxy (k3 KL)
+    tokens: int
+
+
+def _device(engine) -> torch.device:
+    return next(engine.module.parameters()).device
+
+
+@torch.no_grad()
+def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tokens: int,
+                pad_id: int) -> ForwardStats:
+    """Old log-probs and token entropies on the exact rollout tokens."""
+    dev = _device(engine)
+    old: list[Tensor] = [torch.empty(0)] * len(samples)
+    ent_flat, turn_flat, lp_flat, roll_flat = [], [], [], []
+    for idx in pack_by_tokens([len(s.input_ids) for s in samples], micro_tokens):
+        b = collate(samples, idx, layout, pad_id)
+        lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev))
+        lp, ent = lp.float().cpu(), ent.float().cpu()
+        for row, i in enumerate(idx):
+            old[i] = lp[row, : len(samples[i].input_ids) - 1].clone()
+        sampled = b["turn"] >= 0
+        ent_flat.append(ent[sampled])
+        turn_flat.append(b["turn"][sampled])
+        lp_flat.append(lp[sampled])
+        roll_flat.append(b["rollout_logprobs"][sampled])
+    r = layout.num_turns
+    ent_t, turn_t = torch.cat(ent_flat), torch.cat(turn_flat)
+    lp_t, roll_t = torch.cat(lp_flat), torch.cat(roll_flat)
+    lengths = torch.zeros(r).index_add_(0, turn_t, torch.ones_like(ent_t))
+    surprisal = torch.zeros(r).index_add_(0, turn_t, -lp_t)
+    delta = (roll_t - lp_t).clamp(-20, 20)
+    kl = float((delta.exp() - delta - 1).mean()) if delta.numel() else 0.0
+    return ForwardStats(old, segment_mean(ent_t, turn_t, r), lengths, surprisal, kl, int(ent_t.numel()))
+
+
+def _all_reduce(x: float, device: torch.device, op: str = "sum") -> float:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([x], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return float(t.item())
+    return x
+
+
+def ppo_update(
+    engine,
+    samples: Sequence[Sample],
+    layout: TurnLayout,
+    old_logprobs: Sequence[Tensor],
+    turn_advantages: Tensor,
+    loss_cfg: PolicyLossConfig,
+    micro_tokens: int,
+    pad_id: int,
+    mini_batches: int = 1,
+    epochs: int = 1,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """PPO-clip over `epochs` x `mini_batches` optimizer steps; returns mean stats.
+
+    Micro-batch losses use the mini-batch's global normaliser (tokens or
+    sequences, summed over data-parallel ranks) and are scaled by the world size
+    because DeepSpeed averages gradients over ranks; so micro-batching and data
+    parallelism leave the gradient unchanged.
+    """
+    dev = _device(engine)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    totals: dict[str, float] = {}
+    micro_count = steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(samples), generator=generator).tolist()
+        for mb in range(mini_batches):
+            chosen = [i for i in order[mb::mini_batches]
+                      if samples[i].trainable and any(samples[i].loss_mask)]
+            local = (sum(sum(samples[i].loss_mask) for i in chosen)
+                     if loss_cfg.agg == "token-mean" else len(chosen))
+            normalizer = _all_reduce(float(local), dev)
+            if normalizer == 0:
+                continue
+            micro = [[chosen[j] for j in idx] for idx in
+                     pack_by_tokens([len(samples[i].input_ids) for i in chosen], micro_tokens)]
+            # ZeRO-3 gathers parameters collectively in every forward, so all ranks
+            # run the same number of micro-batches; the extra ones carry zero loss.
+            n_micro = int(_all_reduce(len(micro), dev, op="max"))
+            for k in range(n_micro):
+                ids, weight = (micro[k], 1.0) if k < len(micro) else ([0], 0.0)
+                b = collate(samples, ids, layout, pad_id)
+                old = torch.zeros_like(b["rollout_logprobs"])
+                for row, i in enumerate(ids):
+                    old[row, : old_logprobs[i].numel()] = old_logprobs[i]
+                turn = b["turn"]
+                adv = torch.where(turn >= 0, turn_advantages[turn.clamp(min=0)], 0.0)
+                lp, _ = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev),
+                               b["targets"].to(dev))
+                loss, stats = ppo_clip_loss(
+                    lp.float(), old.to(dev), adv.to(dev), b["loss_mask"].to(dev), loss_cfg,
+                    rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
+                )
+                engine.backward(loss * (world * weight), scale_wrt_gas=False)
+                if weight:
+                    micro_count += 1
+                    totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                    for key, v in stats.items():
+                        totals[key] = totals.get(key, 0.0) + float(v)
+            engine.step()
+            steps += 1
+    out = {k: v / max(micro_count, 1) for k, v in totals.items() if k != "loss"}
+    out["loss"] = totals.get("loss", 0.0) / max(steps, 1)  # micro losses add up per mini-batch
+    out["optimizer_steps"] = float(steps)
+    return out
