@@ -86,17 +86,31 @@ class SandboxPool:
                 with self._lock:
                     self._active[index] -= 1
 
+    def check(self) -> list[str]:
+        """Connect to every daemon now; the live addresses. Raises when none answers."""
+        for index in range(len(self.hosts)):
+            if index not in self._down:
+                try:
+                    self._client(index)
+                except DockerUnavailableError as exc:
+                    self._down[index] = str(exc)
+        if len(self._down) == len(self.hosts):
+            raise DockerUnavailableError(f"no Docker daemon answers: {'; '.join(self._down.values())}")
+        return [host_label(h) for i, h in enumerate(self.hosts) if i not in self._down]
+
     def active(self) -> dict[str, int]:
         """Running sandboxes per daemon address."""
         with self._lock:
             return {host_label(h): n for h, n in zip(self.hosts, self._active)}
 
-    def close(self) -> None:
-        """Remove whatever this run left on every daemon it used, then drop the clients."""
-        for index, client in list(self._clients.items()):
-            reap(self.run_id, client=client)
+    def close(self) -> list[str]:
+        """Remove whatever this run left on every daemon it used (names returned); drop the clients."""
+        removed = []
+        for client in self._clients.values():
+            removed += reap(self.run_id, client=client)
             client.close()
         self._clients.clear()
+        return removed
 
     def __enter__(self) -> "SandboxPool":
         return self

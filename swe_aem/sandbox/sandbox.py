@@ -169,9 +169,13 @@ class Sandbox:
 
     # ------------------------------------------------------------------ exec
     def exec(self, cmd: str, timeout: float | None = None, workdir: str | None = None,
-             env: dict[str, str] | None = None) -> ExecResult:
-        """Run `cmd` with bash; stdout and stderr merged; killed (whole group) after `timeout` s."""
-        return self._exec(cmd, timeout, workdir, env, self.config.output_limit_bytes)
+             env: dict[str, str] | None = None, *, output_limit_bytes: int | None = None) -> ExecResult:
+        """Run `cmd` with bash; stdout and stderr merged; killed (whole group) after `timeout` s.
+
+        Output beyond `output_limit_bytes` (default: the config's) keeps its head and tail.
+        """
+        limit = output_limit_bytes or self.config.output_limit_bytes
+        return self._exec(cmd, timeout, workdir, env, limit)
 
     def _exec(self, cmd: str, timeout: float | None, workdir: str | None,
               env: dict[str, str] | None, limit: int | None, user: str | None = None) -> ExecResult:
