@@ -68,7 +68,10 @@ def _load_history(path):
 
 
 def _numbered(text, first=1):
-    return "\n".join(f"{i:6d}\t{line}" for i, line in enumerate(text.split("\n"), first))
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":  # the file's final newline is not a line of its own
+        lines.pop()
+    return "\n".join(f"{i:6d}\t{line}" for i, line in enumerate(lines, first))
 
 
 def _snippet(path, text, line):

@@ -31,6 +31,49 @@ def script(responses: list[str], then: str | None = None) -> Responder:
     return respond
 
 
+def editor_calls_for_patch(patch: str) -> list[str]:
+    """The str_replace_editor calls (XML format) that make the edits of a unified diff:
+    one str_replace per hunk (context and removed lines -> context and added lines),
+    one create per new file. Lets a scripted policy edit files the way the gold patch does."""
+    calls: list[str] = []
+    path, old, new, creating = "", [], [], False
+
+    def flush() -> None:
+        if not (old or new):
+            return
+        if creating:
+            calls.append(_xml_call("str_replace_editor", command="create", path=path,
+                                   file_text="".join(new)))
+        else:
+            calls.append(_xml_call("str_replace_editor", command="str_replace", path=path,
+                                   old_str="".join(old), new_str="".join(new)))
+        old.clear()
+        new.clear()
+
+    for line in patch.splitlines(keepends=True):
+        if line.startswith("diff --git"):
+            flush()
+        elif line.startswith("--- "):
+            creating = line.strip() == "--- /dev/null"
+        elif line.startswith("+++ "):
+            path = "/testbed/" + line[4:].strip().removeprefix("b/")
+        elif line.startswith("@@"):
+            flush()
+        elif line.startswith(("-", "+", " ")) and path:
+            body = line[1:]
+            if line[0] in "- ":
+                old.append(body)
+            if line[0] in "+ ":
+                new.append(body)
+    flush()
+    return calls
+
+
+def _xml_call(name: str, **params: str) -> str:
+    body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
+    return f"<function={name}>\n{body}</function>"
+
+
 class ScriptedPolicyServer:
     """`with ScriptedPolicyServer(tokenizer, respond) as srv: PolicyClient(srv.base_url)`.
 
