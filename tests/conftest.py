@@ -1,0 +1,76 @@
+"""Shared fixtures for tests on the real Docker engine (nothing about containers is mocked).
+
+`docker_client` fails (not skips) when no daemon answers: `make test` brings one up
+with scripts/ensure_docker.sh, so a missing engine is a real problem to see.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from swe_aem.sandbox import DockerUnavailableError, connect
+
+    try:
+        client = connect()
+    except DockerUnavailableError as exc:
+        pytest.fail(f"{exc}\n(run `make engine` or `bash scripts/ensure_docker.sh`)")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def local_instances(docker_client):
+    """The local suite, with its images built (a no-op when the content-hash tags exist)."""
+    from swe_aem.data import load_instances
+    from swe_aem.sandbox.images import build_base, build_local_suite
+
+    build_base(docker_client)
+    build_local_suite(docker_client)
+    return load_instances("local")
+
+
+@pytest.fixture(scope="session")
+def local_instance(local_instances):
+    """One small instance for API tests that need any repo at /testbed."""
+    return next(i for i in local_instances if i.instance_id == "swe-aem__textkit-1")
+
+
+@pytest.fixture(scope="session")
+def sandbox_pool(docker_client):
+    """A pool of up to 4 sandboxes on the local daemon; removes what it started at the end."""
+    from swe_aem.sandbox import SandboxPool
+
+    pool = SandboxPool(max_concurrency=4, run_id=f"pytest-{uuid.uuid4().hex[:8]}")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def make_patch(tmp_path):
+    """make_patch(instance, edits, gold=True) -> a patch: gold (optionally) plus `edits`.
+
+    `edits` maps a repo path to a function old_text -> new_text ("" for a new file).
+    Built with git on the host from the same snapshot the image holds.
+    """
+    from swe_aem.data.local_suite import materialize_repo
+
+    def make(instance, edits, gold=True):
+        work = tmp_path / uuid.uuid4().hex[:8]
+        materialize_repo(instance.repo, work)
+        if gold:
+            subprocess.run(["git", "apply", "-"], cwd=work, input=instance.patch, text=True, check=True)
+        for rel, change in edits.items():
+            path = work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(change(path.read_text() if path.exists() else ""))
+        subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+        return subprocess.run(["git", "diff", "--cached"], cwd=work, check=True,
+                              capture_output=True, text=True).stdout
+
+    return make
