@@ -26,8 +26,9 @@ def _check_int(name: str, value: object) -> int:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased Pass@k estimate 1 - C(n-c, k)/C(n, k) for n samples of which c are correct.
 
-    Product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), summed in log space, so it neither
-    overflows nor loses precision for large n.
+    Product form, summed in log space so it neither overflows nor loses precision for
+    large n: C(n-c,k)/C(n,k) = prod_{i=n-c+1}^{n} (1 - k/i) = prod_{i=0}^{k-1} (1 - c/(n-i)),
+    whichever has fewer factors.
     """
     n, c, k = _check_int("n", n), _check_int("c", c), _check_int("k", k)
     if n < 1:
@@ -38,7 +39,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"pass_at_k needs 1 <= k <= n, got k={k}, n={n}")
     if n - c < k:
         return 1.0
-    log_fail = math.fsum(math.log1p(-k / i) for i in range(n - c + 1, n + 1))
+    if c <= k:
+        log_fail = math.fsum(math.log1p(-k / i) for i in range(n - c + 1, n + 1))
+    else:
+        log_fail = math.fsum(math.log1p(-c / (n - i)) for i in range(k))
     return -math.expm1(log_fail)
 
 
