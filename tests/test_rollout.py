@@ -1,0 +1,67 @@
+"""`swe-aem rollout` end to end: concurrent episodes on real containers, real grading,
+trajectories.jsonl + official-format predictions.jsonl. The policy is the scripted
+stand-in (ScriptedPolicyServer, at the HTTP boundary) so the outcome is known:
+one instance gets its gold edits, the other gives up without editing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swe_aem.agent.trajectory import read_episodes
+from swe_aem.cli import main as cli_main
+from swe_aem.policy.models import load_preset
+from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+SOLVED, GIVEN_UP = "swe-aem__pyledger-3", "swe-aem__textkit-3"
+FINISH = "<function=finish>\n</function>"
+
+
+def test_rollout_command_writes_graded_trajectories_and_predictions(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from swe_aem.data.instances import load_instances
+
+    tokenizer = AutoTokenizer.from_pretrained(load_preset("tiny").default_path)
+    by_id = {i.instance_id: i for i in load_instances("local", instance_ids=[SOLVED, GIVEN_UP])}
+    gold = editor_calls_for_patch(by_id[SOLVED].patch) + [FINISH]
+
+    def respond(prompt: str, turn: int) -> str:
+        if by_id[SOLVED].problem_statement.strip() in prompt:
+            return gold[min(turn, len(gold) - 1)]
+        return FINISH
+
+    out = tmp_path / "run"
+    with ScriptedPolicyServer(tokenizer, respond) as server:
+        rc = cli_main([
+            "rollout", "--dataset", "local", "--instances", SOLVED, GIVEN_UP,
+            "--model", "tiny", "--server-url", server.base_url, "--samples", "2",
+            "--max-turns", "6", "--concurrency", "2", "--temperature", "0", "--out", str(out),
+        ])
+    assert rc == 0
+    episodes = list(read_episodes(out / "trajectories.jsonl"))
+    assert sorted((e.instance_id, e.sample_index) for e in episodes) == sorted(
+        [(GIVEN_UP, 0), (GIVEN_UP, 1), (SOLVED, 0), (SOLVED, 1)])
+    for ep in episodes:
+        assert ep.termination == "finished"
+        assert ep.reward == (1.0 if ep.instance_id == SOLVED else 0.0), (ep.grade_status, ep.grade_reason)
+        flat = ep.flatten()
+        assert len(flat.input_ids) == len(flat.loss_mask) == len(flat.rollout_logprobs)
+    for name in ("predictions.jsonl", "predictions.sample1.jsonl"):
+        rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
+        assert sorted(r["instance_id"] for r in rows) == sorted([GIVEN_UP, SOLVED])
+        for row in rows:
+            assert set(row) == {"instance_id", "model_name_or_path", "model_patch"}
+            assert bool(row["model_patch"]) == (row["instance_id"] == SOLVED)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resolved"] == 2 and summary["resolve_rate"] == 0.5
+
+
+def test_rollout_command_rejects_bad_arguments(tmp_path, capsys) -> None:
+    assert cli_main(["rollout", "--samples", "0", "--out", str(tmp_path)]) == 2
+    assert "at least 1" in capsys.readouterr().out
+    assert cli_main(["rollout", "--model", "7b", "--out", str(tmp_path)]) == 1
+    assert "hub is unreachable" in capsys.readouterr().out
