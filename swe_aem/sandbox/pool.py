@@ -99,9 +99,12 @@ class SandboxPool:
         return [host_label(h) for i, h in enumerate(self.hosts) if i not in self._down]
 
     def active(self) -> dict[str, int]:
-        """Running sandboxes per daemon address."""
+        """Running sandboxes per daemon address (entries naming the same daemon summed)."""
+        counts: dict[str, int] = {}
         with self._lock:
-            return {host_label(h): n for h, n in zip(self.hosts, self._active)}
+            for host, n in zip(self.hosts, self._active):
+                counts[host_label(host)] = counts.get(host_label(host), 0) + n
+        return counts
 
     def close(self) -> list[str]:
         """Remove whatever this run left on every daemon it used (names returned); drop the clients."""

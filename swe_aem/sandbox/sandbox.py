@@ -124,15 +124,15 @@ class Sandbox:
                   LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
         kwargs = dict(
             image=image, command=["sleep", "infinity"], name=_container_name(run_id, instance_id),
-            detach=True, init=True, labels=labels, mem_limit=config.memory,
+            init=True, labels=labels, mem_limit=config.memory,
             memswap_limit=config.memory, nano_cpus=int(config.cpus * 1e9),
             pids_limit=config.pids_limit, security_opt=["no-new-privileges"],
             network_mode="bridge" if config.network else "none",
         )
         if config.user is not None:
             kwargs["user"] = config.user
-        try:
-            container = retry_transient()(client.containers.run)(**kwargs)
+        try:  # create + start, not run: run would try to pull a missing image from a registry
+            container = retry_transient()(client.containers.create)(**kwargs)
         except ImageNotFound as exc:
             raise SandboxError(
                 f"image {image} is not on the Docker daemon; build the local suite with "
@@ -142,6 +142,7 @@ class Sandbox:
             raise SandboxError(f"cannot start a container from {image}: {exc}") from exc
         sandbox = cls(container, config, base_commit=base_commit, instance_id=instance_id)
         try:
+            retry_transient()(container.start)()
             ready = sandbox.exec("id -u; id -g", timeout=60, workdir="/")
             if ready.exit_code != 0:
                 raise SandboxError(f"container from {image} is not usable: {ready.output[-500:]}")
