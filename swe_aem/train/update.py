@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from swe_aem.algo.aem import segment_mean
 from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
 from swe_aem.train.batch import Sample, TurnLayout, collate, pack_by_tokens
 
@@ -37,14 +36,25 @@ def _device(engine) -> torch.device:
 
 @torch.no_grad()
 def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tokens: int,
-                pad_id: int) -> ForwardStats:
-    """Old log-probs and token entropies on the exact rollout tokens."""
+                pad_id: int, indices: Sequence[int] | None = None) -> ForwardStats:
+    """Old log-probs and token entropies on the exact rollout tokens.
+
+    Each data-parallel rank passes its shard as `indices`; per-turn statistics
+    are summed over ranks (each turn lives on exactly one rank), so every rank
+    ends with the same turn-level proxy for AEM.
+    """
     dev = _device(engine)
+    shard = list(range(len(samples))) if indices is None else list(indices)
     old: list[Tensor] = [torch.empty(0)] * len(samples)
     ent_flat, turn_flat, lp_flat, roll_flat = [], [], [], []
-    for idx in pack_by_tokens([len(s.input_ids) for s in samples], micro_tokens):
+    micro = [[shard[j] for j in idx] for idx in
+             pack_by_tokens([len(samples[i].input_ids) for i in shard], micro_tokens)]
+    for k in range(int(_all_reduce(len(micro), dev, op="max"))):
+        idx = micro[k] if k < len(micro) else [shard[0] if shard else 0]
         b = collate(samples, idx, layout, pad_id)
         lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev))
+        if k >= len(micro):
+            continue  # a padding forward for ZeRO-3's collectives
         lp, ent = lp.float().cpu(), ent.float().cpu()
         for row, i in enumerate(idx):
             old[i] = lp[row, : len(samples[i].input_ids) - 1].clone()
@@ -54,13 +64,28 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
         lp_flat.append(lp[sampled])
         roll_flat.append(b["rollout_logprobs"][sampled])
     r = layout.num_turns
-    ent_t, turn_t = torch.cat(ent_flat), torch.cat(turn_flat)
-    lp_t, roll_t = torch.cat(lp_flat), torch.cat(roll_flat)
-    lengths = torch.zeros(r).index_add_(0, turn_t, torch.ones_like(ent_t))
-    surprisal = torch.zeros(r).index_add_(0, turn_t, -lp_t)
+    ent_t, turn_t = torch.cat(ent_flat or [torch.empty(0)]), torch.cat(turn_flat or [torch.empty(0, dtype=torch.long)])
+    lp_t, roll_t = torch.cat(lp_flat or [torch.empty(0)]), torch.cat(roll_flat or [torch.empty(0)])
     delta = (roll_t - lp_t).clamp(-20, 20)
-    kl = float((delta.exp() - delta - 1).mean()) if delta.numel() else 0.0
-    return ForwardStats(old, segment_mean(ent_t, turn_t, r), lengths, surprisal, kl, int(ent_t.numel()))
+    # per-turn sums, then one all-reduce: [entropy sum, token count, surprisal] x R, plus KL sum
+    sums = torch.zeros(3 * r + 1, dtype=torch.float64)
+    sums[:r].index_add_(0, turn_t, ent_t.double())
+    sums[r:2 * r].index_add_(0, turn_t, torch.ones_like(ent_t, dtype=torch.float64))
+    sums[2 * r:3 * r].index_add_(0, turn_t, -lp_t.double())
+    sums[3 * r] = (delta.exp() - delta - 1).double().sum()
+    sums = _all_reduce_tensor(sums, dev)
+    lengths = sums[r:2 * r].float()
+    tokens = float(lengths.sum())
+    return ForwardStats(old, (sums[:r] / sums[r:2 * r].clamp(min=1)).float(), lengths,
+                        sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens))
+
+
+def _all_reduce_tensor(t: Tensor, device: torch.device) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        moved = t.to(device)
+        dist.all_reduce(moved)
+        return moved.cpu()
+    return t
 
 
 def _all_reduce(x: float, device: torch.device, op: str = "sum") -> float:
@@ -83,6 +108,7 @@ def ppo_update(
     mini_batches: int = 1,
     epochs: int = 1,
     generator: torch.Generator | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """PPO-clip over `epochs` x `mini_batches` optimizer steps; returns mean stats.
 
@@ -93,13 +119,14 @@ def ppo_update(
     """
     dev = _device(engine)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    shard = set(range(len(samples)) if indices is None else indices)
     totals: dict[str, float] = {}
     micro_count = steps = 0
     for _ in range(epochs):
         order = torch.randperm(len(samples), generator=generator).tolist()
         for mb in range(mini_batches):
             chosen = [i for i in order[mb::mini_batches]
-                      if samples[i].trainable and any(samples[i].loss_mask)]
+                      if i in shard and samples[i].trainable and any(samples[i].loss_mask)]
             local = (sum(sum(samples[i].loss_mask) for i in chosen)
                      if loss_cfg.agg == "token-mean" else len(chosen))
             normalizer = _all_reduce(float(local), dev)

@@ -1,0 +1,108 @@
+"""`swe-aem train`: one command for a laptop and a cluster.
+
+On one process (CPU, or one GPU) it trains in place. When the model preset asks
+for several GPUs, or a hostfile is given, and no launcher started us, it
+re-executes itself under the DeepSpeed (or torchrun) launcher, which sets
+RANK / WORLD_SIZE for every process on every node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model preset (tiny, 1.5b, 7b, 14b, 32b, qwen3-32b) or a local folder")
+    p.add_argument("--algo", default=None, help="configs/algo/NAME.yaml: grpo, rloo, grpo_aem, rloo_aem")
+    p.add_argument("--recipe", default=None, help="configs/recipe/NAME.yaml, e.g. deepswe, deepswe_aem")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run.name or model-algo>")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--launcher", choices=["auto", "deepspeed", "torchrun", "none"], default="auto")
+    p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for multi-node runs")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs per node (default: the preset's)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
+
+
+def _launch_command(args: argparse.Namespace, gpus: int) -> list[str]:
+    """The launcher command that re-runs this command on every GPU (untested here: no GPUs)."""
+    me = ["-m", "swe_aem.train.cli", *sys.argv[2:]]
+    if args.launcher == "torchrun":
+        nodes = os.environ.get("NNODES", "1")
+        return ["torchrun", f"--nproc_per_node={gpus}", f"--nnodes={nodes}",
+                f"--node_rank={os.environ.get('NODE_RANK', '0')}",
+                f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+                f"--master_port={os.environ.get('MASTER_PORT', '29500')}", *me]
+    cmd = ["deepspeed", f"--num_gpus={gpus}"]
+    if args.hostfile:
+        cmd += [f"--hostfile={args.hostfile}"]
+    return cmd + ["--module", "swe_aem.train.cli", *sys.argv[2:]]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swe_aem.config import ConfigError, load_config
+
+    console = Console(stderr=True)
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    try:
+        cfg = load_config(args.algo, args.recipe, overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    from swe_aem.policy.models import ModelUnavailableError, load_preset, preset_names
+
+    preset = None
+    if cfg.model in preset_names():
+        preset = load_preset(cfg.model)
+    gpus = args.num_gpus or (preset.num_gpus if preset else 0)
+    launched = "LOCAL_RANK" in os.environ
+    if args.launcher != "none" and not launched and (gpus > 1 or args.hostfile):
+        cmd = _launch_command(args, gpus)
+        if shutil.which(cmd[0]) is None:
+            console.print(f"[red]error:[/red] {cmd[0]!r} launcher not found on PATH")
+            return 2
+        console.print(f"launching: {' '.join(cmd)}")
+        os.execvp(cmd[0], cmd)
+
+    name = cfg.run.name or f"{Path(cfg.model).name}-{args.recipe or args.algo or 'default'}"
+    run_dir = args.run_dir or Path(cfg.run.out_dir) / name
+    ckpts = run_dir / "checkpoints"
+    if not args.resume and ckpts.is_dir() and any(ckpts.glob("step-*")):
+        console.print(f"[red]error:[/red] {run_dir} already holds checkpoints; pass --resume to "
+                      "continue it or choose another run.name / --run-dir")
+        return 2
+
+    from swe_aem.sandbox import DockerUnavailableError
+    from swe_aem.train.checkpoint import CheckpointError
+    from swe_aem.train.loop import Trainer
+    from swe_aem.train.rollouts import TrainingSetupError
+
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume)
+        state = trainer.train()
+    except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    console.print(f"done: {state.step} steps, {state.episodes_seen} episodes -> {run_dir}")
+    if trainer.is_main:
+        from swe_aem.train.metrics import plot_run
+
+        console.print(f"curves: {plot_run(run_dir)}")
+    return 0
+
+
+def main() -> int:  # entry for launchers (`python -m swe_aem.train.cli ...`)
+    p = argparse.ArgumentParser(prog="swe-aem train")
+    add_arguments(p)
+    return run(p.parse_args(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The RL loop: roll out, grade, assign credit (estimator + AEM), PPO on DeepSpeed,
+push weights to vLLM, log, checkpoint. One process per rank; rank 0 drives the
+agents and broadcasts the episodes, every rank trains on its shard."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+
+from swe_aem.algo.losses import PolicyLossConfig
+from swe_aem.config import Config, to_yaml
+from swe_aem.train.batch import TurnLayout, samples_from_episodes
+from swe_aem.train.checkpoint import CheckpointManager, TrainState
+from swe_aem.train.credit import assign_credit
+from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.metrics import MetricsLogger
+from swe_aem.train.rollouts import LiveRollouts, ReplayRollouts, TrainingSetupError
+from swe_aem.train.update import forward_old, ppo_update
+from swe_aem.train.weights import WeightPublisher, WeightSyncError
+
+console = Console()
+
+
+def task_batch(task_ids: list[str], step: int, size: int, seed: int) -> list[str]:
+    """The tasks of a step: a pure function of (step, seed), so a resumed run sees
+    exactly the batches it would have seen. Epochs are seeded permutations."""
+    out: list[str] = []
+    pos = step * size
+    while len(out) < size:
+        epoch, offset = divmod(pos, len(task_ids))
+        order = list(task_ids)
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.append(order[offset])
+        pos += 1
+    return out
+
+
+def engine_settings(cfg: Config, preset) -> EngineSettings:
+    t = cfg.trainer
+    pick = lambda value, default: default if value is None else value
+    bf16 = pick(t.bf16, preset.dtype == "bfloat16")
+    return EngineSettings(
+        zero_stage=pick(t.zero_stage, preset.zero_stage),
+        offload_optimizer=pick(t.offload_optimizer, preset.offload_optimizer),
+        offload_params=pick(t.offload_params, preset.offload_params),
+        bf16=bf16,
+        gradient_checkpointing=pick(t.gradient_checkpointing, preset.gradient_checkpointing),
+        micro_batch_tokens=pick(t.micro_batch_tokens, preset.micro_batch_tokens),
+        lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+    )
+
+
+def check_hardware(preset) -> None:
+    if preset.num_gpus > 0 and not torch.cuda.is_available():
+        raise TrainingSetupError(
+            f"model preset {preset.name!r} needs {preset.num_gpus} GPU(s) per node and none is "
+            "visible (torch.cuda.is_available() is False); on CPU use MODEL=tiny")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    episodes: int
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from swe_aem.policy.models import resolve_model
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rank, self.world = init_distributed()
+        self.is_main = self.rank == 0
+        seed_everything(cfg.trainer.seed + self.rank)
+        try:
+            self.preset, self.model_path = resolve_model(cfg.model)
+        except KeyError as exc:
+            raise TrainingSetupError(exc.args[0]) from exc
+        check_hardware(self.preset)
+        self.settings = engine_settings(cfg, self.preset)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
+        lm = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        self.lm_config = lm.config
+        self.engine = build_engine(lm, self.settings, cfg.trainer.logprob_chunk_size)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
+        self.state = TrainState()
+        if resume and self.ckpt.latest() is not None:
+            self.state = self.ckpt.load(self.engine)
+            if self.is_main:
+                console.print(f"resumed from {self.ckpt.latest()} at step {self.state.step}")
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
+        self.loss_cfg = PolicyLossConfig(cfg.algo.clip_low, cfg.algo.clip_high, cfg.algo.loss_agg,  # type: ignore[arg-type]
+                                         cfg.algo.kl_coef, cfg.algo.tis_cap)
+        if cfg.algo.kl_coef > 0:
+            raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
+                                     "does not load; the recipes here use no KL term")
+        self.run_id = f"train-{uuid.uuid4().hex[:8]}"
+        self.source = self._rollout_source()
+        self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
+        if resume and self.state.step > 0 and isinstance(self.source, LiveRollouts):
+            self._sync_weights()  # the server started from the base weights
+
+    # ------------------------------------------------------------------ set-up
+    def _rollout_source(self):
+        if self.cfg.run.replay:
+            src = ReplayRollouts(Path(self.cfg.run.replay))
+            self.task_ids = src.task_ids
+            self.instances = {i: SimpleNamespace(instance_id=i) for i in self.task_ids}
+            return src
+        from swe_aem.data.instances import load_instances
+
+        insts = load_instances(self.cfg.run.dataset, split=self.cfg.run.split,
+                               instance_ids=self.cfg.run.instance_ids)
+        if not insts:
+            raise TrainingSetupError(f"dataset {self.cfg.run.dataset!r} has no instances")
+        self.instances = {i.instance_id: i for i in insts}
+        self.task_ids = sorted(self.instances)
+        return LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
+                            self.run_id) if self.is_main else None
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainState:
+        try:
+            while self.state.step < self.cfg.run.steps:
+                result = self.step()
+                self.state.episodes_seen += result.episodes
+                self.state.step += 1
+                if self.state.step % self.cfg.run.save_every == 0 or self.state.step == self.cfg.run.steps:
+                    t0 = time.perf_counter()
+                    self.ckpt.save(self.engine, self.state)
+                    result.metrics["time_checkpoint_s"] = time.perf_counter() - t0
+                self.metrics.log(self.state.step - 1, result.metrics)
+                if self.is_main:
+                    m = result.metrics
+                    console.print(
+                        f"step {self.state.step}/{self.cfg.run.steps} reward={m.get('reward_mean', 0):.3f} "
+                        f"entropy={m.get('response_entropy_mean', 0):.3f} alpha=[{m.get('alpha_min', 1):.2f},"
+                        f"{m.get('alpha_max', 1):.2f}] loss={m.get('loss', 0):.4f} "
+                        f"time={m.get('time_step_s', 0):.1f}s")
+        finally:
+            self.close()
+        return self.state
+
+    def step(self) -> StepResult:
+        cfg, step = self.cfg, self.state.step
+        t_start = time.perf_counter()
+        ids = task_batch(self.task_ids, step, cfg.rollout.tasks_per_step, cfg.trainer.seed)
+        m: dict[str, float] = {}
+        if self.is_main:
+            episodes, timings = self.source.collect([self.instances[i] for i in ids], step)
+            m.update(timings)
+        else:
+            episodes = None
+        episodes = _broadcast(episodes)
+        samples = samples_from_episodes(
+            episodes, cfg.algo.filter_terminations if cfg.algo.compact_filtering else ())
+        if not samples:
+            raise TrainingSetupError(f"step {step}: every episode failed; see dropped_episodes.jsonl")
+        layout = TurnLayout.of(samples)
+        shard = list(range(self.rank, len(samples), self.world))
+
+        t0 = time.perf_counter()
+        fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
+                          indices=shard)
+        m["time_forward_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
+                               cfg.algo)
+        m["time_credit_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
+        stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
+                           self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
+                           mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
+                           generator=gen, indices=shard)
+        m["time_update_s"] = time.perf_counter() - t0
+        tokens = sum(len(samples[i].input_ids) for i in shard)
+        m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
+            m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
+
+        if not cfg.run.replay:
+            m.update(self._sync_weights())
+
+        rewards = [s.reward for s in samples]
+        by_task: dict[int, list[float]] = {}
+        for s in samples:
+            by_task.setdefault(s.group, []).append(s.reward)
+        m.update(stats)
+        m.update(credit.diagnostics)
+        m.update({
+            "reward_mean": float(np.mean(rewards)),
+            "resolve_rate": float(np.mean([r == 1.0 for r in rewards])),
+            "task_any_resolved": float(np.mean([max(v) == 1.0 for v in by_task.values()])),
+            "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
+            "rollout_trainer_kl": fwd.rollout_kl,
+            "episodes": float(len(episodes)),
+            "trajectories_filtered": float(sum(not s.trainable for s in samples)),
+            "turns_mean": float(layout.num_turns / len(samples)),
+            "response_tokens": float(sum(sum(s.loss_mask) for s in samples)),
+        })
+        for term in ("finished", "max_turns", "context_overflow", "timeout"):
+            m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
+        m["time_step_s"] = time.perf_counter() - t_start
+        m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
+        return StepResult(m, len(episodes))
+
+    def _sync_weights(self) -> dict[str, float]:
+        """Publish the trainer's weights and check that the server took them."""
+        t0 = time.perf_counter()
+        self.publisher.save(self.engine)
+        out: dict[str, float] = {}
+        if self.is_main:
+            probe = self.publisher.probe_ids(self.tokenizer)
+            before = self.source.probe_logprobs(probe)
+            out["time_weight_push_s"] = self.source.push_weights(self.publisher.path)
+            after = self.source.probe_logprobs(probe)
+            out["probe_server_change"] = float(np.max(np.abs(np.subtract(after, before))))
+        out.update(self.publisher.compare_probe(self.engine, self.tokenizer,
+                                                after if self.is_main else None))
+        if self.is_main and out["probe_server_change"] == 0.0 \
+                and out["probe_server_trainer_max_abs_diff"] > 1e-3:
+            raise WeightSyncError(
+                f"the server's log-probs of the probe did not change after the weight push, but "
+                f"differ from the trainer's by {out['probe_server_trainer_max_abs_diff']:.4f}")
+        out["time_weight_sync_s"] = time.perf_counter() - t0
+        return out
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+def _broadcast(obj):
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj

@@ -1,0 +1,83 @@
+"""Per-step metrics: JSONL (the record) and TensorBoard (for browsing), plus plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        for key, value in metrics.items():
+            if math.isfinite(float(value)):
+                self._tb.add_scalar(key, float(value), step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a step logged twice (a resumed run) keeps its last row."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+PLOTS = [
+    ("reward_mean", "reward mean"), ("response_entropy_mean", "response entropy (nats)"),
+    ("alpha_max", "AEM alpha max / min"), ("drift_base", "predicted entropy drift"),
+    ("clip_frac", "clip fraction"), ("rollout_trainer_kl", "KL rollout vs trainer"),
+    ("tokens_per_s", "trainer tokens/s"), ("time_rollout_s", "time split (s)"),
+]
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw the training curves of a run to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7))
+    for ax, (key, title) in zip(axes.flat, PLOTS):
+        pairs = {"alpha_max": ["alpha_max", "alpha_min", "alpha_mean"],
+                 "drift_base": ["drift_base", "drift_aem"],
+                 "time_rollout_s": ["time_rollout_s", "time_grade_s", "time_forward_s",
+                                    "time_update_s", "time_weight_sync_s"]}.get(key, [key])
+        for k in pairs:
+            ys = [r.get(k, float("nan")) for r in rows]
+            ax.plot(steps, ys, marker="o", label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(pairs) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = out or Path(run_dir) / "metrics.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

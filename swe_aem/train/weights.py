@@ -1,0 +1,89 @@
+"""Publishing trainer weights to the rollout engine, and checking that they took.
+
+One host: every sync writes the full state dict as safetensors into a fresh
+folder and the vLLM server reloads from it (about a second for small models).
+Many nodes: swe_aem.policy.server.NCCLWeightSync broadcasts tensors from
+trainer rank 0 straight into the serving workers through vLLM's weight-transfer
+API; that path needs GPUs and is untested here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+PROBE_TEXT = ("def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n\n"
+              "The quick brown fox jumps over the lazy dog.")
+
+
+class WeightSyncError(RuntimeError):
+    """The server did not take the new weights."""
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The model's complete state dict on rank 0 (gathered under ZeRO-3), None elsewhere."""
+    if engine.zero_optimization_stage() == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        sd = engine.module.state_dict()
+    if _rank() != 0:
+        return None
+    return {k.removeprefix("lm."): v for k, v in sd.items()}
+
+
+class WeightPublisher:
+    def __init__(self, root: Path, lm_config) -> None:
+        self.root = Path(root)
+        self.tied = bool(getattr(lm_config, "tie_word_embeddings", False))
+        self.version = 0
+        self.path: Path | None = None
+
+    def save(self, engine) -> Path | None:
+        """Write safetensors into root/vN (rank 0) and drop the previous version."""
+        sd = full_state_dict(engine)
+        if sd is None:
+            return None
+        if self.tied:
+            sd.pop("lm_head.weight", None)  # tied to embed_tokens; loaders re-tie it
+        self.version += 1
+        target = self.root / f"v{self.version:06d}"
+        tmp = self.root / f".tmp-v{self.version:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        tmp.rename(target)
+        if self.path is not None and self.path != target:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path = target
+        return target
+
+    @staticmethod
+    def probe_ids(tokenizer) -> list[int]:
+        return tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def trainer_logprobs(self, engine, tokenizer) -> list[float]:
+        """Log-prob of probe token t given tokens < t under the trainer's weights (all ranks)."""
+        ids = torch.tensor([self.probe_ids(tokenizer)])
+        dev = next(engine.module.parameters()).device
+        lp, _ = engine(ids[:, :-1].to(dev), torch.ones_like(ids[:, :-1]).to(dev), ids[:, 1:].to(dev))
+        return lp[0].float().cpu().tolist()
+
+    def compare_probe(self, engine, tokenizer, server_logprobs: list[float] | None) -> dict[str, float]:
+        trainer = self.trainer_logprobs(engine, tokenizer)
+        if server_logprobs is None:
+            return {}
+        if len(server_logprobs) != len(trainer):
+            raise WeightSyncError(f"probe length differs: server {len(server_logprobs)} vs "
+                                  f"trainer {len(trainer)} tokens")
+        diff = max(abs(a - b) for a, b in zip(server_logprobs, trainer))
+        return {"probe_server_trainer_max_abs_diff": diff}

@@ -1,0 +1,169 @@
+"""The training loop on recorded trajectories (replay): credit, AEM on/off, resume (issue 5)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.config import load_config
+from swe_aem.train.batch import TurnLayout, pack_by_tokens, samples_from_episodes
+from swe_aem.train.loop import Trainer, task_batch
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A small random Llama with the tiny preset's real tokenizer (fast to train on CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from swe_aem.policy.models import prepare_model
+
+    tiny = prepare_model("tiny", progress=False)
+    folder = tmp_path_factory.mktemp("small-model")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for f in tiny.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def synthetic_episodes(tasks: int = 3, samples: int = 4, seed: int = 0) -> list[Episode]:
+    gen = torch.Generator().manual_seed(seed)
+    eps = []
+    for t in range(tasks):
+        for k in range(samples):
+            turns = []
+            for _ in range(1 + (k % 3)):
+                p = torch.randint(10, 49000, (int(torch.randint(5, 15, (1,), generator=gen)),), generator=gen)
+                r = torch.randint(10, 49000, (int(torch.randint(3, 12, (1,), generator=gen)),), generator=gen)
+                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
+                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(), finish_reason="stop"))
+            eps.append(Episode(f"task-{t}", k, turns, termination="max_turns" if (t, k) == (0, 3) else "finished",
+                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
+    return eps
+
+
+@pytest.fixture(scope="module")
+def replay_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("replay") / "trajectories.jsonl"
+    write_episodes(path, synthetic_episodes())
+    return path
+
+
+def _cfg(model: Path, replay: Path, *extra: str):
+    return load_config("rloo_aem", overrides=[
+        f"model={model}", f"run.replay={replay}", "run.steps=2", "rollout.tasks_per_step=2",
+        "rollout.samples_per_task=4", "trainer.lr=1e-3", "trainer.micro_batch_tokens=96",
+        "trainer.logprob_chunk_size=64", *extra])
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
+
+
+def test_task_batches_are_a_pure_function_of_step():
+    ids = [f"t{i}" for i in range(5)]
+    seq = [task_batch(ids, s, 2, seed=7) for s in range(5)]
+    assert seq == [task_batch(ids, s, 2, seed=7) for s in range(5)]
+    flat = [x for b in seq for x in b]
+    assert sorted(flat[:5]) == sorted(ids)  # every task once per epoch
+
+
+def test_samples_layout_and_packing():
+    eps = synthetic_episodes()
+    samples = samples_from_episodes(eps, ["max_turns"])
+    assert sum(not s.trainable for s in samples) == 1
+    layout = TurnLayout.of(samples)
+    assert layout.num_turns == sum(e.num_turns for e in eps)
+    lengths = [len(s.input_ids) for s in samples]
+    batches = pack_by_tokens(lengths, 60)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 60
+    with pytest.raises(ValueError, match="not been graded"):
+        samples_from_episodes([Episode("x", 0, eps[0].turns, termination="finished")])
+
+
+def test_replay_training_logs_and_checkpoints(small_model, replay_file, tmp_path):
+    trainer = Trainer(_cfg(small_model, replay_file), tmp_path / "run")
+    before = _params(trainer)
+    state = trainer.train()
+    assert state.step == 2 and state.episodes_seen == 16
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    for key in ("reward_mean", "response_entropy_mean", "alpha_min", "alpha_max", "alpha_std",
+                "frac_pos_adv", "frac_neg_adv", "drift_base", "drift_aem", "clip_frac",
+                "rollout_trainer_kl", "tokens_per_s", "time_forward_s", "time_update_s",
+                "trajectories_filtered", "aem_share_of_step"):
+        assert key in rows[0], key
+    assert rows[0]["alpha_max"] > 1.0 > rows[0]["alpha_min"]
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
+    assert (tmp_path / "run" / "config.yaml").read_text().count("aem: true") == 1
+    after = _params(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_aem_off_equals_base_and_on_changes_update(small_model, replay_file, tmp_path):
+    def one_step(*extra):
+        t = Trainer(_cfg(small_model, replay_file, "run.steps=1", *extra), tmp_path / str(len(os.listdir(tmp_path))))
+        t.train()
+        return _params(t)
+
+    base = one_step("algo.aem=false")
+    lam0 = one_step("algo.aem=true", "algo.aem_lambda=0.0")
+    aem = one_step("algo.aem=true", "algo.aem_lambda=2.0")
+    for k in base:
+        assert torch.equal(base[k], lam0[k]), k
+    assert any(not torch.equal(base[k], aem[k]) for k in base)
+
+
+def _final_params(run: Path) -> dict[str, torch.Tensor]:
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    states = torch.load(next((ckpts[-1] / "deepspeed").glob("mp_rank_00_model_states.pt")),
+                        weights_only=False)
+    return states["module"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(small_model, replay_file, tmp_path):
+    def cmd(run: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--run-dir", str(run),
+                f"model={small_model}", f"run.replay={replay_file}", "run.steps=3",
+                "rollout.tasks_per_step=2", "trainer.lr=1e-3", "trainer.micro_batch_tokens=96", *extra]
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29611"}
+    whole = tmp_path / "whole"
+    subprocess.run(cmd(whole), check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cmd(cut), env={**env, "MASTER_PORT": "29612"}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (cut / "checkpoints" / "step-000001" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # mid-run: during step 2 (or its checkpoint)
+    proc.wait()
+    # without --resume the command refuses to clobber the run
+    refused = subprocess.run(cmd(cut), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run(cmd(cut, "--resume"), check=True,
+                   env={**env, "MASTER_PORT": "29613"}, cwd=ROOT, capture_output=True, timeout=600)
+    state = json.loads(sorted((cut / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["step"] == 3 and state["episodes_seen"] == 3 * 8
+    a, b = _final_params(whole), _final_params(cut)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
