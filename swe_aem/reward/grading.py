@@ -67,7 +67,7 @@ def patch_files(patch: str) -> list[str]:
     return sorted(paths)
 
 
-def test_edits(instance: Instance, patch: str) -> list[str]:
+def edited_tests(instance: Instance, patch: str) -> list[str]:
     """Files of `patch` that are tests or pytest/tox configuration (setup.cfg/pyproject: see below)."""
     hidden = set(_touched_by(instance.test_patch))
     return [p for p in patch_files(patch)
@@ -96,7 +96,7 @@ def _toml_test_sections(text: str) -> Any:
     return {k: v for k, v in tool.items() if k in ("pytest", "tox", "coverage")}
 
 
-def config_edits(sandbox: Sandbox, patch: str, base_commit: str) -> list[str]:
+def edited_test_config(sandbox: Sandbox, patch: str, base_commit: str) -> list[str]:
     """setup.cfg / pyproject.toml whose test sections differ from base_commit after the patch."""
     changed = []
     for path in patch_files(patch):
@@ -168,7 +168,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
         return _result(instance, "empty_patch", "the patch is empty", start)
     _write(log_path, "patch.diff", patch)
     if strict:
-        touched = test_edits(instance, patch)
+        touched = edited_tests(instance, patch)
         if touched:
             return _result(instance, "rejected", f"strict: patch edits tests: {', '.join(touched)}", start)
     spec = make_test_spec(instance.to_swebench())
@@ -182,7 +182,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
             if not applied:
                 return _result(instance, "patch_apply_failed", apply_log[-2000:], start)
             if strict:
-                touched = config_edits(sandbox, patch, instance.base_commit)
+                touched = edited_test_config(sandbox, patch, instance.base_commit)
                 if touched:
                     return _result(instance, "rejected",
                                    f"strict: patch edits test configuration: {', '.join(touched)}", start)

@@ -219,7 +219,7 @@ class Sandbox:
         except (APIError, NotFound) as exc:
             raise self._dead_container_error(cmd, exc) from exc
         # a container killed under us shows as no exit code or a signal exit code
-        if (exit_code is None or exit_code >= 128) and not self._running():
+        if (exit_code is None or exit_code >= 128) and not self._alive():
             raise self._dead_container_error(cmd, None)
         output, truncated = buf.text()
         timed_out = guard_fired.is_set() or (exit_code in TIMEOUT_EXIT_CODES and duration >= limit_s)
@@ -233,17 +233,21 @@ class Sandbox:
         except (APIError, NotFound):
             pass
 
-    def _running(self) -> bool:
+    def _alive(self) -> bool:
+        """Can the container still start a process? (Its state can lag behind a kill.)"""
         try:
-            self.container.reload()
-        except NotFound:
+            return self.container.exec_run(["true"]).exit_code == 0
+        except (APIError, NotFound):
             return False
-        return self.container.status == "running"
 
     def _dead_container_error(self, cmd: str, exc: BaseException | None) -> SandboxError:
         try:
-            self.container.reload()
-            state = self.container.attrs.get("State", {})
+            for _ in range(20):  # give the daemon a moment to record a kill it is processing
+                self.container.reload()
+                state = self.container.attrs.get("State", {})
+                if state.get("Status") != "running":
+                    break
+                time.sleep(0.1)
             what = (f"is {state.get('Status')} (exit code {state.get('ExitCode')}, "
                     f"OOMKilled={state.get('OOMKilled')})")
         except NotFound:
