@@ -91,11 +91,16 @@ def test_theory_check_recovers_a_linear_relation() -> None:
     for seed in range(3):
         pred = rng.normal(size=50)
         runs[seed] = [{"drift_pred": p, "drift_base": -p, "entropy_change": 2 * p,
-                       "frac_neg_adv": 0.6, "frac_pos_adv": 0.4} for p in pred]
+                       "entropy_change_sgd": -p, "frac_neg_adv": 0.6 if p < 0 else 0.2,
+                       "frac_pos_adv": 0.4} for p in pred]
     th = theory_check(runs)
-    assert th["predicted"]["pearson_r"] == pytest.approx(1.0)
-    assert th["predicted_base"]["pearson_r"] == pytest.approx(-1.0)
-    assert th["sign_agreement"] == 1.0 and th["phases"]["negatives_dominate"]["steps"] == 150
+    assert th["adam_step"]["predicted"]["pearson_r"] == pytest.approx(1.0)
+    assert th["adam_step"]["predicted_base"]["pearson_r"] == pytest.approx(-1.0)
+    assert th["sgd_probe"]["predicted"]["pearson_r"] == pytest.approx(-1.0)
+    assert th["adam_step"]["sign_agreement"] == 1.0 and th["sgd_probe"]["sign_agreement"] == 0.0
+    neg = th["phases"]["negatives_dominate"]
+    assert neg["steps"] == sum(s["drift_pred"] < 0 for r in runs.values() for s in r)
+    assert neg["mean_predicted"] < 0 and neg["mean_adam_step"] == pytest.approx(2 * neg["mean_predicted"])
 
 
 def test_evidence_quick_cli(tmp_path: Path) -> None:

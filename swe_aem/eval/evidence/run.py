@@ -112,32 +112,37 @@ def _corr(x: np.ndarray, y: np.ndarray) -> dict:
     return {"pearson_r": float(r.statistic), "p_value": float(r.pvalue), "n": int(x.size)}
 
 
+MEASURES = {"adam_step": "entropy_change", "sgd_probe": "entropy_change_sgd"}
+
+
 def theory_check(runs: dict[int, list[dict]]) -> dict:
     """Measured per-step entropy change against the predicted drift, pooled over seeds and steps.
 
-    `predicted` uses the advantages the arm actually trained with (AEM-scaled in the AEM arm);
-    `predicted_base` uses the plain GRPO advantages, so in the AEM arm the two correlations
-    say whether AEM's rescaling is visible in the measured entropy change.
+    Two measurements: the training step itself (Adam, whose momentum also carries earlier
+    batches) and an isolated SGD step on this batch's gradient alone. `predicted` uses the
+    advantages the arm trained with (AEM-scaled in the AEM arm); `predicted_base` the plain
+    GRPO ones, so in the AEM arm the pair shows whether AEM's rescaling is visible.
     """
-    dh = _series(runs, "entropy_change").ravel()
     pred = _series(runs, "drift_pred").ravel()
     base = _series(runs, "drift_base").ravel()
     neg_phase = (_series(runs, "frac_neg_adv") > _series(runs, "frac_pos_adv")).ravel()
     nz = pred != 0
-    phases = {}
-    for name, sel in (("negatives_dominate", neg_phase), ("positives_dominate", ~neg_phase)):
-        phases[name] = {
-            "steps": int(sel.sum()),
-            "mean_measured_change": float(dh[sel].mean()) if sel.any() else None,
-            "mean_predicted": float(pred[sel].mean()) if sel.any() else None,
-            "mean_predicted_base": float(base[sel].mean()) if sel.any() else None,
+    out: dict = {}
+    for name, key in MEASURES.items():
+        dh = _series(runs, key).ravel()
+        out[name] = {
+            "predicted": _corr(pred, dh),
+            "predicted_base": _corr(base, dh),
+            "sign_agreement": float((np.sign(pred[nz]) == np.sign(dh[nz])).mean()) if nz.any() else None,
         }
-    return {
-        "predicted": _corr(pred, dh),
-        "predicted_base": _corr(base, dh),
-        "sign_agreement": float((np.sign(pred[nz]) == np.sign(dh[nz])).mean()) if nz.any() else None,
-        "phases": phases,
-    }
+    out["phases"] = {}
+    for phase, sel in (("negatives_dominate", neg_phase), ("positives_dominate", ~neg_phase)):
+        out["phases"][phase] = {"steps": int(sel.sum())} | {
+            f"mean_{k}": float(v[sel].mean()) if sel.any() else None
+            for k, v in (("predicted", pred), ("predicted_base", base),
+                         *((m, _series(runs, key).ravel()) for m, key in MEASURES.items()))
+        }
+    return out
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -173,24 +178,35 @@ def evidence_markdown(rec: dict) -> str:
         )
     lines += [
         "",
-        ("Theory check: measured change of response entropy per step (same states, before/after the "
-        "update) against the predicted drift sum_i A_i (S_i - mean S), pooled over seeds and steps."),
+        ("Theory check: change of response entropy per step on the batch's own states (before vs "
+        "after the step) against the predicted drift sum_i A_i (S_i - mean S) / R, Pearson r pooled "
+        "over seeds and steps. 'Adam step' is the training update itself; 'SGD probe' is a plain "
+        f"SGD step of size {r['probe_lr']} on this batch's gradient alone, applied to a copy."),
         "",
-        ("| arm | r (predicted, advantages used) | r (plain GRPO advantages) | sign agreement | "
-        "mean measured change, negatives dominate | ... positives dominate |"),
+        ("| arm | measured on | r (advantages used) | r (plain GRPO advantages) | sign agreement |"),
+        "|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        for name, label in (("adam_step", "Adam step"), ("sgd_probe", "SGD probe")):
+            t = th[arm][name]
+            lines.append(
+                f"| {arm} | {label} | {_fmt(t['predicted']['pearson_r'])} "
+                f"(p={_fmt(t['predicted']['p_value'], '.2g')}, n={t['predicted']['n']}) | "
+                f"{_fmt(t['predicted_base']['pearson_r'])} | {_fmt(t['sign_agreement'])} |"
+            )
+    lines += [
+        "",
+        "Mean per step by phase (negatives dominate: more trajectories with A < 0 than A > 0):",
+        "",
+        "| arm | phase | steps | predicted drift | measured, Adam step | measured, SGD probe |",
         "|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
-        t = th[arm]
-        ph = t["phases"]
-        lines.append(
-            f"| {arm} | {_fmt(t['predicted']['pearson_r'])} (p={_fmt(t['predicted']['p_value'], '.2g')}) | "
-            f"{_fmt(t['predicted_base']['pearson_r'])} | {_fmt(t['sign_agreement'])} | "
-            f"{_fmt(ph['negatives_dominate']['mean_measured_change'], '.2e')} "
-            f"({ph['negatives_dominate']['steps']} steps) | "
-            f"{_fmt(ph['positives_dominate']['mean_measured_change'], '.2e')} "
-            f"({ph['positives_dominate']['steps']} steps) |"
-        )
+        for phase, ph in th[arm]["phases"].items():
+            lines.append(
+                f"| {arm} | {phase.replace('_', ' ')} | {ph['steps']} | {_fmt(ph['mean_predicted'], '.2e')} | "
+                f"{_fmt(ph['mean_adam_step'], '.2e')} | {_fmt(ph['mean_sgd_probe'], '.2e')} |"
+            )
     lines += ["", f"Plots: {', '.join(rec['plots'])}.", ""]
     return "\n".join(lines)
 
@@ -222,19 +238,21 @@ def plot_curves(logs: dict[str, dict[int, list[dict]]], cfg: EvidenceConfig, pat
 
 
 def plot_theory(logs: dict[str, dict[int, list[dict]]], path: Path) -> Path:
+    """Scatter of measured entropy change against predicted drift: arms x measurements."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, arm in zip(axes, ARMS, strict=True):
-        ax.scatter(_series(logs[arm], "drift_pred").ravel(), _series(logs[arm], "entropy_change").ravel(),
-                   s=3, alpha=0.3)
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.axvline(0, color="gray", lw=0.5)
-        ax.set(xlabel="predicted drift  sum A (S - mean S) / R", title=arm)
-    axes[0].set_ylabel("measured entropy change per step (nats)")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    for row, arm in zip(axes, ARMS, strict=True):
+        x = _series(logs[arm], "drift_pred").ravel()
+        for ax, (name, key) in zip(row, MEASURES.items(), strict=True):
+            ax.scatter(x, _series(logs[arm], key).ravel(), s=3, alpha=0.3)
+            ax.axhline(0, color="gray", lw=0.5)
+            ax.axvline(0, color="gray", lw=0.5)
+            ax.set(xlabel="predicted drift  sum A (S - mean S) / R", ylabel="measured entropy change (nats)",
+                   title=f"{arm}: {name.replace('_', ' ')}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

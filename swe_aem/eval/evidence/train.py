@@ -34,6 +34,9 @@ class RunConfig:
     lr: float = 1e-3
     estimator: str = "grpo"
     loss_agg: str = "token-mean"
+    # theory probe: a plain SGD step of this size on a copy, from this batch's gradient alone
+    # (Adam's update also carries earlier batches' gradients through its momentum)
+    probe_lr: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +48,7 @@ class StepLog:
     entropy: float  # mean over played responses of mean token entropy (nats/token)
     response_entropy: float  # mean over played responses of summed token entropy (nats)
     entropy_change: float  # measured: response_entropy after the update minus before, same states
+    entropy_change_sgd: float  # the same after the probe's SGD step on this batch's gradient only
     drift_pred: float  # sum_i A_i (S_i - mean S) / R with the advantages actually used
     drift_base: float  # the same with the plain GRPO advantages
     frac_pos_adv: float  # share of trajectories with A > 0 (the "positives dominate" phase)
@@ -57,6 +61,7 @@ def train_run(cfg: RunConfig, seed: int, lam: float) -> list[StepLog]:
     g = cfg.game
     torch.manual_seed(seed)
     policy = GRUPolicy(g, cfg.hidden)
+    probe = GRUPolicy(g, cfg.hidden)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     data_rng = torch.Generator().manual_seed(seed)
     sample_rng = torch.Generator().manual_seed(seed + 1)
@@ -86,12 +91,18 @@ def train_run(cfg: RunConfig, seed: int, lam: float) -> list[StepLog]:
         loss, _ = ppo_clip_loss(logp, logp.detach(), token_adv, mask, loss_cfg)
         opt.zero_grad()
         loss.backward()
+        with torch.no_grad():
+            probe.load_state_dict(policy.state_dict())
+            for q, p in zip(probe.parameters(), policy.parameters(), strict=True):
+                q -= cfg.probe_lr * p.grad
+            _, ent_probe, _ = probe.score(ep)
         opt.step()
 
         with torch.no_grad():
             _, ent_after, _ = policy.score(ep)
         resp_ent_before = turn_ent.sum(-1)[played]
         resp_ent_after = ent_after.view(b, g.turns, g.digits).sum(-1)[played]
+        resp_ent_probe = ent_probe.view(b, g.turns, g.digits).sum(-1)[played]
         resp_group = traj_group[turn_traj]
         n_resp = float(played.sum())
         logs.append(StepLog(
@@ -99,6 +110,7 @@ def train_run(cfg: RunConfig, seed: int, lam: float) -> list[StepLog]:
             entropy=float(mean_ent.mean()),
             response_entropy=float(resp_ent_before.mean()),
             entropy_change=float((resp_ent_after - resp_ent_before).mean()),
+            entropy_change_sgd=float((resp_ent_probe - resp_ent_before).mean()),
             drift_pred=float(predicted_entropy_drift(aem.turn_advantages, surprisal, resp_group).sum()) / n_resp,
             drift_base=float(predicted_entropy_drift(adv[turn_traj], surprisal, resp_group).sum()) / n_resp,
             frac_pos_adv=float((adv > 0).float().mean()),
