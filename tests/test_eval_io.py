@@ -15,7 +15,7 @@ from swe_aem.cli import main
 from swe_aem.eval.predictions import Prediction, read_predictions, write_predictions
 from swe_aem.eval.report import write_eval_result
 from swe_aem.eval.reproduction import write_reproduction
-from swe_aem.eval.runs import RunFormatError, load_runs
+from swe_aem.eval.runs import RunFormatError, load_runs, runs_from_samples
 
 PATCH = "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
 
@@ -136,3 +136,34 @@ def test_eval_result_report_and_reproduction(tmp_path: Path) -> None:
     assert rr["published"]["delta"] == pytest.approx(1.4)
     assert rr["measured"]["delta"] > 0 and rr["measured"]["losses"] == 0
     assert "42.3" in rp["markdown"].read_text() and "43.7" in rp["markdown"].read_text()
+
+
+def test_runs_from_samples() -> None:
+    from types import SimpleNamespace as S
+
+    samples = [S(instance_id="a", sample_index=0, reward=1.0), S(instance_id="a", sample_index=1, reward=0.0),
+               S(instance_id="b", sample_index=1, reward=1.0)]  # b's sample 0 was lost
+    assert runs_from_samples(samples, ["a", "b"], 2) == [{"a": True, "b": False}, {"a": False, "b": True}]
+    with pytest.raises(ValueError, match="never graded"):
+        runs_from_samples([S(instance_id="a", sample_index=0, reward=None)], ["a"], 1)
+    with pytest.raises(ValueError, match="appears twice"):
+        runs_from_samples([samples[0], samples[0]], ["a", "b"], 2)
+    with pytest.raises(ValueError, match="unknown instance 'z'"):
+        runs_from_samples([S(instance_id="z", sample_index=0, reward=1.0)], ["a"], 1)
+    with pytest.raises(ValueError, match="outside 0..1"):
+        runs_from_samples([S(instance_id="a", sample_index=2, reward=1.0)], ["a"], 2)
+
+
+def test_load_runs_reads_the_project_grade_report(tmp_path: Path) -> None:
+    from types import SimpleNamespace as S
+
+    from swe_aem.reward.grade import make_report
+    from swe_aem.reward.grading import GradeResult
+
+    statuses = {"a": "resolved", "b": "unresolved", "c": "empty_patch", "d": "timeout"}
+    results = {i: GradeResult(i, float(s == "resolved"), s == "resolved", s, "") for i, s in statuses.items()}
+    preds = {i: {"instance_id": i, "model_name_or_path": "m", "model_patch": ""} for i in statuses}
+    report = make_report([S(instance_id=i) for i in "abcde"], preds, results, [])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    # e got no prediction: it stays in the denominator, unresolved, as do errors and empty patches
+    assert load_runs(tmp_path / "report.json") == [{"a": True, "b": False, "c": False, "d": False, "e": False}]

@@ -13,8 +13,9 @@ tables all feed the same statistics:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from swe_aem.eval.metrics import Run
 
@@ -99,3 +100,38 @@ def load_runs(path: str | Path) -> list[Run]:
             raise RunFormatError(f"{path}: 'runs' must be a non-empty list of {{instance_id: bool}}")
         return [_from_mapping(path, r) for r in runs]
     return [_from_mapping(path, d)]
+
+
+class GradedSample(Protocol):
+    """What a graded rollout sample carries (swe_aem.agent.trajectory.Episode has these)."""
+
+    instance_id: str
+    sample_index: int
+    reward: float | None
+
+
+def runs_from_samples(samples: Iterable[GradedSample], instance_ids: Sequence[str], n_runs: int) -> list[Run]:
+    """k runs from k samples per instance: run j holds every instance's sample j.
+
+    A sample that is missing (a lost episode) counts as unresolved, as the official report
+    keeps errored instances in the denominator; an ungraded sample (reward None) is an error,
+    since no resolve rate can be computed from it.
+    """
+    if n_runs < 1:
+        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
+    known = set(instance_ids)
+    runs: list[dict[str, bool]] = [dict.fromkeys(instance_ids, False) for _ in range(n_runs)]
+    seen: set[tuple[str, int]] = set()
+    for s in samples:
+        key = (s.instance_id, s.sample_index)
+        if s.instance_id not in known:
+            raise ValueError(f"sample for unknown instance {s.instance_id!r}")
+        if not 0 <= s.sample_index < n_runs:
+            raise ValueError(f"{s.instance_id}: sample_index {s.sample_index} outside 0..{n_runs - 1}")
+        if key in seen:
+            raise ValueError(f"{s.instance_id}: sample {s.sample_index} appears twice")
+        if s.reward is None:
+            raise ValueError(f"{s.instance_id}: sample {s.sample_index} was never graded (reward None)")
+        seen.add(key)
+        runs[s.sample_index][s.instance_id] = s.reward >= 1.0
+    return runs
