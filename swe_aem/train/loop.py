@@ -158,9 +158,14 @@ class Trainer:
                         f"entropy={m.get('response_entropy_mean', 0):.3f} alpha=[{m.get('alpha_min', 1):.2f},"
                         f"{m.get('alpha_max', 1):.2f}] loss={m.get('loss', 0):.4f} "
                         f"time={m.get('time_step_s', 0):.1f}s")
+            self.export(self.run_dir / "final_model")
         finally:
             self.close()
         return self.state
+
+    def export(self, folder: Path) -> None:
+        """A complete HF model folder (weights, config, tokenizer) for eval and serving."""
+        self.publisher.export(self.engine, folder, self.tokenizer)
 
     def step(self) -> StepResult:
         cfg, step = self.cfg, self.state.step

@@ -68,6 +68,7 @@ class LiveRollouts:
             self.server.start()
             url, name = self.server.base_url, self.server.model_name
         self.policy = PolicyClient(url, name, max_concurrency=r.concurrency)
+        self.loop = asyncio.new_event_loop()  # one loop for the run: the client's pool lives on it
         self.dropped_path = run_dir / "dropped_episodes.jsonl"
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
@@ -83,7 +84,7 @@ class LiveRollouts:
             if not jobs:
                 break
             t0 = time.perf_counter()
-            episodes = asyncio.run(self._run(jobs, rollout))
+            episodes = self.loop.run_until_complete(self._run(jobs, rollout))
             t1 = time.perf_counter()
             self._grade([e for e in episodes if e.termination != "error"], by_id)
             timings["time_rollout_s"] += t1 - t0
@@ -102,6 +103,7 @@ class LiveRollouts:
                                              "sample_index": ep.sample_index, "reason": reason}) + "\n")
         timings["episodes_dropped"] = float(dropped)
         done.sort(key=lambda e: (e.instance_id, e.sample_index))
+        (self.run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
         write_episodes(self.run_dir / "trajectories" / f"step-{step:06d}.jsonl", done)
         return done, timings
 
@@ -138,10 +140,11 @@ class LiveRollouts:
         return self.server.reload_weights(weights_dir)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
-        return self.policy.score_sync(token_ids)
+        return self.loop.run_until_complete(self.policy.score(token_ids))
 
     def close(self) -> None:
-        asyncio.run(self.policy.aclose())
+        self.loop.run_until_complete(self.policy.aclose())
+        self.loop.close()
         if self.server is not None:
             self.server.stop()
         self.pool.close()

@@ -42,6 +42,7 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
 class WeightPublisher:
     def __init__(self, root: Path, lm_config) -> None:
         self.root = Path(root)
+        self.lm_config = lm_config
         self.tied = bool(getattr(lm_config, "tie_word_embeddings", False))
         self.version = 0
         self.path: Path | None = None
@@ -65,6 +66,23 @@ class WeightPublisher:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = target
         return target
+
+    def export(self, engine, folder: Path, tokenizer) -> None:
+        """Write a servable HF folder: safetensors, config and tokenizer (rank 0 writes)."""
+        sd = full_state_dict(engine)
+        if sd is None:
+            return
+        if self.tied:
+            sd.pop("lm_head.weight", None)
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        self.lm_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
 
     @staticmethod
     def probe_ids(tokenizer) -> list[int]:
