@@ -79,7 +79,10 @@ def test_limits_are_set_and_enforced(docker_client, local_instance):
         assert "fork" in forks.output.lower() or "resource temporarily unavailable" in forks.output.lower()
 
 
-def test_timeout_kills_the_whole_group(sandbox):
+@pytest.mark.parametrize("use_runner", [True, False], ids=["runner", "exec-per-command"])
+def test_timeout_kills_the_whole_group(docker_client, local_instance, use_runner):
+    sandbox = _small(docker_client, local_instance, use_runner=use_runner)
+    assert (sandbox._runner is not None) == use_runner
     start = time.monotonic()
     result = sandbox.exec("sleep 300 & (sleep 301; echo child) & sleep 302; echo never", timeout=2)
     assert result.timed_out and result.exit_code in (124, 137)
@@ -87,6 +90,7 @@ def test_timeout_kills_the_whole_group(sandbox):
     assert time.monotonic() - start < 15
     left = sandbox.exec("ps -eo args").output
     assert "sleep 30" not in left, left
+    sandbox.close()
 
 
 def test_timeout_kills_a_command_ignoring_sigterm(sandbox):
@@ -97,8 +101,9 @@ def test_timeout_kills_a_command_ignoring_sigterm(sandbox):
     assert sandbox.exec("echo alive").output == "alive\n"  # the sandbox is still usable
 
 
-def test_output_is_capped_with_a_note(docker_client, local_instance):
-    with _small(docker_client, local_instance, output_limit_bytes=1000) as sb:
+@pytest.mark.parametrize("use_runner", [True, False], ids=["runner", "exec-per-command"])
+def test_output_is_capped_with_a_note(docker_client, local_instance, use_runner):
+    with _small(docker_client, local_instance, output_limit_bytes=1000, use_runner=use_runner) as sb:
         result = sb.exec("echo START; head -c 200000 /dev/zero | tr '\\0' x; echo; echo END")
         assert result.truncated and result.exit_code == 0
         assert result.output.startswith("START") and result.output.rstrip().endswith("END")
@@ -151,14 +156,33 @@ def test_diff_against_base_commit(sandbox, local_instance):
         assert fresh.read_file("textkit/extra.py") == "X = 1\nY = 2\n"
 
 
-def test_container_killed_mid_exec_is_a_clear_error(docker_client, local_instance):
-    sb = Sandbox.start(docker_client, local_instance.image, run_id="pytest-killed")
+@pytest.mark.parametrize("use_runner", [True, False], ids=["runner", "exec-per-command"])
+def test_container_killed_mid_exec_is_a_clear_error(docker_client, local_instance, use_runner):
+    sb = _small(docker_client, local_instance, use_runner=use_runner)
     threading.Timer(1.0, lambda: docker_client.containers.get(sb.container.id).kill()).start()
     with pytest.raises(SandboxError, match=r"container swe-aem-\S+ (is exited|no longer exists)"):
         sb.exec("sleep 30", timeout=60)
     sb.close()
     with pytest.raises(NotFound):
         docker_client.containers.get(sb.container.id)
+
+
+def test_a_command_killing_the_runner_gets_a_new_one(sandbox):
+    first = sandbox._runner
+    result = sandbox.exec("pkill -9 -f 'def serve'; sleep 1; echo unreachable")
+    assert result.exit_code == 137 and "command runner was killed" in result.output
+    assert sandbox._runner is not None and sandbox._runner is not first
+    assert sandbox.exec("echo fine").output == "fine\n"
+
+
+def test_runner_is_much_cheaper_than_exec_per_command(docker_client, local_instance):
+    def median_ms(sb):
+        times = sorted(sb.exec("true").duration_s for _ in range(15))
+        return 1000 * times[len(times) // 2]
+
+    with _small(docker_client, local_instance) as fast, \
+            _small(docker_client, local_instance, use_runner=False) as slow:
+        assert median_ms(fast) < 0.5 * median_ms(slow)
 
 
 def test_missing_image_is_a_clear_error(docker_client):

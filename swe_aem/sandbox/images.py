@@ -66,11 +66,11 @@ def debian_mirror() -> str:
             continue
         text = path.read_text(errors="replace")
         for block in text.split("\n\n"):
-            uri = re.search(r"^URIs:\s*(\S+)", block, re.M)
-            suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
+            uri = re.search(r"^URIs:\s*(\S+)", block, re.MULTILINE)
+            suites = re.search(r"^Suites:\s*(.+)$", block, re.MULTILINE)
             if uri and suites and SUITE in suites.group(1).split() and "security" not in uri.group(1):
                 return uri.group(1)
-        for m in re.finditer(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{SUITE}\s", text, re.M):
+        for m in re.finditer(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{SUITE}\s", text, re.MULTILINE):
             if "security" not in m.group(1):
                 return m.group(1)
     return DEFAULT_MIRROR

@@ -13,8 +13,8 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import docker
 from docker.errors import APIError, NotFound
@@ -115,7 +115,7 @@ class SandboxPool:
         self._clients.clear()
         return removed
 
-    def __enter__(self) -> "SandboxPool":
+    def __enter__(self) -> SandboxPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -31,6 +31,7 @@ from swe_aem.sandbox.engine import (
     SandboxError,
     retry_transient,
 )
+from swe_aem.sandbox.runner import Runner, RunnerGone
 
 # Runs as `sh -c WRAPPER CMD`: records its pid (= the process group `timeout` leads),
 # then becomes `timeout`, which runs CMD under bash and kills the group at the deadline.
@@ -52,6 +53,7 @@ class SandboxConfig:
     kill_grace_s: float = 5.0
     output_limit_bytes: int = 32_000
     api_timeout_s: float = 120.0
+    use_runner: bool = True  # one in-container process runs commands (fast); else exec each
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,14 @@ class Sandbox:
         self.base_commit = base_commit
         self.instance_id = instance_id
         self.uid, self.gid = 0, 0
+        self._runner: Runner | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def start(cls, client: docker.DockerClient, image: str, *, config: SandboxConfig | None = None,
               run_id: str = "adhoc", instance_id: str | None = None,
-              base_commit: str | None = None) -> "Sandbox":
+              base_commit: str | None = None) -> Sandbox:
         """Create and start a container from `image`, wait until a command runs in it."""
         config = config or SandboxConfig()
         labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
@@ -143,10 +146,17 @@ class Sandbox:
         sandbox = cls(container, config, base_commit=base_commit, instance_id=instance_id)
         try:
             retry_transient()(container.start)()
-            ready = sandbox.exec("id -u; id -g", timeout=60, workdir="/")
-            if ready.exit_code != 0:
-                raise SandboxError(f"container from {image} is not usable: {ready.output[-500:]}")
+            for attempt in range(3):  # a just-started container can refuse its first exec
+                ready = sandbox.exec("id -u; id -g; command -v python3", timeout=60, workdir="/")
+                if ready.exit_code in (0, 1) and len(ready.output.split()) >= 2:
+                    break
+                time.sleep(0.5 * (attempt + 1))
+            else:
+                raise SandboxError(f"container from {image} is not usable (exit code {ready.exit_code}): "
+                                   f"{ready.output[-500:]}")
             sandbox.uid, sandbox.gid = (int(x) for x in ready.output.split()[:2])
+            if config.use_runner and ready.exit_code == 0:
+                sandbox._start_runner()
         except BaseException:
             sandbox.close()
             raise
@@ -157,12 +167,14 @@ class Sandbox:
         if self._closed:
             return
         self._closed = True
+        if self._runner is not None:
+            self._runner.close()
         try:
             retry_transient()(self.container.remove)(force=True)
         except NotFound:
             pass
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -179,33 +191,68 @@ class Sandbox:
         return self._exec(cmd, timeout, workdir, env, limit)
 
     def _exec(self, cmd: str, timeout: float | None, workdir: str | None,
-              env: dict[str, str] | None, limit: int | None, user: str | None = None) -> ExecResult:
+              env: dict[str, str] | None, limit: int | None) -> ExecResult:
         if self._closed:
             raise SandboxError("sandbox is closed")
         limit_s = float(timeout if timeout is not None else self.config.exec_timeout_s)
         pidfile = f"/tmp/.swe-aem-exec-{uuid.uuid4().hex}.pid"
-        wrapper = _WRAPPER.format(pidfile=pidfile, grace=int(self.config.kill_grace_s),
-                                  limit=f"{limit_s:g}")
-        api = self.container.client.api
+        argv = ["/bin/sh", "-c", _WRAPPER.format(pidfile=pidfile, grace=int(self.config.kill_grace_s),
+                                                 limit=f"{limit_s:g}"), cmd]
+        # past this, the in-container `timeout` has failed to end the command: kill its group
+        guard_s = limit_s + 2 * self.config.kill_grace_s + 5
+        buf = _CappedBuffer(limit)
         start = time.monotonic()
+        runner = self._runner
+        if runner is not None and runner.lock.acquire(blocking=False):
+            try:
+                exit_code, guard_fired = self._via_runner(runner, cmd, argv, workdir, env, buf,
+                                                          guard_s, pidfile)
+            finally:
+                runner.lock.release()
+        else:  # no runner in this image, or another thread is using it
+            exit_code, guard_fired = self._via_exec(cmd, argv, workdir, env, buf, guard_s, pidfile)
+        duration = time.monotonic() - start
+        output, truncated = buf.text()
+        timed_out = guard_fired or (exit_code in TIMEOUT_EXIT_CODES and duration >= limit_s)
+        return ExecResult(exit_code=exit_code, output=output, timed_out=timed_out,
+                          duration_s=duration, truncated=truncated)
+
+    def _via_runner(self, runner: Runner, cmd: str, argv: list[str], workdir: str | None,
+                    env: dict[str, str] | None, buf: _CappedBuffer, guard_s: float,
+                    pidfile: str) -> tuple[int, bool]:
+        try:
+            return runner.run(argv, workdir or self.config.workdir, env, buf.add, guard_s,
+                              lambda: self._kill_group(pidfile))
+        except RunnerGone as exc:
+            self._runner = None
+            runner.close()
+            if not self._alive():
+                raise self._dead_container_error(cmd, None) from exc
+            # the command killed the runner itself (say `kill -9 -1`): report it, start a new one
+            buf.add(f"\n[swe-aem: the command runner was killed ({exc}); restarted]\n".encode())
+            self._start_runner()
+            return 137, False
+
+    def _via_exec(self, cmd: str, argv: list[str], workdir: str | None,
+                  env: dict[str, str] | None, buf: _CappedBuffer, guard_s: float,
+                  pidfile: str) -> tuple[int, bool]:
+        api = self.container.client.api
         try:
             exec_id = retry_transient()(api.exec_create)(
-                self.container.id, ["/bin/sh", "-c", wrapper, cmd], stdout=True, stderr=True,
-                workdir=workdir or self.config.workdir, environment=env,
-                **({"user": user} if user else {}))["Id"]
+                self.container.id, argv, stdout=True, stderr=True,
+                workdir=workdir or self.config.workdir, environment=env)["Id"]
             stream = api.exec_start(exec_id, stream=True, demux=False)
         except (APIError, NotFound) as exc:
             raise self._dead_container_error(cmd, exc) from exc
         guard_fired = threading.Event()
 
-        def guard() -> None:  # the in-container `timeout` should have ended it by now
+        def guard() -> None:
             guard_fired.set()
             self._kill_group(pidfile)
 
-        timer = threading.Timer(limit_s + 2 * self.config.kill_grace_s + 5, guard)
+        timer = threading.Timer(guard_s, guard)
         timer.daemon = True
         timer.start()
-        buf = _CappedBuffer(limit)
         try:
             for chunk in stream:
                 buf.add(chunk)
@@ -213,7 +260,6 @@ class Sandbox:
             raise self._dead_container_error(cmd, exc) from exc
         finally:
             timer.cancel()
-        duration = time.monotonic() - start
         try:
             exit_code = api.exec_inspect(exec_id).get("ExitCode")
         except (APIError, NotFound) as exc:
@@ -221,10 +267,14 @@ class Sandbox:
         # a container killed under us shows as no exit code or a signal exit code
         if (exit_code is None or exit_code >= 128) and not self._alive():
             raise self._dead_container_error(cmd, None)
-        output, truncated = buf.text()
-        timed_out = guard_fired.is_set() or (exit_code in TIMEOUT_EXIT_CODES and duration >= limit_s)
-        return ExecResult(exit_code=int(exit_code), output=output, timed_out=timed_out,
-                          duration_s=duration, truncated=truncated)
+        return int(exit_code), guard_fired.is_set()
+
+    def _start_runner(self) -> None:
+        """Start the in-container runner when the image has python3 (else exec per command)."""
+        try:
+            self._runner = Runner(self.container)
+        except (APIError, NotFound, OSError):
+            self._runner = None
 
     def _kill_group(self, pidfile: str) -> None:
         try:
