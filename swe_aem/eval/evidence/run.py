@@ -12,9 +12,11 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import Manager
 from pathlib import Path
+from queue import Queue  # the type a Manager().Queue() proxy mimics
 
 import numpy as np
 from scipy import stats
@@ -44,11 +46,15 @@ def quick_config() -> EvidenceConfig:
     )
 
 
-def _job(run_cfg: RunConfig, seed: int, lam: float) -> list[dict]:
+def _init_worker() -> None:
     import torch
 
-    torch.set_num_threads(1)
-    return [asdict(s) for s in train_run(run_cfg, seed, lam)]
+    torch.set_num_threads(1)  # parallel runs, one core each
+
+
+def _job(run_cfg: RunConfig, seed: int, lam: float, queue: Queue | None = None) -> list[dict]:
+    progress = queue.put if queue is not None else None
+    return [asdict(s) for s in train_run(run_cfg, seed, lam, progress=progress)]
 
 
 def run_all(cfg: EvidenceConfig, workers: int) -> dict[str, dict[int, list[dict]]]:
@@ -56,19 +62,23 @@ def run_all(cfg: EvidenceConfig, workers: int) -> dict[str, dict[int, list[dict]
     jobs = [(arm, seed) for seed in cfg.seeds for arm in ARMS]
     lam = {"grpo": 0.0, "grpo+aem": cfg.lam}
     out: dict[str, dict[int, list[dict]]] = {arm: {} for arm in ARMS}
-    bar = tqdm(total=len(jobs), desc="evidence runs", unit="run")
+    bar = tqdm(total=len(jobs) * cfg.run.steps, desc=f"evidence ({len(jobs)} runs)", unit="step")
     if workers <= 1:
         for arm, seed in jobs:
-            out[arm][seed] = _job(cfg.run, seed, lam[arm])
-            bar.update(1)
+            out[arm][seed] = [asdict(s) for s in train_run(cfg.run, seed, lam[arm], progress=bar.update)]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_job, cfg.run, seed, lam[arm]): (arm, seed) for arm, seed in jobs}
-            for fut in as_completed(futures):
-                arm, seed = futures[fut]
-                out[arm][seed] = fut.result()
-                bar.set_postfix_str(f"{arm} seed {seed}: final success {out[arm][seed][-1]['success']:.2f}")
-                bar.update(1)
+        with Manager() as manager, ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+            queue = manager.Queue()
+            futures = {pool.submit(_job, cfg.run, seed, lam[arm], queue): (arm, seed) for arm, seed in jobs}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5)
+                while not queue.empty():
+                    bar.update(queue.get())
+                for fut in done:
+                    arm, seed = futures[fut]
+                    out[arm][seed] = fut.result()
+                    bar.write(f"{arm} seed {seed}: done, last-step success {out[arm][seed][-1]['success']:.2f}")
     bar.close()
     return {arm: dict(sorted(runs.items())) for arm, runs in out.items()}
 

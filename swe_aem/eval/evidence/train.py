@@ -13,6 +13,7 @@ after the update) next to the predicted drift sum_i A_i (S_i - mean_group S) / R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,8 +57,10 @@ class StepLog:
     alpha_max: float
 
 
-def train_run(cfg: RunConfig, seed: int, lam: float) -> list[StepLog]:
-    """Train one policy from scratch; lam = 0 is plain GRPO."""
+def train_run(
+    cfg: RunConfig, seed: int, lam: float, progress: Callable[[int], object] | None = None
+) -> list[StepLog]:
+    """Train one policy from scratch; lam = 0 is plain GRPO. `progress(n)` gets step counts."""
     g = cfg.game
     torch.manual_seed(seed)
     policy = GRUPolicy(g, cfg.hidden)
@@ -117,4 +120,6 @@ def train_run(cfg: RunConfig, seed: int, lam: float) -> list[StepLog]:
             frac_neg_adv=float((adv < 0).float().mean()),
             alpha_max=float(aem.alpha.max()),
         ))
+        if progress is not None and (len(logs) % 10 == 0 or len(logs) == cfg.steps):
+            progress(10 if len(logs) % 10 == 0 else len(logs) % 10)
     return logs
