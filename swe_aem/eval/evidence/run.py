@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -44,6 +45,12 @@ def quick_config() -> EvidenceConfig:
     return EvidenceConfig(
         run=RunConfig(game=game, steps=150, tasks=8, group=4, lr=3e-3), seeds=(0, 1, 2), window=20
     )
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process plus its reaped children (the pool's workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _init_worker() -> None:
@@ -172,7 +179,7 @@ def evidence_markdown(rec: dict) -> str:
         f"{r['tasks']} targets x {r['group']} episodes, Adam lr {r['lr']}, advantages "
         f"'{r['estimator']}', PPO-clip loss '{r['loss_agg']}', AEM at turn level with lam = {cfg['lam']}. "
         f"Seeds {cfg['seeds']} for both arms (same initial weights and targets). "
-        f"Wall time {rec['wall_s']:.0f} s with {rec['workers']} worker(s)."),
+        f"Wall time {rec['wall_s']:.0f} s with {rec['workers']} worker(s), {rec['cpu_s']:.0f} CPU s."),
         "",
         (f"| arm | final success (mean +- std over seeds) | mean success, all steps | final entropy "
         f"(nats/token) | seeds reaching {cfg['threshold']} | steps to {cfg['threshold']} "
@@ -273,14 +280,15 @@ def run_evidence(cfg: EvidenceConfig, out_dir: str | Path, workers: int = 1) -> 
     """Train both arms on every seed, write evidence.{json,md} and the plots; return the record."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     logs = run_all(cfg, workers)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     plots = [plot_curves(logs, cfg, out / "curves.png").name, plot_theory(logs, out / "theory.png").name]
     rec = {
         "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
         "policy": "one-layer GRU trained from scratch (not the tiny LLM)",
         "wall_s": wall,
+        "cpu_s": cpu,  # this process and its finished workers: the cost without other load
         "workers": workers,
         "summary": {arm: summarize_arm(logs[arm], cfg) for arm in ARMS},
         "theory": {arm: theory_check(logs[arm]) for arm in ARMS},
