@@ -61,11 +61,11 @@ def plot_summary(s: EvalSummary, path: Path, title: str = "Evaluation") -> Path:
     ax1.axhline(100 * s.pass1_mean, color="k", label=f"Pass@1 {_pct(s.pass1_mean)}%")
     lo, hi = s.pass1_ci_bootstrap
     ax1.axhspan(100 * lo, 100 * hi, color="k", alpha=0.1, label=f"{100 * s.ci_level:.0f}% CI (instances)")
-    ax1.set(xlabel="run", ylabel="resolve rate (%)", title="resolve rate per run")
+    ax1.set(xlabel="run", ylabel="resolve rate (%)", title="resolve rate per run", xticks=list(runs))
     ax1.legend(fontsize=8)
     ks = sorted(s.pass_at_k)
     ax2.plot(ks, [100 * s.pass_at_k[k] for k in ks], "o-")
-    ax2.set(xlabel="k", ylabel="Pass@k (%)", title="Pass@k (unbiased)", xscale="log", xticks=ks)
+    ax2.set(xlabel="k", ylabel="Pass@k (%)", title="Pass@k (unbiased)", xscale="log", xticks=ks, ylim=(0, 100))
     ax2.set_xticklabels([str(k) for k in ks])
     fig.suptitle(f"{title}: {s.n_instances} instances")
     fig.tight_layout()
