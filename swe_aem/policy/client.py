@@ -29,6 +29,7 @@ class SamplingParams:
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM extension: always produce max_tokens (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class PolicyClient:
             body["include_stop_str_in_output"] = True
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.ignore_eos:
+            body["ignore_eos"] = True
         data = await self._post("/v1/completions", body)
         choice = data["choices"][0]
         token_ids = [int(t) for t in choice["token_ids"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 
 from swe_aem.policy.models import ModelUnavailableError, resolve_model
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     server = VLLMServer(path, options, host=args.host, port=args.port, log_path=args.log,
                         startup_timeout_s=args.startup_timeout)
     print(f"starting vLLM for {path} (log: {server.log_path}) ...", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the server too
     try:
         with server:
             print(json.dumps({"base_url": server.base_url, "model": server.model_name,

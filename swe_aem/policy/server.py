@@ -7,6 +7,7 @@ parallelism) is chosen by whether an NVIDIA GPU is visible to torch.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -164,6 +165,7 @@ class VLLMServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() ends workers too
         )
+        atexit.register(self.stop)  # a crashed or interrupted caller leaves no server behind
         try:
             self._wait_healthy()
         except BaseException:
@@ -202,6 +204,7 @@ class VLLMServer:
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the process group, SIGKILL what is left after timeout_s."""
         proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
         if proc is not None and proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
