@@ -27,11 +27,14 @@ def _acc_dtype(t: Tensor) -> torch.dtype:
 
 
 def _chunk_stats(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """log-prob of targets, entropy and logsumexp of one float32 logits chunk."""
+    """log-prob of targets, entropy and logsumexp of one float32 logits chunk.
+
+    In-place arithmetic keeps the chunk's temporaries to one extra [chunk x V].
+    """
     lse = torch.logsumexp(logits, dim=-1)
     target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    probs = torch.exp(logits - lse.unsqueeze(-1))
-    entropy = lse - (probs * logits).sum(dim=-1)
+    plogits = (logits - lse.unsqueeze(-1)).exp_().mul_(logits)  # p * z
+    entropy = lse - plogits.sum(dim=-1)
     return target_logit - lse, entropy, lse
 
 
@@ -51,7 +54,9 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
         lse = hidden.new_empty(n, dtype=acc)
         for start in range(0, n, chunk_size):
             sl = slice(start, start + chunk_size)
-            logits = (hidden[sl] @ weight.T).to(acc) / temperature
+            logits = (hidden[sl] @ weight.T).to(acc)
+            if temperature != 1.0:
+                logits.div_(temperature)
             logprobs[sl], entropy[sl], lse[sl] = _chunk_stats(logits, targets[sl])
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
@@ -62,24 +67,26 @@ class _ChunkedLogprobEntropy(torch.autograd.Function):
     def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
         hidden, weight, targets, lse = ctx.saved_tensors
         chunk_size, tau = ctx.chunk_size, ctx.temperature
-        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         acc = lse.dtype
-        grad_weight = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        # accumulated in the weight's dtype, as autograd would hand it to the optimizer
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
-            h = hidden[sl]
-            logits = (h @ weight.T).to(acc) / tau
-            # grad wrt logits: g * (onehot - softmax), scaled by 1/tau for z = hW^T/tau
-            grad_logits = torch.exp(logits - lse[sl].unsqueeze(-1))
-            grad_logits.mul_(-grad_logprobs[sl].unsqueeze(-1))
-            grad_logits.scatter_add_(-1, targets[sl].unsqueeze(-1), grad_logprobs[sl].unsqueeze(-1))
-            grad_logits.div_(tau)
+            h, g = hidden[sl], grad_logprobs[sl].to(acc).unsqueeze(-1)
+            z = (h @ weight.T).to(acc)
+            if tau != 1.0:
+                z.div_(tau)
+            # d log p(y) / d z = onehot(y) - softmax(z), times g, times 1/tau; built in place
+            grad_z = z.sub_(lse[sl].unsqueeze(-1)).exp_().mul_(-g)
+            grad_z.scatter_add_(-1, targets[sl].unsqueeze(-1), g)
+            if tau != 1.0:
+                grad_z.div_(tau)
+            grad_z = grad_z.to(weight.dtype)
             if grad_hidden is not None:
-                grad_hidden[sl] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_hidden[sl] = (grad_z @ weight).to(hidden.dtype)
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, h.to(acc))
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
+                grad_weight.addmm_(grad_z.T, h.to(weight.dtype))
         return grad_hidden, grad_weight, None, None, None
 
 
