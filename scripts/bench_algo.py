@@ -30,9 +30,9 @@ def _measure(impl: str, tokens: int, vocab: int, hidden: int, chunk: int) -> dic
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if impl == "chunked":
-        lp, ent = chunked_logprobs_and_entropy(h, w, y, chunk_size=chunk)
+        lp, _ = chunked_logprobs_and_entropy(h, w, y, chunk_size=chunk)
     else:
-        lp, ent = naive_logprobs_and_entropy(h, w, y)
+        lp, _ = naive_logprobs_and_entropy(h, w, y)
     fwd = time.perf_counter() - start
     lp.sum().backward()
     total = time.perf_counter() - start

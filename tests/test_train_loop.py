@@ -158,11 +158,13 @@ def test_resume_after_kill_matches_uninterrupted_run(small_model, replay_file, t
     proc.send_signal(signal.SIGKILL)  # mid-run: during step 2 (or its checkpoint)
     proc.wait()
     # without --resume the command refuses to clobber the run
-    refused = subprocess.run(cmd(cut), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(cmd(cut), check=False, env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     subprocess.run(cmd(cut, "--resume"), check=True,
                    env={**env, "MASTER_PORT": "29613"}, cwd=ROOT, capture_output=True, timeout=600)
-    state = json.loads(sorted((cut / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    last = max((cut / "checkpoints").glob("step-*"))
+    state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["episodes_seen"] == 3 * 8
     a, b = _final_params(whole), _final_params(cut)
     for k in a:

@@ -40,7 +40,7 @@ class LiveRollouts:
         from swe_aem.agent.loop import AgentConfig
         from swe_aem.policy.client import PolicyClient
         from swe_aem.policy.server import ServerOptions, VLLMServer
-        from swe_aem.sandbox import SandboxConfig, SandboxPool
+        from swe_aem.sandbox import SandboxConfig, SandboxPool, reap
 
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id
         self.tokenizer = tokenizer
@@ -55,6 +55,8 @@ class LiveRollouts:
                                 config=SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory),
                                 run_id=run_id)
         self.pool.check()  # a dead daemon fails here, clearly, before any model work
+        for host in cfg.run.docker_hosts or [None]:
+            reap(docker_host=host)  # containers of crashed earlier runs (their owner is gone)
         self.server = None
         if cfg.run.vllm_url:
             url, name = cfg.run.vllm_url, "policy"
