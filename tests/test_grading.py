@@ -13,7 +13,7 @@ import pytest
 from swe_aem.reward import grade_patch
 from swe_aem.reward.grade import grade_predictions, load_predictions
 from swe_aem.reward.grade import run as grade_cli
-from swe_aem.reward.grading import patch_files, edited_tests
+from swe_aem.reward.grading import edited_tests, patch_files
 from swe_aem.sandbox import DockerUnavailableError, SandboxPool
 from swe_aem.sandbox.engine import LABEL_RUN_ID
 
@@ -101,7 +101,7 @@ def test_unfixed_code_does_not_resolve(local_instances, tmp_path, make_patch):
                for i in local_instances}
     report = _grade_all(local_instances, patches, tmp_path, strict=True)
     assert report["unresolved_ids"] == sorted(patches)
-    for iid, row in report["instances"].items():
+    for row in report["instances"].values():
         assert row["reward"] == 0.0 and "FAIL_TO_PASS failing" in row["reason"]
         assert "PASS_TO_PASS failing" not in row["reason"]
 
@@ -115,7 +115,7 @@ def test_patches_that_edit_tests_do_not_resolve(local_instances, tmp_path, make_
 
     edits = {i.instance_id: cheat(i) for i in local_instances}
     strict = _grade_all(local_instances, edits, tmp_path / "strict", strict=True)
-    for iid, row in strict["instances"].items():
+    for row in strict["instances"].values():
         assert row["status"] == "rejected" and row["reward"] == 0.0
         assert "strict: patch edits tests: tests/" in row["reason"]
     # without strict mode the eval script restores the test files first, so it still fails

@@ -262,9 +262,9 @@ def test_dead_daemon_is_a_clear_error_not_a_hang(local_instance, tmp_path):
     with pytest.raises(DockerUnavailableError, match=f"Docker daemon at {dead} is not answering"):
         connect(dead)
     pool = SandboxPool([dead], run_id="pytest-dead")
-    with pytest.raises(DockerUnavailableError, match="no Docker daemon answers"):
-        with pool.sandbox(local_instance):
-            pass
+    with pytest.raises(DockerUnavailableError, match="no Docker daemon answers"), \
+            pool.sandbox(local_instance):
+        pass
     with pytest.raises(DockerUnavailableError, match="127.0.0.1:9"):
         connect("tcp://127.0.0.1:9")
     assert time.monotonic() - start < 30

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from swe_aem.data.instances import DatasetError, Instance, instance_from_row
@@ -44,7 +44,7 @@ def _git(cwd: Path, *args: str) -> str:
     env = {**os.environ, **_GIT_ENV}
     done = subprocess.run(["git", "-c", "init.defaultBranch=main", "-c", "core.autocrlf=false",
                            "-c", "commit.gpgsign=false", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True)
+                          cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
     return done.stdout.strip()
@@ -62,7 +62,7 @@ def materialize_repo(repo: str, dest: Path) -> str:
     return _git(dest, "rev-parse", "HEAD")
 
 
-@lru_cache(maxsize=None)
+@cache
 def base_commit(repo: str) -> str:
     with tempfile.TemporaryDirectory(prefix="swe-aem-commit-") as tmp:
         return materialize_repo(repo, Path(tmp) / "repo")
@@ -77,7 +77,7 @@ def image_name(instance_id: str, repo: str) -> str:
 def test_files(test_patch: str) -> tuple[list[str], list[str]]:
     """(files the test patch modifies, files it creates)."""
     modified, created = [], []
-    for old, new in re.findall(r"^--- (\S+)\n\+\+\+ (\S+)$", test_patch, re.M):
+    for old, new in re.findall(r"^--- (\S+)\n\+\+\+ (\S+)$", test_patch, re.MULTILINE):
         if new == "/dev/null":
             continue
         (created if old == "/dev/null" else modified).append(new.removeprefix("b/"))
@@ -107,7 +107,7 @@ def eval_script(commit: str, test_patch: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load() -> tuple[Instance, ...]:
     folder = LOCAL / "instances"
     if not folder.is_dir():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -126,7 +125,7 @@ def grade_predictions(instances: list[Instance], predictions: dict[str, dict[str
                     results[iid] = future.result()
                 except DockerUnavailableError:
                     raise
-                except Exception as exc:  # a bug or an odd instance must not lose the others
+                except Exception as exc:  # noqa: BLE001 - one odd instance must not lose the others
                     results[iid] = GradeResult(iid, 0.0, False, "error", f"{type(exc).__name__}: {exc}")
                 resolved = sum(r.resolved for r in results.values())
                 progress.update(task, advance=1, description=f"grading ({resolved} resolved)")

@@ -27,7 +27,13 @@ from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 from swebench.harness.utils import make_test_spec
 
 from swe_aem.data.instances import Instance
-from swe_aem.sandbox import DockerUnavailableError, Sandbox, SandboxConfig, SandboxError, SandboxPool
+from swe_aem.sandbox import (
+    DockerUnavailableError,
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxPool,
+)
 
 PATCH_FILE = "/tmp/patch.diff"
 EVAL_FILE = "/tmp/eval.sh"
@@ -59,9 +65,9 @@ class GradeResult:
 def patch_files(patch: str) -> list[str]:
     """Every path a unified diff touches (old and new names)."""
     paths = set()
-    for a, b in re.findall(r"^diff --git a/(\S+) b/(\S+)$", patch, re.M):
+    for a, b in re.findall(r"^diff --git a/(\S+) b/(\S+)$", patch, re.MULTILINE):
         paths.update((a, b))
-    for name in re.findall(r"^(?:---|\+\+\+) (?:[ab]/)?(\S+)", patch, re.M):
+    for name in re.findall(r"^(?:---|\+\+\+) (?:[ab]/)?(\S+)", patch, re.MULTILINE):
         if name != "/dev/null":
             paths.add(name)
     return sorted(paths)

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import docker
+import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -220,7 +221,7 @@ def pull_images(client: docker.DockerClient, images: list[str]) -> dict[str, str
             except (APIError, NotFound, docker.errors.DockerException) as exc:
                 results[image] = f"cannot pull ({_short(exc)}); no registry reachable?"
                 console.print(f"[red]{image}: {results[image]}")
-            except Exception as exc:  # requests timeouts / connection errors: say it, go on
+            except (requests.exceptions.RequestException, OSError) as exc:  # timeouts: say it, go on
                 results[image] = f"cannot pull ({type(exc).__name__}: {_short(exc)})"
                 console.print(f"[red]{image}: {results[image]}")
             progress.remove_task(task)

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 import docker
 from docker.errors import APIError, NotFound
@@ -115,7 +116,7 @@ class SandboxPool:
         self._clients.clear()
         return removed
 
-    def __enter__(self) -> SandboxPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

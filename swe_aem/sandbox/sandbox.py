@@ -19,8 +19,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Self
 
 import docker
+import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from swe_aem.sandbox.engine import (
@@ -125,13 +127,13 @@ class Sandbox:
         config = config or SandboxConfig()
         labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
                   LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
-        kwargs = dict(
-            image=image, command=["sleep", "infinity"], name=_container_name(run_id, instance_id),
-            init=True, labels=labels, mem_limit=config.memory,
-            memswap_limit=config.memory, nano_cpus=int(config.cpus * 1e9),
-            pids_limit=config.pids_limit, security_opt=["no-new-privileges"],
-            network_mode="bridge" if config.network else "none",
-        )
+        kwargs = {
+            "image": image, "command": ["sleep", "infinity"], "init": True, "labels": labels,
+            "name": _container_name(run_id, instance_id), "mem_limit": config.memory,
+            "memswap_limit": config.memory, "nano_cpus": int(config.cpus * 1e9),
+            "pids_limit": config.pids_limit, "security_opt": ["no-new-privileges"],
+            "network_mode": "bridge" if config.network else "none",
+        }
         if config.user is not None:
             kwargs["user"] = config.user
         try:  # create + start, not run: run would try to pull a missing image from a registry
@@ -174,7 +176,7 @@ class Sandbox:
         except NotFound:
             pass
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -302,7 +304,7 @@ class Sandbox:
                     f"OOMKilled={state.get('OOMKilled')})")
         except NotFound:
             what = "no longer exists"
-        except Exception as err:  # the daemon itself may be gone
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
             what = f"cannot be inspected ({type(err).__name__}: {err})"
         detail = f": {type(exc).__name__}: {exc}" if exc else ""
         return SandboxError(f"container {self.container.name} {what} while running {cmd[:200]!r}{detail}")
