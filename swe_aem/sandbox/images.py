@@ -20,7 +20,7 @@ from pathlib import Path
 
 import docker
 import requests
-from docker.errors import APIError, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -218,20 +218,25 @@ def pull_images(client: docker.DockerClient, images: list[str]) -> dict[str, str
                         progress.update(task, completed=sum(c for c, _ in layers.values()),
                                         total=sum(t for _, t in layers.values()))
                 results[image] = "pulled"
-            except (APIError, NotFound, docker.errors.DockerException) as exc:
-                results[image] = f"cannot pull ({_short(exc)}); no registry reachable?"
-                console.print(f"[red]{image}: {results[image]}")
-            except (requests.exceptions.RequestException, OSError) as exc:  # timeouts: say it, go on
-                results[image] = f"cannot pull ({type(exc).__name__}: {_short(exc)})"
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+                results[image] = _pull_error(exc)
                 console.print(f"[red]{image}: {results[image]}")
             progress.remove_task(task)
             progress.advance(overall)
     return results
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+_UNREACHABLE = re.compile(r"dial tcp|no such host|lookup |connection refused|i/o timeout|"
+                          r"TLS handshake|network is unreachable|Client.Timeout", re.IGNORECASE)
+
+
+def _pull_error(exc: BaseException) -> str:
+    """One plain line: why this image could not be pulled."""
+    detail = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
+    text = detail[0][:300] if detail else type(exc).__name__
+    if _UNREACHABLE.search(text) or isinstance(exc, requests.exceptions.RequestException):
+        return f"cannot pull: no registry is reachable from the Docker daemon ({text})"
+    return f"cannot pull: {text}"
 
 
 # ---------------------------------------------------------------- CLI
