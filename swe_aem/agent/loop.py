@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,11 @@ def _observation(result: ToolResult | None, parse_error: str | None) -> str:
     return result.output if result.output.strip() else "(no output)"
 
 
+async def in_thread(executor: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking call (docker SDK) off the event loop, in `executor` (None: the default)."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
 async def run_episode(
     instance: Any,
     sandbox: Any,
@@ -62,6 +69,7 @@ async def run_episode(
     config: AgentConfig,
     *,
     sample_index: int = 0,
+    executor: Executor | None = None,
 ) -> Episode:
     """Run one agent episode on an instance inside a started sandbox."""
     start = time.monotonic()
@@ -102,7 +110,7 @@ async def run_episode(
             t1 = time.monotonic()
             if call is not None:
                 result = await asyncio.wait_for(
-                    asyncio.to_thread(tools.run, call, deadline - time.monotonic()),
+                    in_thread(executor, tools.run, call, deadline - time.monotonic()),
                     deadline - time.monotonic(),
                 )
             observation, truncated = truncate_observation(
@@ -132,15 +140,15 @@ async def run_episode(
     except (ServerUnavailableError, GenerationError, SandboxError) as exc:
         episode.termination = "error"
         episode.error = f"{type(exc).__name__}: {exc}"
-    episode.patch = await _final_patch(sandbox, episode)
+    episode.patch = await _final_patch(sandbox, episode, executor)
     episode.wall_s = time.monotonic() - start
     return episode
 
 
-async def _final_patch(sandbox: Any, episode: Episode) -> str:
+async def _final_patch(sandbox: Any, episode: Episode, executor: Executor | None) -> str:
     """The sandbox's git diff against base_commit; a failure is recorded, not raised."""
     try:
-        return await asyncio.to_thread(sandbox.diff)
+        return await in_thread(executor, sandbox.diff)
     except Exception as exc:  # noqa: BLE001 (a dead container must not lose the episode record)
         note = f"patch unavailable: {type(exc).__name__}: {exc}"
         episode.error = f"{episode.error}; {note}" if episode.error else note

@@ -14,13 +14,14 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from swe_aem.agent.loop import AgentConfig, run_episode
+from swe_aem.agent.loop import AgentConfig, in_thread, run_episode
 from swe_aem.agent.trajectory import Episode, write_episodes
 from swe_aem.policy.client import PolicyClient
 
@@ -45,8 +46,7 @@ async def rollout(
     to the concurrency. A sandbox that cannot start or a grader that fails becomes an
     episode with termination "error" / grade_status "error", never a lost sample.
     """
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=2 * concurrency + 2))
+    executor = ThreadPoolExecutor(max_workers=2 * concurrency + 2, thread_name_prefix="rollout")
     semaphore = asyncio.Semaphore(concurrency)
     jobs = [(inst, k) for inst in instances for k in range(samples)]
     bar = tqdm(total=len(jobs), desc="rollout", unit="ep", disable=not progress)
@@ -55,9 +55,9 @@ async def rollout(
     async def one(instance: Any, k: int) -> Episode:
         nonlocal resolved
         async with semaphore:
-            episode = await _episode_in_sandbox(instance, k, policy, tokenizer, pool, config)
+            episode = await _episode_in_sandbox(instance, k, policy, tokenizer, pool, config, executor)
         if grade:
-            await _grade(instance, episode, grade_kwargs or {})
+            await _grade(instance, episode, grade_kwargs or {}, executor)
             resolved += int(episode.reward == 1.0)
         if on_episode is not None:
             on_episode(episode)
@@ -69,30 +69,33 @@ async def rollout(
         return list(await asyncio.gather(*(one(inst, k) for inst, k in jobs)))
     finally:
         bar.close()
+        executor.shutdown(wait=False)
 
 
 async def _episode_in_sandbox(
-    instance: Any, k: int, policy: PolicyClient, tokenizer: Any, pool: Any, config: AgentConfig
+    instance: Any, k: int, policy: PolicyClient, tokenizer: Any, pool: Any, config: AgentConfig,
+    executor: Executor,
 ) -> Episode:
     start = time.monotonic()
     manager = pool.sandbox(instance)
     try:
-        sandbox = await asyncio.to_thread(manager.__enter__)
+        sandbox = await in_thread(executor, manager.__enter__)
     except Exception as exc:  # noqa: BLE001 (any start failure is recorded on the episode)
         return Episode(instance.instance_id, k, termination="error", model=policy.model,
                        error=f"sandbox did not start: {type(exc).__name__}: {exc}",
                        wall_s=time.monotonic() - start)
     try:
-        return await run_episode(instance, sandbox, policy, tokenizer, config, sample_index=k)
+        return await run_episode(instance, sandbox, policy, tokenizer, config, sample_index=k,
+                                 executor=executor)
     finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
+        await in_thread(executor, manager.__exit__, None, None, None)
 
 
-async def _grade(instance: Any, episode: Episode, grade_kwargs: dict[str, Any]) -> None:
+async def _grade(instance: Any, episode: Episode, grade_kwargs: dict[str, Any], executor: Executor) -> None:
     from swe_aem.reward import grade_patch
 
     try:
-        result = await asyncio.to_thread(grade_patch, instance, episode.patch, **grade_kwargs)
+        result = await in_thread(executor, partial(grade_patch, instance, episode.patch, **grade_kwargs))
     except Exception as exc:  # noqa: BLE001 (a grader failure is recorded, reward 0)
         episode.reward, episode.grade_status = 0.0, "error"
         episode.grade_reason = f"{type(exc).__name__}: {exc}"
