@@ -40,18 +40,13 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def instances():
-    from swe_aem.data.instances import load_instances
-
-    return {inst.instance_id: inst for inst in load_instances("local")}
+def instances(local_instances):  # tests/conftest.py: the local suite, images built
+    return {inst.instance_id: inst for inst in local_instances}
 
 
 @pytest.fixture(scope="module")
-def pool():
-    from swe_aem.sandbox import SandboxPool
-
-    with SandboxPool(max_concurrency=2) as p:
-        yield p
+def pool(sandbox_pool):  # tests/conftest.py: real Docker, cleaned up at the end
+    return sandbox_pool
 
 
 def play(tokenizer, pool, instance, respond, config: AgentConfig | None = None,

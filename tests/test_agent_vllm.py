@@ -124,16 +124,14 @@ class RecordingClient(PolicyClient):
         return gen
 
 
-def test_real_model_episode_records_exact_tokens(server, tokenizer) -> None:
+def test_real_model_episode_records_exact_tokens(server, tokenizer, local_instance, sandbox_pool) -> None:
     from swe_aem.agent.chat import ChatTokens
-    from swe_aem.data.instances import load_instances
-    from swe_aem.sandbox import SandboxPool
 
-    inst = load_instances("local", instance_ids=["swe-aem__textkit-1"])[0]
+    inst = local_instance
     client = RecordingClient(server.base_url, server.model_name, retries=1, timeout=120)
     config = AgentConfig(max_turns=3, max_new_tokens=48, temperature=1.0, seed=11,
                          max_observation_chars=2000, tool_call_format="xml")
-    with SandboxPool(max_concurrency=1) as pool, pool.sandbox(inst) as sandbox:
+    with sandbox_pool.sandbox(inst) as sandbox:
         episode = asyncio.run(run_episode(inst, sandbox, client, tokenizer, config))
     assert episode.termination in TERMINATIONS and episode.termination != "error", episode.error
     assert episode.num_turns == len(client.calls) >= 1

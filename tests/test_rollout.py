@@ -20,13 +20,11 @@ SOLVED, GIVEN_UP = "swe-aem__pyledger-3", "swe-aem__textkit-3"
 FINISH = "<function=finish>\n</function>"
 
 
-def test_rollout_command_writes_graded_trajectories_and_predictions(tmp_path) -> None:
+def test_rollout_command_writes_graded_trajectories_and_predictions(tmp_path, local_instances) -> None:
     from transformers import AutoTokenizer
 
-    from swe_aem.data.instances import load_instances
-
     tokenizer = AutoTokenizer.from_pretrained(load_preset("tiny").default_path)
-    by_id = {i.instance_id: i for i in load_instances("local", instance_ids=[SOLVED, GIVEN_UP])}
+    by_id = {i.instance_id: i for i in local_instances if i.instance_id in (SOLVED, GIVEN_UP)}
     gold = editor_calls_for_patch(by_id[SOLVED].patch) + [FINISH]
 
     def respond(prompt: str, turn: int) -> str:
