@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from docker.errors import APIError, NotFound
 
 from swe_aem.reward import grade_patch
 from swe_aem.reward.grade import grade_predictions, load_predictions
@@ -183,11 +184,15 @@ def test_container_killed_mid_run_is_a_clear_error(local_instances, tmp_path, ma
 
     def killer():  # kill each grading container once its tests are running
         while not stop.is_set():
-            for c in docker_client.containers.list(filters={"label": f"{LABEL_RUN_ID}={run_id}"}):
-                top = " ".join(" ".join(p) for p in c.top().get("Processes", []))
-                if c.id not in killed and "pytest" in top:
-                    c.kill()
-                    killed.add(c.id)
+            for c in docker_client.containers.list(ignore_removed=True,
+                                                     filters={"label": f"{LABEL_RUN_ID}={run_id}"}):
+                try:
+                    top = " ".join(" ".join(p) for p in c.top().get("Processes", []))
+                    if c.id not in killed and "pytest" in top:
+                        c.kill()
+                        killed.add(c.id)
+                except (NotFound, APIError):  # it finished or went away meanwhile
+                    continue
             time.sleep(0.2)
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -202,7 +207,8 @@ def test_container_killed_mid_run_is_a_clear_error(local_instances, tmp_path, ma
     for row in report["instances"].values():
         assert row["status"] == "error"
         assert "container swe-aem-" in row["reason"] and ("exited" in row["reason"] or "no longer exists" in row["reason"])
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"})
+    assert not docker_client.containers.list(all=True, ignore_removed=True,
+                                            filters={"label": f"{LABEL_RUN_ID}={run_id}"})
 
 
 def test_stopped_daemon_gives_a_clear_error(local_instances, tmp_path, capsys):

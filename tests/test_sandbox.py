@@ -242,7 +242,8 @@ def test_pool_bounds_concurrency(docker_client, local_instance):
         for t in threads:
             t.join(120)
     assert peak[0] == 2
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}=pytest-bound"})
+    assert not docker_client.containers.list(all=True, ignore_removed=True,
+                                             filters={"label": f"{LABEL_RUN_ID}=pytest-bound"})
 
 
 def test_pool_spreads_over_daemons_and_skips_a_dead_one(docker_client, local_instance, tmp_path):

@@ -19,6 +19,7 @@ LABEL_MANAGED = "swe-aem.managed"
 LABEL_RUN_ID = "swe-aem.run-id"
 LABEL_INSTANCE_ID = "swe-aem.instance-id"
 LABEL_OWNER = "swe-aem.owner"  # "<hostname>:<pid>" of the process that started it
+MAX_POOL = 128
 
 
 class SandboxError(RuntimeError):
@@ -60,10 +61,11 @@ def connect(host: str | None = None, timeout: float = 120.0) -> docker.DockerCli
     where = host_label(host)
     try:
         # ping with a short timeout so a dead TCP peer cannot stall us for minutes
+        # a big connection pool: every concurrent sandbox call needs its own connection
         if host is None:
-            client = docker.from_env(timeout=10)
+            client = docker.from_env(timeout=10, max_pool_size=MAX_POOL)
         else:
-            client = docker.DockerClient(base_url=host, timeout=10)
+            client = docker.DockerClient(base_url=host, timeout=10, max_pool_size=MAX_POOL)
         client.ping()
     except (DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise DockerUnavailableError(

@@ -89,8 +89,9 @@ def _need_tool(tool: str, package: str) -> None:
     if shutil.which(tool):
         return
     console.print(f"[yellow]{tool} missing: apt-get install {package}")
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
-                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
 
 
 def build_base(client: docker.DockerClient, force: bool = False) -> str:
@@ -251,13 +252,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pull.add_argument("--split", default="test")
     pull.add_argument("--instance-ids", nargs="*", default=None)
     pull.add_argument("--timeout", type=float, default=600, help="seconds per Docker API request")
-    for p in (build, pull):
+    reap_cmd = sub.add_parser("reap", help="remove sandbox containers that crashed runs left behind")
+    reap_cmd.add_argument("--run-id", default=None,
+                          help="remove every container of this run (default: those whose process is gone)")
+    for p in (build, pull, reap_cmd):
         p.add_argument("--docker-host", default=None, help="DOCKER_HOST URL (default: environment)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    if args.action == "reap":
+        from swe_aem.sandbox.pool import reap
+
+        removed = reap(args.run_id, docker_host=args.docker_host)
+        print(json.dumps({"removed": removed}, indent=2))
+        return 0
     if args.action == "build":
         client = connect(args.docker_host, timeout=1800)
         build_base(client, force=args.force)

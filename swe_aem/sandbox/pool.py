@@ -146,7 +146,7 @@ def reap(run_id: str | None = None, *, client: docker.DockerClient | None = None
     client = client or connect(docker_host)
     filters = {"label": [f"{LABEL_MANAGED}=1"] + ([f"{LABEL_RUN_ID}={run_id}"] if run_id else [])}
     removed = []
-    for container in client.containers.list(all=True, filters=filters):
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels.get(LABEL_OWNER, "")):
             continue
         try:
