@@ -181,3 +181,39 @@ def test_server_gone_mid_episode_is_recorded(tokenizer, pool, instances) -> None
     assert "ServerUnavailableError" in episode.error and "unavailable" in episode.error
     assert episode.num_turns == 1  # the turn before the crash is kept
     assert "notes.txt" in episode.patch  # and so is the work it did
+
+
+def test_editor_commands_and_their_errors_in_the_container(pool, instances) -> None:
+    """str_replace_editor runs inside the sandbox: each command, each usual error."""
+    from swe_aem.agent.tools import ToolRunner
+    from swe_aem.agent.trajectory import ToolCall
+
+    with pool.sandbox(instances["swe-aem__textkit-1"]) as sb:
+        tools = ToolRunner(sb)
+
+        def edit(**args):
+            return tools.run(ToolCall("str_replace_editor", args))
+
+        path = "/testbed/scratch/notes.py"
+        assert not edit(command="create", path=path, file_text="a = 1\nb = 2\na = 1\n").error
+        assert "already exists" in edit(command="create", path=path, file_text="x").output
+        dup = edit(command="str_replace", path=path, old_str="a = 1", new_str="a = 9")
+        assert dup.error and "occurs 2 times" in dup.output and "[1, 3]" in dup.output
+        assert edit(command="str_replace", path=path, old_str="zzz", new_str="").error
+        ok = edit(command="str_replace", path=path, old_str="b = 2", new_str="b = 3")
+        assert not ok.error and "b = 3" in ok.output
+        assert not edit(command="insert", path=path, insert_line=0, new_str="# top").error
+        assert "outside 0..5" in edit(command="insert", path=path, insert_line=99, new_str="x").output
+        assert sb.read_file(path) == "# top\na = 1\nb = 3\na = 1\n"
+        assert not edit(command="undo_edit", path=path).error  # undo insert
+        assert not edit(command="undo_edit", path=path).error  # undo str_replace
+        assert sb.read_file(path) == "a = 1\nb = 2\na = 1\n"
+        assert "no edit" in edit(command="undo_edit", path=path).output
+        view = edit(command="view", path=path, view_range=[2, 3])
+        assert view.output == "     2\tb = 2\n     3\ta = 1"
+        assert "does not exist" in edit(command="view", path="/testbed/missing.py").output
+        for outside in ("/etc/passwd", "/testbed/../etc/passwd", "relative.py"):
+            assert edit(command="view", path=outside).error
+        assert "outside the repository" in edit(command="view", path="/etc/passwd").output
+        assert "scratch/notes.py" in sb.diff()
+        assert ".swe_aem_editor" not in sb.diff()  # undo history stays out of the patch
