@@ -175,6 +175,22 @@ def test_a_command_killing_the_runner_gets_a_new_one(sandbox):
     assert sandbox.exec("echo fine").output == "fine\n"
 
 
+def test_image_without_python_falls_back_to_exec_per_command(docker_client):
+    import io
+
+    from swe_aem.sandbox.images import base_tag
+
+    dockerfile = f"FROM {base_tag()}\nRUN rm -f /usr/bin/python3* /usr/bin/python\n".encode()
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag="swe-aem/test-no-python:1",
+                                          network_mode="none", rm=True)
+    with Sandbox.start(docker_client, image.id, run_id="pytest-nopython",
+                       config=SandboxConfig(workdir="/tmp")) as sb:
+        assert sb._runner is None and sb.uid == 0
+        result = sb.exec("echo works; command -v python3", timeout=10)
+        assert result.output == "works\n" and result.exit_code == 1
+        assert sb.exec("sleep 30", timeout=1).timed_out
+
+
 def test_runner_is_much_cheaper_than_exec_per_command(docker_client, local_instance):
     def median_ms(sb):
         times = sorted(sb.exec("true").duration_s for _ in range(15))

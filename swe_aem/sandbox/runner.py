@@ -27,6 +27,7 @@ class RunnerGone(Exception):
 class Runner:
     def __init__(self, container):
         api = container.client.api
+        self.answered = 0  # requests answered; 0 after a failure means it never worked here
         self.exec_id = api.exec_create(container.id, ["python3", "-u", "-c", SOURCE], stdin=True,
                                        stdout=True, stderr=True, workdir="/")["Id"]
         raw = api.exec_start(self.exec_id, socket=True)
@@ -87,6 +88,7 @@ class Runner:
             while frame is not None:
                 kind, payload = frame
                 if kind == b"x":
+                    self.answered += 1
                     return int(json.loads(payload)["exit_code"]), fired
                 sink(payload)
                 frame = self._next_frame()

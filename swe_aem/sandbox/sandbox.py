@@ -148,17 +148,17 @@ class Sandbox:
         sandbox = cls(container, config, base_commit=base_commit, instance_id=instance_id)
         try:
             retry_transient()(container.start)()
+            if config.use_runner:
+                sandbox._start_runner()
             for attempt in range(3):  # a just-started container can refuse its first exec
-                ready = sandbox.exec("id -u; id -g; command -v python3", timeout=60, workdir="/")
-                if ready.exit_code in (0, 1) and len(ready.output.split()) >= 2:
+                ready = sandbox.exec("id -u; id -g", timeout=60, workdir="/")
+                if ready.exit_code == 0 and len(ready.output.split()) >= 2:
                     break
                 time.sleep(0.5 * (attempt + 1))
             else:
                 raise SandboxError(f"container from {image} is not usable (exit code {ready.exit_code}): "
                                    f"{ready.output[-500:]}")
             sandbox.uid, sandbox.gid = (int(x) for x in ready.output.split()[:2])
-            if config.use_runner and ready.exit_code == 0:
-                sandbox._start_runner()
         except BaseException:
             sandbox.close()
             raise
@@ -230,6 +230,8 @@ class Sandbox:
             runner.close()
             if not self._alive():
                 raise self._dead_container_error(cmd, None) from exc
+            if not runner.answered:  # it never ran here (no python3 in the image): exec each
+                return self._via_exec(cmd, argv, workdir, env, buf, guard_s, pidfile)
             # the command killed the runner itself (say `kill -9 -1`): report it, start a new one
             buf.add(f"\n[swe-aem: the command runner was killed ({exc}); restarted]\n".encode())
             self._start_runner()
@@ -272,7 +274,7 @@ class Sandbox:
         return int(exit_code), guard_fired.is_set()
 
     def _start_runner(self) -> None:
-        """Start the in-container runner when the image has python3 (else exec per command)."""
+        """Start the in-container runner (if the image has no python3, the first call falls back)."""
         try:
             self._runner = Runner(self.container)
         except (APIError, NotFound, OSError):
