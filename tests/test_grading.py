@@ -245,3 +245,40 @@ def test_bad_predictions_are_named(tmp_path):
     path.write_text('{"instance_id": "a", "model_name_or_path": "m", "model_patch": ""}\n{"instance_id": "b"}\n')
     with pytest.raises(Exception, match=r"p\.jsonl:2: prediction lacks field 'model_name_or_path'"):
         load_predictions(path)
+
+
+def test_grade_cli_end_to_end(local_instances, tmp_path, capsys):
+    from swe_aem.cli import main
+
+    preds = tmp_path / "preds.jsonl"
+    chosen = local_instances[:2]
+    preds.write_text("".join(json.dumps({"instance_id": i.instance_id, "model_name_or_path": "org/model",
+                                         "model_patch": i.patch if n == 0 else ""}) + "\n"
+                             for n, i in enumerate(chosen)))
+    code = main(["grade", "--dataset", "local", "--predictions", str(preds), "--report-dir",
+                 str(tmp_path / "r"), "--max-workers", "2", "--timeout", "120", "--run-id", "pytest-cli"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert summary["resolved_instances"] == report["resolved_instances"] == 1
+    assert report["empty_patch_ids"] == [chosen[1].instance_id]
+    assert report["incomplete_ids"] == sorted(i.instance_id for i in local_instances[2:])
+    assert report["resolve_rate"] == 1 / len(local_instances)
+    official_keys = {"total_instances", "submitted_instances", "completed_instances", "resolved_instances",
+                     "unresolved_instances", "empty_patch_instances", "error_instances", "completed_ids",
+                     "incomplete_ids", "empty_patch_ids", "submitted_ids", "resolved_ids",
+                     "unresolved_ids", "error_ids"}
+    assert official_keys <= set(report)
+
+
+def test_grade_cli_unreachable_hub_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    from swe_aem.cli import main
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"instance_id": "a__b-1", "model_name_or_path": "m", "model_patch": "x"}\n')
+    code = main(["grade", "--dataset", "SWE-bench/SWE-bench_Verified", "--predictions", str(preds),
+                 "--report-dir", str(tmp_path / "r")])
+    assert code == 1 and "hub" in capsys.readouterr().err
