@@ -1,9 +1,10 @@
 """One container per episode: exec with a real timeout, files in and out, the patch as a diff.
 
-Everything goes through the Docker SDK (no CLI subprocess per command). A command
-runs as `timeout -k GRACE T bash -c CMD` inside the container, which kills its whole
-process group; a host-side guard kills the group again if the container's own
-`timeout` does not finish the job. Output is capped in bytes (head and tail kept,
+Everything goes through the Docker SDK (no CLI subprocess per command). Commands go
+to one long-lived runner process in the container (runner.py; a fork each instead of
+a `docker exec` each), or, in images without python3, to one exec each. A command
+runs as `timeout -k GRACE T bash -c CMD`, which kills its whole process group; a
+host-side guard kills the group again if that `timeout` does not finish the job. Output is capped in bytes (head and tail kept,
 with a visible note) and decoded with replacement, so no byte sequence can crash us.
 """
 
@@ -43,7 +44,7 @@ TIMEOUT_EXIT_CODES = (124, 137)
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Resource limits and defaults of a sandbox (mirrored by the `sandbox:` config section)."""
+    """Resource limits and defaults of one sandbox."""
 
     cpus: float = 1.0
     memory: str = "2g"
