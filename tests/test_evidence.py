@@ -68,6 +68,10 @@ def test_runs_are_deterministic_and_arms_share_the_first_batch() -> None:
     # same seed: same weights, targets and sampler, so the first rollout is identical
     assert aem[0].success == a[0].success and aem[0].entropy == a[0].entropy
     assert aem[0].drift_base == pytest.approx(a[0].drift_base)
+    # the probes do not depend on the arm: same batch, same weights, same two advantage sets
+    assert aem[0].probe_change_plain == pytest.approx(a[0].probe_change_plain)
+    assert aem[0].probe_change_aem == pytest.approx(a[0].probe_change_aem)
+    assert a[0].drift_pred == a[0].drift_base and aem[0].drift_pred == pytest.approx(aem[0].drift_aem)
     assert all(s.alpha_max == 1.0 for s in a) and any(s.alpha_max > 1.0 for s in aem)
 
 
@@ -85,22 +89,29 @@ def test_steps_to_threshold_and_summary() -> None:
     assert summ["seeds_reaching_threshold"] == 1 and summ["steps_to_threshold_per_seed"][1] is None
 
 
-def test_theory_check_recovers_a_linear_relation() -> None:
+def test_theory_check_recovers_linear_relations() -> None:
     rng = np.random.default_rng(0)
     runs = {}
     for seed in range(3):
-        pred = rng.normal(size=50)
-        runs[seed] = [{"drift_pred": p, "drift_base": -p, "entropy_change": 2 * p,
-                       "entropy_change_sgd": -p, "frac_neg_adv": 0.6 if p < 0 else 0.2,
-                       "frac_pos_adv": 0.4} for p in pred]
+        rows = []
+        for p, q in rng.normal(size=(50, 2)):
+            neg = p > 0  # "negatives dominate" exactly where the plain drift is positive
+            rows.append({"drift_pred": p, "entropy_change": 2 * p + 1,
+                         "drift_base": p, "probe_change_plain": -p,
+                         "drift_aem": p + q, "probe_change_aem": -p + 3 * q,
+                         "frac_neg_adv": 0.6 if neg else 0.2, "frac_pos_adv": 0.4})
+        runs[seed] = rows
     th = theory_check(runs)
-    assert th["adam_step"]["predicted"]["pearson_r"] == pytest.approx(1.0)
-    assert th["adam_step"]["predicted_base"]["pearson_r"] == pytest.approx(-1.0)
-    assert th["sgd_probe"]["predicted"]["pearson_r"] == pytest.approx(-1.0)
-    assert th["adam_step"]["sign_agreement"] == 1.0 and th["sgd_probe"]["sign_agreement"] == 0.0
+    assert th["adam_step"]["pearson_r"] == pytest.approx(1.0) and th["adam_step"]["n"] == 150
+    assert th["sgd_probe_plain"]["pearson_r"] == pytest.approx(-1.0)
+    assert th["sgd_probe_plain"]["sign_agreement"] == 0.0
+    # AEM effect: measured (3q) against predicted (q), perfectly related
+    assert th["aem_effect"]["pearson_r"] == pytest.approx(1.0) and th["aem_effect"]["sign_agreement"] == 1.0
     neg = th["phases"]["negatives_dominate"]
-    assert neg["steps"] == sum(s["drift_pred"] < 0 for r in runs.values() for s in r)
-    assert neg["mean_predicted"] < 0 and neg["mean_adam_step"] == pytest.approx(2 * neg["mean_predicted"])
+    all_p = np.array([r["drift_base"] for rows in runs.values() for r in rows])
+    assert neg["steps"] == int((all_p > 0).sum())
+    assert neg["mean_adam_step"] == pytest.approx(2 * all_p[all_p > 0].mean() + 1)
+    assert neg["mean_aem_effect_measured"] == pytest.approx(3 * neg["mean_aem_effect_predicted"])
 
 
 def test_evidence_quick_cli(tmp_path: Path) -> None:

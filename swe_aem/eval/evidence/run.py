@@ -129,37 +129,52 @@ def _corr(x: np.ndarray, y: np.ndarray) -> dict:
     return {"pearson_r": float(r.statistic), "p_value": float(r.pvalue), "n": int(x.size)}
 
 
-MEASURES = {"adam_step": "entropy_change", "sgd_probe": "entropy_change_sgd"}
+# measured entropy change -> the predicted drift it is checked against
+MEASURES = {
+    "adam_step": ("entropy_change", "drift_pred"),
+    "sgd_probe_plain": ("probe_change_plain", "drift_base"),
+    "sgd_probe_aem": ("probe_change_aem", "drift_aem"),
+}
+
+
+def _sign_agreement(pred: np.ndarray, measured: np.ndarray) -> float | None:
+    nz = pred != 0
+    return float((np.sign(pred[nz]) == np.sign(measured[nz])).mean()) if nz.any() else None
 
 
 def theory_check(runs: dict[int, list[dict]]) -> dict:
     """Measured per-step entropy change against the predicted drift, pooled over seeds and steps.
 
-    Two measurements: the training step itself (Adam, whose momentum also carries earlier
-    batches) and an isolated SGD step on this batch's gradient alone. `predicted` uses the
-    advantages the arm trained with (AEM-scaled in the AEM arm); `predicted_base` the plain
-    GRPO ones, so in the AEM arm the pair shows whether AEM's rescaling is visible.
+    adam_step: the training update itself (Adam; its momentum also carries earlier batches)
+    against the drift of the advantages trained on. sgd_probe_*: an isolated SGD step on this
+    batch alone, with the plain and with the AEM advantages, each against its own drift.
+    aem_effect: on the same states, (AEM probe - plain probe) against (AEM drift - plain
+    drift); the theory says AEM raises entropy when negatives dominate, lowers it otherwise.
     """
-    pred = _series(runs, "drift_pred").ravel()
-    base = _series(runs, "drift_base").ravel()
-    neg_phase = (_series(runs, "frac_neg_adv") > _series(runs, "frac_pos_adv")).ravel()
-    nz = pred != 0
+    col = {k: _series(runs, k).ravel() for k in runs[next(iter(runs))][0]}
     out: dict = {}
-    for name, key in MEASURES.items():
-        dh = _series(runs, key).ravel()
+    for name, (measured, predicted) in MEASURES.items():
         out[name] = {
-            "predicted": _corr(pred, dh),
-            "predicted_base": _corr(base, dh),
-            "sign_agreement": float((np.sign(pred[nz]) == np.sign(dh[nz])).mean()) if nz.any() else None,
+            **_corr(col[predicted], col[measured]),
+            "sign_agreement": _sign_agreement(col[predicted], col[measured]),
         }
+    d_meas = col["probe_change_aem"] - col["probe_change_plain"]
+    d_pred = col["drift_aem"] - col["drift_base"]
+    out["aem_effect"] = {**_corr(d_pred, d_meas), "sign_agreement": _sign_agreement(d_pred, d_meas)}
+    neg_phase = col["frac_neg_adv"] > col["frac_pos_adv"]
     out["phases"] = {}
     for phase, sel in (("negatives_dominate", neg_phase), ("positives_dominate", ~neg_phase)):
         out["phases"][phase] = {"steps": int(sel.sum())} | {
             f"mean_{k}": float(v[sel].mean()) if sel.any() else None
-            for k, v in (("predicted", pred), ("predicted_base", base),
-                         *((m, _series(runs, key).ravel()) for m, key in MEASURES.items()))
+            for k, v in (("aem_effect_measured", d_meas), ("aem_effect_predicted", d_pred),
+                         ("adam_step", col["entropy_change"]), ("drift_pred", col["drift_pred"]))
         }
     return out
+
+
+def _fmt_p(p: float | None) -> str:
+    """p-values below float range print as a bound, not as a misleading 0."""
+    return "n/a" if p is None else "<1e-300" if p == 0 else f"{p:.2g}"
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -196,33 +211,37 @@ def evidence_markdown(rec: dict) -> str:
     lines += [
         "",
         ("Theory check: change of response entropy per step on the batch's own states (before vs "
-        "after the step) against the predicted drift sum_i A_i (S_i - mean S) / R, Pearson r pooled "
-        "over seeds and steps. 'Adam step' is the training update itself; 'SGD probe' is a plain "
-        f"SGD step of size {r['probe_lr']} on this batch's gradient alone, applied to a copy."),
+        "after a step) against the predicted drift sum_i A_i (S_i - mean S) / R (S = response "
+        "surprisal, mean over the group's pooled responses), Pearson r pooled over seeds and steps. "
+        "'Adam step' is the training update itself; the SGD probes are plain SGD steps of size "
+        f"{r['probe_lr']} on this batch's gradient alone, applied to copies, once with the plain and "
+        f"once with the AEM advantages (lam = {r['probe_lam']}); 'AEM effect' is AEM probe minus "
+        "plain probe against AEM drift minus plain drift, on the same states."),
         "",
-        ("| arm | measured on | r (advantages used) | r (plain GRPO advantages) | sign agreement |"),
-        "|---|---|---|---|---|",
+        "| arm | measured on | r | sign agreement |",
+        "|---|---|---|---|",
     ]
+    labels = {"adam_step": "Adam step (advantages trained on)", "sgd_probe_plain": "SGD probe, plain",
+              "sgd_probe_aem": "SGD probe, AEM", "aem_effect": "AEM effect (AEM - plain probe)"}
     for arm in ARMS:
-        for name, label in (("adam_step", "Adam step"), ("sgd_probe", "SGD probe")):
+        for name, label in labels.items():
             t = th[arm][name]
-            lines.append(
-                f"| {arm} | {label} | {_fmt(t['predicted']['pearson_r'])} "
-                f"(p={_fmt(t['predicted']['p_value'], '.2g')}, n={t['predicted']['n']}) | "
-                f"{_fmt(t['predicted_base']['pearson_r'])} | {_fmt(t['sign_agreement'])} |"
-            )
+            lines.append(f"| {arm} | {label} | {_fmt(t['pearson_r'])} (p={_fmt_p(t['p_value'])}, "
+                         f"n={t['n']}) | {_fmt(t['sign_agreement'])} |")
     lines += [
         "",
-        "Mean per step by phase (negatives dominate: more trajectories with A < 0 than A > 0):",
+        ("Means per step by phase (negatives dominate: more trajectories with A < 0 than A > 0). "
+        "The theory predicts a positive AEM effect while negatives dominate and a negative one after."),
         "",
-        "| arm | phase | steps | predicted drift | measured, Adam step | measured, SGD probe |",
+        "| arm | phase | steps | AEM effect, measured | AEM effect, predicted | Adam-step change |",
         "|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         for phase, ph in th[arm]["phases"].items():
             lines.append(
-                f"| {arm} | {phase.replace('_', ' ')} | {ph['steps']} | {_fmt(ph['mean_predicted'], '.2e')} | "
-                f"{_fmt(ph['mean_adam_step'], '.2e')} | {_fmt(ph['mean_sgd_probe'], '.2e')} |"
+                f"| {arm} | {phase.replace('_', ' ')} | {ph['steps']} | "
+                f"{_fmt(ph['mean_aem_effect_measured'], '.2e')} | {_fmt(ph['mean_aem_effect_predicted'], '.2e')} | "
+                f"{_fmt(ph['mean_adam_step'], '.2e')} |"
             )
     lines += ["", f"Plots: {', '.join(rec['plots'])}.", ""]
     return "\n".join(lines)
@@ -261,17 +280,23 @@ def plot_theory(logs: dict[str, dict[int, list[dict]]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    panels = {**{k: v for k, v in MEASURES.items()}, "aem_effect": None}
+    fig, axes = plt.subplots(len(ARMS), len(panels), figsize=(4.2 * len(panels), 4 * len(ARMS)))
     for row, arm in zip(axes, ARMS, strict=True):
-        x = _series(logs[arm], "drift_pred").ravel()
-        for ax, (name, key) in zip(row, MEASURES.items(), strict=True):
-            ax.scatter(x, _series(logs[arm], key).ravel(), s=3, alpha=0.3)
+        col = {k: _series(logs[arm], k).ravel() for k in logs[arm][next(iter(logs[arm]))][0]}
+        for ax, (name, keys) in zip(row, panels.items(), strict=True):
+            if keys is None:
+                x = col["drift_aem"] - col["drift_base"]
+                y = col["probe_change_aem"] - col["probe_change_plain"]
+            else:
+                y, x = col[keys[0]], col[keys[1]]
+            ax.scatter(x, y, s=3, alpha=0.3)
             ax.axhline(0, color="gray", lw=0.5)
             ax.axvline(0, color="gray", lw=0.5)
-            ax.set(xlabel="predicted drift  sum A (S - mean S) / R", ylabel="measured entropy change (nats)",
+            ax.set(xlabel="predicted drift (per response)", ylabel="measured entropy change (nats)",
                    title=f"{arm}: {name.replace('_', ' ')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
