@@ -8,6 +8,7 @@ parallelism) is chosen by whether an NVIDIA GPU is visible to torch.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -81,7 +82,8 @@ class VLLMServer:
     """A vLLM server subprocess: `with VLLMServer(path) as server: server.base_url`.
 
     Dev mode (VLLM_SERVER_DEV_MODE=1) is always on so that `reload_weights` can swap in
-    new weights from the trainer without a restart.
+    new weights from the trainer without a restart. The server is stopped when the
+    thread that started it exits: start it from the main thread (or one that outlives it).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class VLLMServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() ends workers too
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl, no locks taken)
         )
         atexit.register(self.stop)  # a crashed or interrupted caller leaves no server behind
         try:
@@ -202,16 +205,22 @@ class VLLMServer:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after timeout_s."""
+        """SIGTERM the process group, SIGKILL what is left after timeout_s.
+
+        Waits for the engine and worker processes too, not only the API server: a CPU
+        worker left spinning would slow whatever runs next on the same cores.
+        """
         proc, self._proc = self._proc, None
         atexit.unregister(self.stop)
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + timeout_s
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                proc.poll()  # reap the server itself so it does not linger as a zombie
+                time.sleep(0.2)
+            if _group_alive(proc.pid):
                 _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            proc.wait(timeout=10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -288,6 +297,28 @@ def _post(http: httpx.Client, path: str, **kwargs: object) -> httpx.Response:
     if resp.status_code != 200:
         raise WeightUpdateError(f"POST {path} -> {resp.status_code}: {resp.text[:500]}")
     return resp
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that started it dies, so a
+    killed trainer or test run leaves no server hogging the cores (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (zombies excluded)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _signal_group(pid: int, sig: int) -> None:
