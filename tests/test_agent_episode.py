@@ -217,3 +217,26 @@ def test_editor_commands_and_their_errors_in_the_container(pool, instances) -> N
         assert "outside the repository" in edit(command="view", path="/etc/passwd").output
         assert "scratch/notes.py" in sb.diff()
         assert ".swe_aem_editor" not in sb.diff()  # undo history stays out of the patch
+
+
+def test_qwen_native_format_episode_gets_reward_one(tokenizer, pool, instances) -> None:
+    """The <tool_call>{json}</tool_call> path end to end (Qwen-style chat template on the
+    tiny tokenizer; the real Qwen tokenizers are on the unreachable hub)."""
+    import copy
+    from pathlib import Path
+
+    from swe_aem.policy.scripted import tool_call_text
+    from swe_aem.reward import grade_patch
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (Path(__file__).parent / "data" / "qwen_style_chat_template.jinja").read_text()
+    inst = instances["swe-aem__pyledger-3"]
+    steps = editor_calls_for_patch(inst.patch, fmt="qwen") + [tool_call_text("qwen", "finish", message="ok")]
+    config = AgentConfig(max_turns=6, temperature=0.0, tool_call_format="qwen")
+    episode, server = play(tok, pool, inst, script(steps), config)
+    assert episode.termination == "finished", [t.observation for t in episode.turns]
+    assert all(t.tool_error is None for t in episode.turns)
+    assert server.requests[0]["stop"] == ["</tool_call>"]
+    assert "<tool_response>" in tok.decode(episode.turns[1].prompt_ids)
+    assert_token_record_matches_requests(episode, server)
+    assert grade_patch(inst, episode.patch).reward == 1.0

@@ -4,6 +4,7 @@ trajectory flattening / JSONL, and incremental chat tokens with the tiny model's
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from swe_aem.agent.loop import truncate_observation
 from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, tool_schemas, xml_tool_list
 from swe_aem.agent.trajectory import Episode, ToolCall, Turn, read_episodes, write_episodes
 from swe_aem.policy.models import load_preset
+from swe_aem.policy.scripted import tool_call_text
 
 # ---------------------------------------------------------------- tool-call parsing
 
@@ -187,3 +189,29 @@ def test_incremental_tokens_equal_full_render(tiny_tokenizer) -> None:
     assert tok.decode(ids) == full
     # the second response had no end-of-turn token: the glue supplied it exactly once
     assert full.count("<|im_end|>") == tok.decode(ids).count("<|im_end|>")
+
+
+QWEN_STYLE_TEMPLATE = Path(__file__).parent / "data" / "qwen_style_chat_template.jinja"
+
+
+def test_qwen_format_tools_in_template_and_tool_role_glue(tiny_tokenizer) -> None:
+    """The native-format path: tools rendered by the chat template, observations as
+    'tool' messages, incremental ids equal to the full render (Qwen-style template)."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = QWEN_STYLE_TEMPLATE.read_text()
+    chat = ChatTokens(tok, "qwen")
+    inst = SimpleNamespace(repo="acme/calc", base_commit="abc123", problem_statement="add() is wrong")
+    ids = chat.initial_ids(inst)
+    rendered = tok.decode(ids)
+    assert '"name": "str_replace_editor"' in rendered and "<function=" not in rendered
+    messages = chat.initial_messages(inst)
+    call = tool_call_text("qwen", "execute_bash", command="ls")
+    response_ids = tok.encode(call, add_special_tokens=False) + [tok.eos_token_id]
+    ids += response_ids + chat.observation_ids(response_ids, "a.py")
+    messages += [{"role": "assistant", "content": call}, {"role": "tool", "content": "a.py"}]
+    full = tok.apply_chat_template(messages, tools=tool_schemas(), tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == full
+    assert "<tool_response>\na.py\n</tool_response>" in full
+    assert parse_tool_call(chat.decode(response_ids), "qwen") == ToolCall("execute_bash", {"command": "ls"})

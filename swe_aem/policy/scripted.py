@@ -31,10 +31,11 @@ def script(responses: list[str], then: str | None = None) -> Responder:
     return respond
 
 
-def editor_calls_for_patch(patch: str) -> list[str]:
-    """The str_replace_editor calls (XML format) that make the edits of a unified diff:
-    one str_replace per hunk (context and removed lines -> context and added lines),
-    one create per new file. Lets a scripted policy edit files the way the gold patch does."""
+def editor_calls_for_patch(patch: str, fmt: str = "xml") -> list[str]:
+    """The str_replace_editor calls (in tool-call format fmt) that make the edits of a
+    unified diff: one str_replace per hunk (context and removed lines -> context and
+    added lines), one create per new file. Lets a scripted policy edit files the way
+    the gold patch does."""
     calls: list[str] = []
     path, old, new, creating = "", [], [], False
 
@@ -42,11 +43,11 @@ def editor_calls_for_patch(patch: str) -> list[str]:
         if not (old or new):
             return
         if creating:
-            calls.append(_xml_call("str_replace_editor", command="create", path=path,
-                                   file_text="".join(new)))
+            calls.append(tool_call_text(fmt, "str_replace_editor", command="create", path=path,
+                                        file_text="".join(new)))
         else:
-            calls.append(_xml_call("str_replace_editor", command="str_replace", path=path,
-                                   old_str="".join(old), new_str="".join(new)))
+            calls.append(tool_call_text(fmt, "str_replace_editor", command="str_replace", path=path,
+                                        old_str="".join(old), new_str="".join(new)))
         old.clear()
         new.clear()
 
@@ -69,7 +70,10 @@ def editor_calls_for_patch(patch: str) -> list[str]:
     return calls
 
 
-def _xml_call(name: str, **params: str) -> str:
+def tool_call_text(fmt: str, name: str, **params: object) -> str:
+    """A tool call written the way a model is told to write it in format fmt."""
+    if fmt == "qwen":
+        return f"<tool_call>\n{json.dumps({'name': name, 'arguments': params})}\n</tool_call>"
     body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
     return f"<function={name}>\n{body}</function>"
 
