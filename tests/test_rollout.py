@@ -58,7 +58,8 @@ def test_rollout_command_writes_graded_trajectories_and_predictions(tmp_path, lo
     assert summary["resolved"] == 2 and summary["resolve_rate"] == 0.5
 
 
-def test_rollout_command_rejects_bad_arguments(tmp_path, capsys) -> None:
+def test_rollout_command_rejects_bad_arguments(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never start a real 15 GB download
     assert cli_main(["rollout", "--samples", "0", "--out", str(tmp_path)]) == 2
     assert "at least 1" in capsys.readouterr().out
     assert cli_main(["rollout", "--model", "7b", "--out", str(tmp_path)]) == 1

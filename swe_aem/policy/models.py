@@ -194,15 +194,18 @@ def _download_from_hub(preset: ModelPreset, target: Path) -> Path:
         f"Put a copy of {preset.hf_id} on disk and pass `--model /path/to/folder`, "
         f"or set `local_path:` in {CONFIG_DIR / (preset.name + '.yaml')}."
     )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         path = snapshot_download(
             preset.hf_id,
             local_dir=target,
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            local_files_only=offline,  # read at call time, not at huggingface_hub import
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        why = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
         raise ModelUnavailableError(
-            f"The Hugging Face hub is unreachable from this machine, so {preset.hf_id} "
+            f"The Hugging Face hub is unreachable from this machine{why}, so {preset.hf_id} "
             f"(preset {preset.name!r}) cannot be downloaded ({type(exc).__name__}). {how}"
         ) from exc
     return Path(path)
