@@ -18,13 +18,7 @@ from swe_aem.agent.chat import ChatTokens
 from swe_aem.agent.toolcalls import STOP_STRINGS, ToolCallError, parse_tool_call
 from swe_aem.agent.tools import ToolResult, ToolRunner
 from swe_aem.agent.trajectory import Episode, Turn
-from swe_aem.policy.client import (
-    GenerationError,
-    PolicyClient,
-    SamplingParams,
-    ServerUnavailableError,
-)
-from swe_aem.sandbox import SandboxError
+from swe_aem.policy.client import PolicyClient, SamplingParams
 
 
 @dataclass
@@ -137,7 +131,7 @@ async def run_episode(
             context += list(gen.token_ids) + pending
     except TimeoutError:
         episode.termination = "timeout"
-    except (ServerUnavailableError, GenerationError, SandboxError) as exc:
+    except Exception as exc:  # noqa: BLE001 (server gone, container dead, ...: recorded, rollout goes on)
         episode.termination = "error"
         episode.error = f"{type(exc).__name__}: {exc}"
     episode.patch = await _final_patch(sandbox, episode, executor)
