@@ -123,6 +123,8 @@ def test_evidence_quick_cli(tmp_path: Path) -> None:
         assert sorted(rec["steps"][arm]) == ["0", "1", "2"]
         assert all(len(v) == cfg.run.steps for v in rec["steps"][arm].values())
         assert 0.0 <= rec["summary"][arm]["final_success_mean"] <= 1.0
+    finals = {arm: rec["summary"][arm]["final_success_per_seed"] for arm in ("grpo", "grpo+aem")}
+    assert rec["paired_final_diff"]["per_seed"] == pytest.approx(np.subtract(finals["grpo+aem"], finals["grpo"]))
     for seed in ("0", "1", "2"):
         assert rec["steps"]["grpo"][seed][0]["success"] == rec["steps"]["grpo+aem"][seed][0]["success"]
     # learning happened in the plain arm: late success above the first steps'

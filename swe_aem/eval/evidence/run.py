@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from swe_aem.eval.evidence.game import GameConfig
 from swe_aem.eval.evidence.train import RunConfig, train_run
+from swe_aem.eval.metrics import t_interval
 
 ARMS = ("grpo", "grpo+aem")
 
@@ -122,6 +123,17 @@ def summarize_arm(runs: dict[int, list[dict]], cfg: EvidenceConfig) -> dict:
     }
 
 
+def paired_final_diff(summary: dict) -> dict:
+    """Final success of GRPO+AEM minus GRPO, seed by seed (the arms share seeds), with a t-interval."""
+    diff = np.subtract(summary["grpo+aem"]["final_success_per_seed"], summary["grpo"]["final_success_per_seed"])
+    return {
+        "per_seed": diff.tolist(),
+        "mean": float(diff.mean()),
+        "t_interval_95": list(t_interval(diff)) if diff.size > 1 else None,
+        "aem_better_seeds": int((diff > 0).sum()),
+    }
+
+
 def _corr(x: np.ndarray, y: np.ndarray) -> dict:
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"pearson_r": None, "p_value": None, "n": int(x.size)}
@@ -208,6 +220,14 @@ def evidence_markdown(rec: dict) -> str:
             f"{s['mean_success_all_steps']:.3f} | {s['final_entropy_mean']:.3f} | "
             f"{s['seeds_reaching_threshold']}/{len(cfg['seeds'])} | {_fmt(s['steps_to_threshold_mean'], '.0f')} |"
         )
+    d = rec["paired_final_diff"]
+    ci = d["t_interval_95"]
+    lines += [
+        "",
+        f"Paired by seed, final success of GRPO+AEM minus GRPO: {d['mean']:+.3f} "
+        + (f"(95% t-interval over seeds [{ci[0]:+.3f}, {ci[1]:+.3f}]); " if ci else "; ")
+        + f"AEM better on {d['aem_better_seeds']} of {len(d['per_seed'])} seeds.",
+    ]
     lines += [
         "",
         ("Theory check: change of response entropy per step on the batch's own states (before vs "
@@ -309,13 +329,15 @@ def run_evidence(cfg: EvidenceConfig, out_dir: str | Path, workers: int = 1) -> 
     logs = run_all(cfg, workers)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     plots = [plot_curves(logs, cfg, out / "curves.png").name, plot_theory(logs, out / "theory.png").name]
+    summary = {arm: summarize_arm(logs[arm], cfg) for arm in ARMS}
     rec = {
         "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
         "policy": "one-layer GRU trained from scratch (not the tiny LLM)",
         "wall_s": wall,
         "cpu_s": cpu,  # this process and its finished workers: the cost without other load
         "workers": workers,
-        "summary": {arm: summarize_arm(logs[arm], cfg) for arm in ARMS},
+        "summary": summary,
+        "paired_final_diff": paired_final_diff(summary),
         "theory": {arm: theory_check(logs[arm]) for arm in ARMS},
         "plots": plots,
         "steps": {arm: {str(seed): runs for seed, runs in logs[arm].items()} for arm in ARMS},
