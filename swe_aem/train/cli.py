@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from swe_aem.train.loop import Trainer
     from swe_aem.train.rollouts import TrainingSetupError
 
+    # SIGTERM (a scheduler, Ctrl-C's cousin) unwinds normally: the vLLM server and
+    # the sandboxes are stopped in Trainer.close instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         trainer = Trainer(cfg, run_dir, resume=args.resume)
         state = trainer.train()

@@ -116,10 +116,15 @@ class Trainer:
             raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
                                      "does not load; the recipes here use no KL term")
         self.run_id = f"train-{uuid.uuid4().hex[:8]}"
-        self.source = self._rollout_source()
+        self.source = None
         self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
-        if resume and self.state.step > 0 and isinstance(self.source, LiveRollouts):
-            self._sync_weights()  # the server started from the base weights
+        try:
+            self.source = self._rollout_source()
+            if resume and self.state.step > 0 and not cfg.run.replay:
+                self._sync_weights()  # the server started from the base weights
+        except BaseException:
+            self.close()  # never leave a server or sandboxes behind
+            raise
 
     # ------------------------------------------------------------------ set-up
     def _rollout_source(self):
