@@ -24,22 +24,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.add_argument("--launcher", choices=["auto", "deepspeed", "torchrun", "none"], default="auto")
     p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for multi-node runs")
-    p.add_argument("--num-gpus", type=int, default=None, help="GPUs per node (default: the preset's)")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs in all (default: the preset's)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
 
 
 def _launch_command(args: argparse.Namespace, gpus: int) -> list[str]:
-    """The launcher command that re-runs this command on every GPU (untested here: no GPUs)."""
-    me = ["-m", "swe_aem.train.cli", *sys.argv[2:]]
+    """The launcher command that re-runs this command on every GPU (untested here: no GPUs).
+
+    `gpus` is the preset's total; one node runs min(gpus, GPUs visible here), a
+    hostfile (DeepSpeed's `host slots=N` format) spreads the rest over nodes.
+    """
+    import torch
+
+    per_node = max(1, min(gpus, torch.cuda.device_count() or gpus))
     if args.launcher == "torchrun":
-        nodes = os.environ.get("NNODES", "1")
-        return ["torchrun", f"--nproc_per_node={gpus}", f"--nnodes={nodes}",
+        return ["torchrun", f"--nproc_per_node={per_node}", f"--nnodes={os.environ.get('NNODES', '1')}",
                 f"--node_rank={os.environ.get('NODE_RANK', '0')}",
                 f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-                f"--master_port={os.environ.get('MASTER_PORT', '29500')}", *me]
-    cmd = ["deepspeed", f"--num_gpus={gpus}"]
-    if args.hostfile:
-        cmd += [f"--hostfile={args.hostfile}"]
+                f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+                "-m", "swe_aem.train.cli", *sys.argv[2:]]
+    cmd = ["deepspeed"] + ([f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"])
     return cmd + ["--module", "swe_aem.train.cli", *sys.argv[2:]]
 
 
