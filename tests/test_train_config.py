@@ -1,0 +1,68 @@
+"""Typed configs, presets and the trainer's clear set-up errors (issue 5)."""
+
+from dataclasses import asdict
+
+import pytest
+from omegaconf import OmegaConf
+
+from swe_aem.cli import main
+from swe_aem.config import CONFIG_ROOT, Config, ConfigError, load_config
+from swe_aem.policy.models import load_preset
+from swe_aem.train.loop import check_hardware, engine_settings
+from swe_aem.train.rollouts import TrainingSetupError
+
+
+def test_yaml_defaults_mirror_the_dataclasses():
+    from_yaml = OmegaConf.to_container(OmegaConf.load(CONFIG_ROOT / "train.yaml"))
+    assert from_yaml == asdict(Config())
+
+
+def test_layers_and_overrides():
+    cfg = load_config("grpo_aem", "deepswe_aem", ["rollout.max_turns=7", "algo.aem_lambda=0.5"])
+    assert cfg.model == "qwen3-32b" and cfg.algo.aem and cfg.algo.aem_lambda == 0.5
+    assert cfg.rollout.tasks_per_step == 64 and cfg.rollout.samples_per_task == 8
+    assert cfg.rollout.max_turns == 7 and cfg.trainer.lr == 1e-6 and cfg.algo.tis_cap is None
+    base = load_config(recipe="deepswe")
+    assert base.algo.advantage == "rloo" and not base.algo.aem and base.algo.loss_agg == "seq-mean-token-sum"
+    # the toy recipe keeps the published algorithm settings
+    toy = load_config(recipe="deepswe_tiny")
+    assert (toy.algo.clip_high, toy.algo.compact_filtering, toy.model) == (0.28, True, "tiny")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["algo.nope=1"], "nope"),
+    (["rollout.max_turns=abc"], "max_turns"),
+    (["algo.advantage=ppo"], "algo.advantage"),
+    (["rollout.samples_per_task=1"], "samples_per_task"),
+    (["steps"], "key=value"),
+])
+def test_bad_overrides_name_the_problem(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=bad)
+
+
+def test_unknown_recipe_lists_known_ones():
+    with pytest.raises(ConfigError, match="deepswe"):
+        load_config(recipe="nonexistent")
+
+
+def test_gpu_preset_without_gpu_is_a_clear_error():
+    with pytest.raises(TrainingSetupError, match="needs 8 GPU"):
+        check_hardware(load_preset("32b"))
+    check_hardware(load_preset("tiny"))  # CPU preset: fine
+
+
+def test_preset_fills_trainer_settings():
+    s = engine_settings(load_config(overrides=["trainer.zero_stage=3"]), load_preset("tiny"))
+    assert s.zero_stage == 3 and not s.bf16 and s.micro_batch_tokens == load_preset("tiny").micro_batch_tokens
+    s32 = engine_settings(load_config(), load_preset("32b"))
+    assert s32.bf16 and s32.offload_params and s32.zero_stage == 3
+
+
+def test_train_cli_errors(capsys, tmp_path):
+    assert main(["train", "--algo", "nope"]) == 2
+    assert "unknown algo config" in capsys.readouterr().err
+    # a hub preset offline: says so instead of hanging or downloading
+    assert main(["train", "--model", "1.5b", "--launcher", "none", "--run-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "1.5b" in err and ("needs 1 GPU" in err or "hub" in err)
