@@ -117,8 +117,10 @@ def chunked_logprobs_and_entropy(
 def naive_logprobs_and_entropy(
     hidden: Tensor, lm_head_weight: Tensor, targets: Tensor, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """Reference: full float32 logits at once. For tests and benchmarks only."""
-    logits = (hidden @ lm_head_weight.T).to(_acc_dtype(hidden)) / temperature
-    logp = torch.log_softmax(logits, dim=-1)
+    """Reference: full [tokens x vocab] float32 log-probs at once (as plain autograd
+    code would do it, without wasted copies). For tests and benchmarks only."""
+    logp = torch.log_softmax((hidden @ lm_head_weight.T).to(_acc_dtype(hidden)) / temperature, dim=-1)
     target_logp = logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    return target_logp, token_entropy(logits).detach()
+    with torch.no_grad():
+        entropy = -(logp.exp().mul_(logp)).sum(dim=-1)
+    return target_logp, entropy
