@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 TOY = {"recipes": ("deepswe_tiny", "deepswe_tiny_aem"), "eval_runs": 2, "dataset": "local",
-       "max_turns": 3, "max_new_tokens": 128}
+       "max_turns": 2, "max_new_tokens": 64}
 FULL = {"recipes": ("deepswe", "deepswe_aem"), "eval_runs": 16, "dataset": "SWE-bench/SWE-bench_Verified",
         "max_turns": 100, "max_new_tokens": 8192}
 
@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<model>")
     p.add_argument("--eval-runs", type=int, default=None, help="default 16 (2 at toy size)")
     p.add_argument("--dataset", default=None, help="evaluation dataset (default: Verified; local at toy size)")
+    p.add_argument("--instances", nargs="*", default=None,
+                   help="train and evaluate on these instance ids only (default: all)")
     p.add_argument("overrides", nargs="*", help="training config overrides for both arms, key=value")
 
 
@@ -39,14 +41,15 @@ def run(args: argparse.Namespace) -> int:
                             max_new_tokens=scale["max_new_tokens"])
     arms: dict[str, list[dict[str, bool]]] = {}
     for arm, recipe in zip(("base", "aem"), scale["recipes"]):
-        cfg = load_config(recipe=recipe, overrides=[f"model={args.model}", *args.overrides])
+        only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
+        cfg = load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
         run_dir = out / arm
         Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir()).train()
         paths = evaluate(str(run_dir / "train" / "final_model"), args.dataset or scale["dataset"],
-                         run_dir / "eval", settings, split="test")
+                         run_dir / "eval", settings, split="test", instance_ids=args.instances)
         arms[arm] = [dict(r) for r in json.loads(paths["json"].read_text())["runs"]]
     meta = {"model": args.model, "recipes": list(scale["recipes"]), "eval_runs": settings.runs,
-            "overrides": list(args.overrides),
+            "overrides": list(args.overrides), "instances": args.instances or "all",
             "scale": "toy (CPU, pipeline check only)" if scale is TOY else "full"}
     paths = write_reproduction(out, arms["base"], arms["aem"], meta=meta)
     print(paths["markdown"].read_text())
