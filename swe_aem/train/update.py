@@ -26,7 +26,7 @@ class ForwardStats:
     turn_entropy: Tensor  # [R] mean token entropy of each turn (the AEM proxy)
     turn_lengths: Tensor  # [R] sampled tokens per turn
     turn_surprisal: Tensor  # [R] -sum log p of the turn's tokens (trainer)
-    rollout_kl: float  # mean |trainer - rollout| log-prob gap proxy (k3 KL)
+    rollout_kl: float  # k3 estimate of the rollout-vs-trainer KL per sampled token
     tokens: int
 
 
@@ -64,8 +64,9 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
         lp_flat.append(lp[sampled])
         roll_flat.append(b["rollout_logprobs"][sampled])
     r = layout.num_turns
-    ent_t, turn_t = torch.cat(ent_flat or [torch.empty(0)]), torch.cat(turn_flat or [torch.empty(0, dtype=torch.long)])
-    lp_t, roll_t = torch.cat(lp_flat or [torch.empty(0)]), torch.cat(roll_flat or [torch.empty(0)])
+    empty = torch.empty(0)
+    ent_t, lp_t, roll_t = (torch.cat(x or [empty]) for x in (ent_flat, lp_flat, roll_flat))
+    turn_t = torch.cat(turn_flat or [empty.long()])
     delta = (roll_t - lp_t).clamp(-20, 20)
     # per-turn sums, then one all-reduce: [entropy sum, token count, surprisal] x R, plus KL sum
     sums = torch.zeros(3 * r + 1, dtype=torch.float64)
