@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 
 from swe_aem.algo.advantages import rloo_advantages
-from swe_aem.algo.aem import aem_weights, apply_aem, segment_mean
+from swe_aem.algo.aem import aem_weights, apply_aem
 from swe_aem.algo.diagnostics import aem_group_diagnostics, predicted_entropy_drift
 
 entropies = st.lists(st.floats(0.0, 12.0, allow_nan=False, width=32), min_size=1, max_size=40)
@@ -124,12 +124,6 @@ def test_trajectory_level_uses_token_weighted_proxy():
     assert res.alpha[2] > res.alpha[0]  # trajectory 1 is the more confident one
     with pytest.raises(ValueError, match="level"):
         apply_aem(torch.ones(2), torch.zeros(2), ent, tt, 1.0, level="token")
-
-
-def test_segment_mean_ignores_negative_ids():
-    v = torch.tensor([1.0, 2.0, 3.0, 10.0, 4.0])
-    ids = torch.tensor([0, 0, 1, -1, 1])
-    torch.testing.assert_close(segment_mean(v, ids, 3), torch.tensor([1.5, 3.5, 0.0]))
 
 
 def test_diagnostics_report_sign_mix_and_alpha_spread():

@@ -45,15 +45,6 @@ def aem_weights(response_entropy: Tensor, group_index: Tensor, lam: float) -> Te
                                      else torch.float32)
 
 
-def segment_mean(values: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
-    """Mean of `values` per segment id in [0, num_segments); ids < 0 are ignored."""
-    keep = segment_ids >= 0
-    ids, vals = segment_ids[keep], values[keep].float()
-    total = torch.zeros(num_segments, device=values.device).index_add_(0, ids, vals)
-    count = torch.zeros(num_segments, device=values.device).index_add_(0, ids, torch.ones_like(vals))
-    return total / count.clamp(min=1)
-
-
 @dataclass(frozen=True)
 class AEMResult:
     turn_advantages: Tensor  # [R] advantage of each response (turn), after AEM
