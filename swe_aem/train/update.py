@@ -73,7 +73,7 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     sums[:r].index_add_(0, turn_t, ent_t.double())
     sums[r:2 * r].index_add_(0, turn_t, torch.ones_like(ent_t, dtype=torch.float64))
     sums[2 * r:3 * r].index_add_(0, turn_t, -lp_t.double())
-    sums[3 * r] = (delta.exp() - delta - 1).double().sum()
+    sums[3 * r] = (delta.exp() - delta - 1).clamp(min=0).double().sum()  # >= 0 up to rounding
     sums = _all_reduce_tensor(sums, dev)
     lengths = sums[r:2 * r].float()
     tokens = float(lengths.sum())
