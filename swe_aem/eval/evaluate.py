@@ -41,6 +41,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.data.instances import load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.eval.report import write_eval_result
+    from swe_aem.eval.runs import runs_from_samples
     from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.server import ServerOptions, VLLMServer
@@ -75,12 +76,11 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
         if server is not None:
             server.stop()
     name = str(model)
-    runs: list[dict[str, bool]] = [{} for _ in range(s.runs)]
     for r in range(s.runs):
-        mine = [e for e in episodes if e.sample_index == r]
         write_predictions(out_dir / f"run-{r}" / "predictions.jsonl",
-                          [Prediction(e.instance_id, name, e.patch or "") for e in mine])
-        runs[r] = {e.instance_id: e.reward == 1.0 for e in mine}
+                          [Prediction(e.instance_id, name, e.patch or "")
+                           for e in episodes if e.sample_index == r])
+    runs = runs_from_samples(episodes, [i.instance_id for i in instances], s.runs)
     errors = [f"{e.instance_id}#{e.sample_index}: {e.error or e.grade_reason}" for e in episodes
               if e.termination == "error" or e.grade_status == "error"]
     meta = {"model": name, "dataset": dataset, "split": split, "runs": s.runs,

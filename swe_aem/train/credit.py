@@ -41,8 +41,8 @@ def assign_credit(
         turn_adv, alpha = res.turn_advantages, res.alpha
     else:
         turn_adv, alpha = base, torch.ones_like(base)
-    diag = summarize(aem_group_diagnostics(base, turn_adv, alpha, turn_surprisal, layout.turn_group)) \
-        if layout.num_turns else {}
+    diag: dict[str, float] = {}
     if layout.num_turns:
+        diag = summarize(aem_group_diagnostics(base, turn_adv, alpha, turn_surprisal, layout.turn_group))
         diag["alpha_std"] = float(alpha.std()) if alpha.numel() > 1 else 0.0
     return Credit(traj_adv, turn_adv, alpha, diag)

@@ -44,6 +44,21 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     return {k.removeprefix("lm."): v for k, v in sd.items()}
 
 
+def _write_folder(sd: dict[str, torch.Tensor], folder: Path, *extras) -> Path:
+    """Write `model.safetensors` (plus each extra's `save_pretrained`) into a temp
+    folder and rename it into place, so a reader never sees half a model."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()},
+              str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for extra in extras:
+        extra.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
 class WeightPublisher:
     def __init__(self, root: Path, lm_config) -> None:
         self.root = Path(root)
@@ -57,13 +72,7 @@ class WeightPublisher:
         if sd is None:
             return None
         self.version += 1
-        target = self.root / f"v{self.version:06d}"
-        tmp = self.root / f".tmp-v{self.version:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        tmp.rename(target)
+        target = _write_folder(sd, self.root / f"v{self.version:06d}")
         if self.path is not None and self.path != target:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = target
@@ -72,17 +81,8 @@ class WeightPublisher:
     def export(self, engine, folder: Path, tokenizer) -> None:
         """Write a servable HF folder: safetensors, config and tokenizer (rank 0 writes)."""
         sd = full_state_dict(engine)
-        if sd is None:
-            return
-        tmp = folder.with_name(f".tmp-{folder.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()},
-                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        self.lm_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        if sd is not None:
+            _write_folder(sd, folder, self.lm_config, tokenizer)
 
     @staticmethod
     def probe_ids(tokenizer) -> list[int]:
