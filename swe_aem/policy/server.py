@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -254,39 +253,6 @@ class VLLMServer:
             finally:
                 _post(http, "/resume")
         return time.perf_counter() - t0
-
-
-class NCCLWeightSync:
-    """GPU / multi-node weight update through vLLM's weight-transfer API (NCCL broadcast
-    from trainer rank 0 straight into the serving workers, no files).
-
-    UNTESTED HERE: the NCCL backend needs GPUs, and this machine has none. The CPU path
-    (`VLLMServer.reload_weights`, files on shared disk) is the tested one. Start the
-    server with `--weight-transfer-config '{"backend": "nccl"}'` in extra_args.
-    """
-
-    def __init__(self, base_url: str, timeout_s: float = 600.0) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
-
-    def init(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the trainer's NCCL group (the trainer is rank 0, inference workers follow)."""
-        _post(self.http, "/init_weight_transfer_engine", json={"init_info": {
-            "master_address": master_address, "master_port": master_port,
-            "rank_offset": rank_offset, "world_size": world_size,
-        }})
-
-    def update(self, names: Iterable[str], dtypes: Iterable[str], shapes: Iterable[list[int]]) -> None:
-        """Announce one broadcast; the trainer then broadcasts the tensors in this order."""
-        _post(self.http, "/pause", params={"mode": "wait"})
-        try:
-            _post(self.http, "/start_weight_update")
-            _post(self.http, "/update_weights", json={"update_info": {
-                "names": list(names), "dtype_names": list(dtypes), "shapes": list(shapes),
-            }})
-            _post(self.http, "/finish_weight_update")
-            _post(self.http, "/reset_prefix_cache")
-        finally:
-            _post(self.http, "/resume")
 
 
 def _post(http: httpx.Client, path: str, **kwargs: object) -> httpx.Response:

@@ -1,10 +1,8 @@
 """Publishing trainer weights to the rollout engine, and checking that they took.
 
-One host: every sync writes the full state dict as safetensors into a fresh
-folder and the vLLM server reloads from it (about a second for small models).
-Many nodes: swe_aem.policy.server.NCCLWeightSync broadcasts tensors from
-trainer rank 0 straight into the serving workers through vLLM's weight-transfer
-API; that path needs GPUs and is untested here.
+Every sync writes the full state dict as safetensors into a fresh folder and
+the vLLM server reloads from it (about a second for small models). The folder
+must be on a disk the server can read: on several nodes, a shared filesystem.
 """
 
 from __future__ import annotations
