@@ -1,8 +1,8 @@
 """Publishing trainer weights to the rollout engine, and checking that they took.
 
-Every sync writes the full state dict as safetensors into a fresh folder and
-the vLLM server reloads from it (about a second for small models). The folder
-must be on a disk the server can read: on several nodes, a shared filesystem.
+Every sync has rank 0 write the full state dict as safetensors into a fresh
+folder, and the vLLM server reloads from it (about a second for small models);
+so the server must be able to read rank 0's disk.
 """
 
 from __future__ import annotations
