@@ -27,6 +27,7 @@ class AlgoConfig:
     clip_low: float = 0.2
     clip_high: float = 0.28
     loss_agg: str = "seq-mean-token-sum"
+    policy_loss: str = "ppo_clip"  # a name in swe_aem.algo.losses.POLICY_LOSSES
     kl_coef: float = 0.0
     tis_cap: float | None = 2.0  # truncated importance weight, rollout vs trainer log-probs
     compact_filtering: bool = True  # mask trajectories cut short out of the loss
@@ -140,13 +141,15 @@ def load_config(
 
 def validate(cfg: Config) -> None:
     from swe_aem.algo.advantages import ADVANTAGE_ESTIMATORS
-    from swe_aem.algo.losses import LOSS_AGG_MODES
+    from swe_aem.algo.losses import LOSS_AGG_MODES, POLICY_LOSSES
 
     checks = [
         (cfg.algo.advantage in ADVANTAGE_ESTIMATORS,
          f"algo.advantage {cfg.algo.advantage!r} not in {sorted(ADVANTAGE_ESTIMATORS)}"),
         (cfg.algo.aem_level in ("turn", "trajectory"), "algo.aem_level must be turn or trajectory"),
         (cfg.algo.loss_agg in LOSS_AGG_MODES, f"algo.loss_agg must be one of {LOSS_AGG_MODES}"),
+        (cfg.algo.policy_loss in POLICY_LOSSES,
+         f"algo.policy_loss {cfg.algo.policy_loss!r} not in {sorted(POLICY_LOSSES)}"),
         (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),

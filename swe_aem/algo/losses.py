@@ -1,14 +1,18 @@
-"""PPO-clip policy loss with clip-higher, loss aggregation modes, k3 KL and TIS.
+"""Policy losses, registered by name so configs can pick them (`algo.policy_loss`).
 
-All inputs are [B, T] token tensors; `mask` is 1 on tokens the policy sampled
-and 0 on prompts, tool observations, template glue and padding, which then
-contribute nothing.
+ppo_clip (PPO-clip with clip-higher), reinforce (the unclipped importance-weighted
+policy gradient) and gspo (GSPO's sequence-level ratio, token-level advantages);
+each shares the loss aggregation modes, the k3 KL term and truncated importance
+sampling (TIS). All inputs are [B, T] token tensors; `mask` is 1 on tokens the
+policy sampled and 0 on prompts, tool observations, template glue and padding,
+which then contribute nothing. Adding a loss is one decorated function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -55,31 +59,70 @@ class PolicyLossConfig:
     agg: LossAgg = "token-mean"
     kl_coef: float = 0.0
     tis_cap: float | None = None  # truncated importance weight cap (rollout vs trainer)
+    name: str = "ppo_clip"  # a key of POLICY_LOSSES
 
 
-def ppo_clip_loss(
+class PolicyLossFn(Protocol):
+    def __call__(
+        self,
+        logprobs: Tensor,
+        old_logprobs: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        cfg: PolicyLossConfig = ...,
+        ref_logprobs: Tensor | None = None,
+        rollout_logprobs: Tensor | None = None,
+        normalizer: float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    def decorate(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} registered twice")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    try:
+        return POLICY_LOSSES[name]
+    except KeyError:
+        known = ", ".join(sorted(POLICY_LOSSES))
+        raise KeyError(f"unknown policy loss {name!r}; known: {known}") from None
+
+
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, cfg: PolicyLossConfig) -> tuple[Tensor, Tensor]:
+    """Per-token max(-A r, -A clip(r)) and where the clipped side won (no gradient there)."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def _finish(
+    per_token: Tensor,
+    clipped: Tensor,
+    ratio: Tensor,
     logprobs: Tensor,
     old_logprobs: Tensor,
-    advantages: Tensor,
     mask: Tensor,
-    cfg: PolicyLossConfig = PolicyLossConfig(),
-    ref_logprobs: Tensor | None = None,
-    rollout_logprobs: Tensor | None = None,
-    normalizer: float | None = None,
+    cfg: PolicyLossConfig,
+    ref_logprobs: Tensor | None,
+    rollout_logprobs: Tensor | None,
+    normalizer: float | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate; returns (loss, detached stats).
+    """What every loss shares: TIS weight, k3 KL term, aggregation and the stats.
 
-    ratio = pi / pi_old is clipped to [1 - clip_low, 1 + clip_high]. With
-    `rollout_logprobs` and `tis_cap`, each token is weighted by
+    With `rollout_logprobs` and `tis_cap`, each token is weighted by
     min(pi_old / pi_rollout, cap) to correct for the rollout engine's sampler
     differing from the trainer (dtype, kernels).
     """
     m = mask.to(logprobs.dtype)
-    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    per_token = torch.maximum(unclipped, clipped)
     if rollout_logprobs is not None and cfg.tis_cap is not None:
         tis = torch.exp((old_logprobs - rollout_logprobs).clamp(max=20.0)).clamp(max=cfg.tis_cap)
         per_token = per_token * tis.detach()
@@ -90,9 +133,76 @@ def ppo_clip_loss(
     loss = aggregate(per_token, m, cfg.agg, normalizer)
     with torch.no_grad():
         n = m.sum().clamp(min=1)
+        log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
         stats = {
-            "clip_frac": ((clipped > unclipped).to(m.dtype) * m).sum() / n,
+            "clip_frac": (clipped.to(m.dtype) * m).sum() / n,
             "approx_kl": (0.5 * log_ratio**2 * m).sum() / n,
             "ratio_mean": (ratio * m).sum() / n,
         }
     return loss, stats
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig = PolicyLossConfig(),
+    ref_logprobs: Tensor | None = None,
+    rollout_logprobs: Tensor | None = None,
+    normalizer: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate: ratio = pi / pi_old per token, clipped to [1 - clip_low, 1 + clip_high]."""
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-20.0, 20.0))
+    per_token, clipped = _clipped_surrogate(ratio, advantages, cfg)
+    return _finish(per_token, clipped, ratio, logprobs, old_logprobs, mask, cfg,
+                   ref_logprobs, rollout_logprobs, normalizer)
+
+
+@register_policy_loss("reinforce")
+def reinforce_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig = PolicyLossConfig(),
+    ref_logprobs: Tensor | None = None,
+    rollout_logprobs: Tensor | None = None,
+    normalizer: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Plain policy gradient: -A * pi / pi_old, never clipped (clip_low/high unused).
+
+    On policy (ratio 1) its gradient is REINFORCE's -A * grad log pi; the ratio
+    keeps it an unbiased importance-weighted gradient on later mini-batches.
+    """
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-20.0, 20.0))
+    return _finish(-advantages * ratio, torch.zeros_like(ratio, dtype=torch.bool), ratio, logprobs,
+                   old_logprobs, mask, cfg, ref_logprobs, rollout_logprobs, normalizer)
+
+
+@register_policy_loss("gspo")
+def gspo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig = PolicyLossConfig(),
+    ref_logprobs: Tensor | None = None,
+    rollout_logprobs: Tensor | None = None,
+    normalizer: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO (Zheng et al. 2025), token form: one ratio per sequence (row), clipped as a whole.
+
+    s = exp(mean over the row's sampled tokens of log pi - log pi_old). Token t
+    uses the ratio sg(s) * pi_t / sg(pi_t): its value is s, its gradient s * grad
+    log pi_t, so per-token (per-turn, AEM-scaled) advantages still apply. GSPO
+    pairs it with agg=seq-mean-token-mean and much smaller clip ranges (3e-4 / 4e-4).
+    """
+    m = mask.to(logprobs.dtype)
+    token_log_ratio = torch.where(m > 0, logprobs - old_logprobs, 0.0)
+    seq_log_ratio = (token_log_ratio.sum(-1) / m.sum(-1).clamp(min=1)).clamp(-20.0, 20.0)
+    ratio = torch.exp(seq_log_ratio.detach().unsqueeze(-1) + logprobs - logprobs.detach())
+    per_token, clipped = _clipped_surrogate(ratio, advantages, cfg)
+    return _finish(per_token, clipped, ratio, logprobs, old_logprobs, mask, cfg,
+                   ref_logprobs, rollout_logprobs, normalizer)

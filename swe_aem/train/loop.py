@@ -111,7 +111,7 @@ class Trainer:
                 console.print(f"resumed from {self.ckpt.latest()} at step {self.state.step}")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
         self.loss_cfg = PolicyLossConfig(cfg.algo.clip_low, cfg.algo.clip_high, cfg.algo.loss_agg,  # type: ignore[arg-type]
-                                         cfg.algo.kl_coef, cfg.algo.tis_cap)
+                                         cfg.algo.kl_coef, cfg.algo.tis_cap, cfg.algo.policy_loss)
         if cfg.algo.kl_coef > 0:
             raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
                                      "does not load; the recipes here use no KL term")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
+from swe_aem.algo.losses import PolicyLossConfig, get_policy_loss
 from swe_aem.train.batch import Sample, TurnLayout, collate, pack_by_tokens
 
 
@@ -111,13 +111,15 @@ def ppo_update(
     generator: torch.Generator | None = None,
     indices: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """PPO-clip over `epochs` x `mini_batches` optimizer steps; returns mean stats.
+    """The policy loss named by `loss_cfg.name` (PPO-clip by default) over `epochs` x
+    `mini_batches` optimizer steps; returns mean stats.
 
     Micro-batch losses use the mini-batch's global normaliser (tokens or
     sequences, summed over data-parallel ranks) and are scaled by the world size
     because DeepSpeed averages gradients over ranks; so micro-batching and data
     parallelism leave the gradient unchanged.
     """
+    loss_fn = get_policy_loss(loss_cfg.name)
     dev = _device(engine)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     shard = set(range(len(samples)) if indices is None else indices)
@@ -148,7 +150,7 @@ def ppo_update(
                 adv = torch.where(turn >= 0, turn_advantages[turn.clamp(min=0)], 0.0)
                 lp, _ = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev),
                                b["targets"].to(dev))
-                loss, stats = ppo_clip_loss(
+                loss, stats = loss_fn(
                     lp.float(), old.to(dev), adv.to(dev), b["loss_mask"].to(dev), loss_cfg,
                     rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
                 )
