@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from swe_aem import images_cmd
+from swe_aem.data.local_suite import build_local_suite
 from swe_aem.sandbox import images
 from swe_aem.sandbox.engine import host_label
 
@@ -38,7 +40,7 @@ def test_debian_mirror_is_a_url():
 def test_builds_are_skipped_when_up_to_date(docker_client, local_instances):
     start = time.monotonic()
     assert images.build_base(docker_client) == images.base_tag()
-    assert images.build_local_suite(docker_client) == []  # every tag exists: nothing rebuilt
+    assert build_local_suite(docker_client) == []  # every tag exists: nothing rebuilt
     assert time.monotonic() - start < 30
     for inst in local_instances:
         labels = docker_client.images.get(inst.image).labels
@@ -83,9 +85,9 @@ def test_pull_without_a_registry_says_so_per_image(docker_client, local_instance
     dataset = tmp_path / "d.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     parser = __import__("argparse").ArgumentParser()
-    images.add_arguments(parser)
+    images_cmd.add_arguments(parser)
     start = time.monotonic()
-    code = images.run(parser.parse_args(["pull", "--dataset", str(dataset), "--timeout", "60"]))
+    code = images_cmd.run(parser.parse_args(["pull", "--dataset", str(dataset), "--timeout", "60"]))
     assert time.monotonic() - start < 90
     assert code == 1
     results = json.loads(capsys.readouterr().out)

@@ -7,7 +7,8 @@ Layout (the files are the source of truth, nothing generated is committed):
 
 A repository snapshot becomes a one-commit git history with a fixed author and
 date, so its commit id (the instance's base_commit) is the same on every machine
-and changes exactly when the snapshot does. Image tags are derived from it.
+and changes exactly when the snapshot does. Image tags are derived from it, and
+`build_local_suite` builds the images (with swe_aem.sandbox's image builder).
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swe_aem.data.instances import DatasetError, Instance, instance_from_row
-from swe_aem.sandbox.images import DOCKERFILE, SANDBOXES, base_tag
+from swe_aem.sandbox.images import (
+    DOCKERFILE,
+    SANDBOXES,
+    Steps,
+    base_tag,
+    build_repo_image,
+    image_exists,
+)
+
+if TYPE_CHECKING:
+    import docker
 
 LOCAL = SANDBOXES / "local"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
@@ -139,3 +151,27 @@ def _load() -> tuple[Instance, ...]:
 def load_local_suite() -> list[Instance]:
     """Every instance of the local suite, sorted by id, with its image name."""
     return list(_load())
+
+
+def build_local_suite(client: docker.DockerClient, force: bool = False) -> list[str]:
+    """Build every local instance's image (one build per repo snapshot, one tag per instance);
+    returns the tags built (none when every content-hash tag exists)."""
+    instances = load_local_suite()
+    by_repo: dict[str, list[Instance]] = {}
+    for inst in instances:
+        by_repo.setdefault(inst.repo, []).append(inst)
+    built: list[str] = []
+    with Steps(f"local suite: {len(instances)} instance images from {len(by_repo)} repos") as steps:
+        for n, (repo, group) in enumerate(sorted(by_repo.items()), 1):
+            tags = [inst.image for inst in group]
+            if not force and all(image_exists(client, t) for t in tags):
+                steps.update(f"repo {n}/{len(by_repo)} {repo}: up to date")
+                continue
+            steps.update(f"repo {n}/{len(by_repo)} {repo}: building {len(tags)} image(s)")
+            with tempfile.TemporaryDirectory(prefix="swe-aem-testbed-") as tmp:
+                testbed = Path(tmp) / "testbed"
+                commit = materialize_repo(repo, testbed)
+                build_repo_image(client, repo, testbed, commit, tags)
+            built += tags
+        steps.update(f"local suite: done ({len(built)} image(s) built)")
+    return built

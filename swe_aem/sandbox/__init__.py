@@ -1,8 +1,14 @@
-"""Docker sandboxes: one container per episode, a pool over daemons, and a reaper."""
+"""Docker sandboxes: one container per episode, a pool over daemons, images, and a reaper.
+
+A leaf package like swe_aem.algo: it imports nothing else of the project. Callers
+describe a task through `SandboxSpec` (swe_aem.data's Instance satisfies it).
+"""
 
 from swe_aem.sandbox.engine import DockerUnavailableError, SandboxError, connect
-from swe_aem.sandbox.pool import SandboxPool, reap
+from swe_aem.sandbox.images import ImageNotInRegistryError, ImageStore, ImageUnavailableError
+from swe_aem.sandbox.pool import SandboxPool, SandboxSpec, reap
 from swe_aem.sandbox.sandbox import ExecResult, Sandbox, SandboxConfig
 
-__all__ = ["DockerUnavailableError", "ExecResult", "Sandbox", "SandboxConfig", "SandboxError",
-           "SandboxPool", "connect", "reap"]
+__all__ = ["DockerUnavailableError", "ExecResult", "ImageNotInRegistryError", "ImageStore",
+           "ImageUnavailableError", "Sandbox", "SandboxConfig", "SandboxError", "SandboxPool",
+           "SandboxSpec", "connect", "reap"]

@@ -7,11 +7,12 @@ retries, because at rollout scale those happen and must not kill an episode.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import docker
 import requests
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 # Labels on every container we start: the reaper finds leftovers by them.
@@ -20,6 +21,8 @@ LABEL_RUN_ID = "swe-aem.run-id"
 LABEL_INSTANCE_ID = "swe-aem.instance-id"
 LABEL_OWNER = "swe-aem.owner"  # "<hostname>:<pid>" of the process that started it
 MAX_POOL = 128
+
+log = logging.getLogger(__name__)
 
 
 class SandboxError(RuntimeError):
@@ -74,3 +77,26 @@ def connect(host: str | None = None, timeout: float = 120.0) -> docker.DockerCli
         ) from exc
     client.api.timeout = int(timeout)
     return client
+
+
+def removal_in_progress(exc: APIError) -> bool:
+    """Docker's 409 when another client is removing the same container right now."""
+    return exc.status_code == 409 and "already in progress" in str(exc)
+
+
+def remove_container(container) -> bool:
+    """Force-remove `container`; True when this call removed it.
+
+    Gone already (404) or being removed by someone else (409 "removal already in
+    progress") is not an error: either way it is going away. Other failures are logged.
+    """
+    try:
+        retry_transient()(container.remove)(force=True)
+        return True
+    except NotFound:
+        return False
+    except APIError as exc:
+        if removal_in_progress(exc):
+            return False
+        log.warning("could not remove container %s: %s", container.name, exc)
+        return False

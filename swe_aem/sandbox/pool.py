@@ -4,6 +4,10 @@ Concurrency is bounded by a semaphore; each new sandbox goes to the live daemon
 with the fewest running sandboxes of this pool. A daemon that does not answer is
 marked down with its reason; only when every daemon is down does the pool fail,
 with an error naming each address.
+
+A pool removes only the containers it created itself: several pools (concurrent
+graders) may share one run id. `reap(run_id)` is the crash cleanup that callers
+run at a run's start and end.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Self
+from typing import Protocol, Self
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import NotFound
 
-from swe_aem.data.instances import Instance
 from swe_aem.sandbox.engine import (
     LABEL_MANAGED,
     LABEL_OWNER,
@@ -28,20 +31,43 @@ from swe_aem.sandbox.engine import (
     DockerUnavailableError,
     connect,
     host_label,
+    remove_container,
 )
+from swe_aem.sandbox.images import ImageStore
 from swe_aem.sandbox.sandbox import Sandbox, SandboxConfig
 
 log = logging.getLogger(__name__)
+
+
+class SandboxSpec(Protocol):
+    """What a sandbox needs of a task (swe_aem.data's Instance is one): which image, which
+    commit the diff is taken against, and the shell snippet that enters the image's
+    environment ("" when commands run as they are)."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def image(self) -> str: ...
+
+    @property
+    def base_commit(self) -> str: ...
+
+    @property
+    def env_activate(self) -> str: ...
 
 
 class SandboxPool:
     """Hands out sandboxes for instances, at most `max_concurrency` at a time."""
 
     def __init__(self, docker_hosts: list[str] | None = None, max_concurrency: int = 4,
-                 config: SandboxConfig | None = None, run_id: str | None = None):
+                 config: SandboxConfig | None = None, run_id: str | None = None,
+                 images: ImageStore | None = None):
         self.hosts: list[str | None] = list(docker_hosts) if docker_hosts else [None]
         self.config = config or SandboxConfig()
         self.run_id = run_id or uuid.uuid4().hex[:10]
+        self.images = images or ImageStore()
+        self._created: dict[str, tuple[int, str]] = {}  # container id -> (daemon index, name)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
         self._clients: dict[int, docker.DockerClient] = {}
@@ -73,19 +99,32 @@ class SandboxPool:
                 log.warning("%s", exc)
 
     @contextmanager
-    def sandbox(self, instance: Instance) -> Iterator[Sandbox]:
-        """A fresh sandbox from the instance's image, removed on exit whatever happens."""
+    def sandbox(self, spec: SandboxSpec) -> Iterator[Sandbox]:
+        """A fresh sandbox from the spec's image (pulled if missing), inside its environment,
+        removed on exit whatever happens."""
         with self._slots:
             index, client = self._pick()
             try:
-                sandbox = Sandbox.start(client, instance.image, config=self.config,
-                                        run_id=self.run_id, instance_id=instance.instance_id,
-                                        base_commit=instance.base_commit)
-                with sandbox:
-                    yield sandbox
+                with self.images.using(client, spec.image):
+                    sandbox = Sandbox.start(client, spec.image, config=self.config,
+                                            run_id=self.run_id, instance_id=spec.instance_id,
+                                            base_commit=spec.base_commit,
+                                            env_activate=spec.env_activate,
+                                            on_create=lambda c: self._record(index, c))
+                    with sandbox:
+                        yield sandbox
+                    self._forget(sandbox.container.id)
             finally:
                 with self._lock:
                     self._active[index] -= 1
+
+    def _record(self, index: int, container) -> None:
+        with self._lock:
+            self._created[container.id] = (index, container.name)
+
+    def _forget(self, container_id: str) -> None:
+        with self._lock:
+            self._created.pop(container_id, None)
 
     def check(self) -> list[str]:
         """Connect to every daemon now; the live addresses. Raises when none answers."""
@@ -108,10 +147,25 @@ class SandboxPool:
         return counts
 
     def close(self) -> list[str]:
-        """Remove whatever this run left on every daemon it used (names returned); drop the clients."""
+        """Remove the containers this pool created that are still there (names returned); drop
+        the clients. Other pools' containers, even of the same run id, are left alone."""
+        with self._lock:
+            leftovers, self._created = self._created, {}
         removed = []
+        for container_id, (index, name) in leftovers.items():
+            client = self._clients.get(index)
+            if client is None:
+                continue
+            try:
+                container = client.containers.get(container_id)
+            except NotFound:
+                continue
+            except docker.errors.DockerException as exc:
+                log.warning("cannot inspect %s on close: %s", name, exc)
+                continue
+            if remove_container(container):
+                removed.append(name)
         for client in self._clients.values():
-            removed += reap(self.run_id, client=client)
             client.close()
         self._clients.clear()
         return removed
@@ -149,11 +203,6 @@ def reap(run_id: str | None = None, *, client: docker.DockerClient | None = None
     for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels.get(LABEL_OWNER, "")):
             continue
-        try:
-            container.remove(force=True)
+        if remove_container(container):
             removed.append(container.name)
-        except NotFound:
-            pass
-        except APIError as exc:
-            log.warning("could not remove %s: %s", container.name, exc)
     return removed

@@ -6,6 +6,11 @@ a `docker exec` each), or, in images without python3, to one exec each. A comman
 runs as `timeout -k GRACE T bash -c CMD`, which kills its whole process group; a
 host-side guard kills the group again if that `timeout` does not finish the job. Output is capped in bytes (head and tail kept,
 with a visible note) and decoded with replacement, so no byte sequence can crash us.
+
+Real task images keep their test environment behind an activation snippet (SWE-bench:
+`source /opt/miniconda3/bin/activate && conda activate testbed`). A sandbox runs that
+snippet once at start, captures the environment it leaves (`env -0`) and gives it to
+every later command, so each command runs as in a shell a person opened in that image.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import docker
 import requests
@@ -32,6 +38,7 @@ from swe_aem.sandbox.engine import (
     LABEL_OWNER,
     LABEL_RUN_ID,
     SandboxError,
+    removal_in_progress,
     retry_transient,
 )
 from swe_aem.sandbox.runner import Runner, RunnerGone
@@ -40,6 +47,19 @@ from swe_aem.sandbox.runner import Runner, RunnerGone
 # then becomes `timeout`, which runs CMD under bash and kills the group at the deadline.
 _WRAPPER = 'echo $$ > {pidfile}; exec timeout -k {grace} {limit} /bin/bash -c "$0" 2>&1'
 TIMEOUT_EXIT_CODES = (124, 137)
+# Runs the activation snippet in bash (its own output kept aside), then prints the environment.
+_ACTIVATE = """__swe_aem_log=$(mktemp)
+{{
+{snippet}
+}} >"$__swe_aem_log" 2>&1 </dev/null
+__swe_aem_rc=$?
+if [ "$__swe_aem_rc" -ne 0 ]; then cat "$__swe_aem_log"; rm -f "$__swe_aem_log"; exit "$__swe_aem_rc"; fi
+rm -f "$__swe_aem_log"; unset __swe_aem_log __swe_aem_rc
+printf '{marker}\\0'; env -0
+"""
+_ENV_MARKER = "SWE_AEM_ENVIRONMENT"
+# per-shell variables that must not be carried from the capturing shell into later ones
+_SHELL_LOCAL = {"_", "SHLVL", "PWD", "OLDPWD"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class Sandbox:
         self.base_commit = base_commit
         self.instance_id = instance_id
         self.uid, self.gid = 0, 0
+        self.environment: dict[str, str] = {}  # captured by the activation snippet; every command gets it
         self._runner: Runner | None = None
         self._closed = False
 
@@ -123,8 +144,14 @@ class Sandbox:
     @classmethod
     def start(cls, client: docker.DockerClient, image: str, *, config: SandboxConfig | None = None,
               run_id: str = "adhoc", instance_id: str | None = None,
-              base_commit: str | None = None) -> Sandbox:
-        """Create and start a container from `image`, wait until a command runs in it."""
+              base_commit: str | None = None, env_activate: str = "",
+              on_create: Callable[[Any], None] | None = None) -> Sandbox:
+        """Create and start a container from `image`, wait until a command runs in it, then
+        enter the image's environment with `env_activate` (bash; "" for none).
+
+        `on_create(container)` is called as soon as the container exists (a pool records it).
+        A failing snippet raises SandboxError naming the image and the snippet.
+        """
         config = config or SandboxConfig()
         labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
                   LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
@@ -147,6 +174,8 @@ class Sandbox:
         except APIError as exc:
             raise SandboxError(f"cannot start a container from {image}: {exc}") from exc
         sandbox = cls(container, config, base_commit=base_commit, instance_id=instance_id)
+        if on_create is not None:
+            on_create(container)
         try:
             retry_transient()(container.start)()
             if config.use_runner:
@@ -160,10 +189,28 @@ class Sandbox:
                 raise SandboxError(f"container from {image} is not usable (exit code {ready.exit_code}): "
                                    f"{ready.output[-500:]}")
             sandbox.uid, sandbox.gid = (int(x) for x in ready.output.split()[:2])
+            if env_activate.strip():
+                sandbox.environment = sandbox._capture_environment(image, env_activate)
         except BaseException:
             sandbox.close()
             raise
         return sandbox
+
+    def _capture_environment(self, image: str, snippet: str) -> dict[str, str]:
+        """Run `snippet` once in bash; the environment it leaves, minus per-shell variables."""
+        script = _ACTIVATE.format(snippet=snippet, marker=_ENV_MARKER)
+        result = self._exec(script, 120, None, None, None)
+        head, sep, body = result.output.partition(_ENV_MARKER + "\0")
+        if result.exit_code != 0 or not sep:
+            why = "timed out" if result.timed_out else f"exited with code {result.exit_code}"
+            raise SandboxError(f"entering the environment of image {image} failed: the snippet "
+                               f"{snippet!r} {why}: {head.strip()[-1500:] or '(no output)'}")
+        environment = {}
+        for entry in body.split("\0"):
+            name, eq, value = entry.partition("=")
+            if eq and name and name not in _SHELL_LOCAL:
+                environment[name] = value
+        return environment
 
     def close(self) -> None:
         """Remove the container (idempotent; a container already gone is fine)."""
@@ -176,6 +223,9 @@ class Sandbox:
             retry_transient()(self.container.remove)(force=True)
         except NotFound:
             pass
+        except APIError as exc:  # another client removing it already (a reaper): fine
+            if not removal_in_progress(exc):
+                raise
 
     def __enter__(self) -> Self:
         return self
@@ -197,6 +247,8 @@ class Sandbox:
               env: dict[str, str] | None, limit: int | None) -> ExecResult:
         if self._closed:
             raise SandboxError("sandbox is closed")
+        if self.environment:
+            env = {**self.environment, **(env or {})}
         limit_s = float(timeout if timeout is not None else self.config.exec_timeout_s)
         pidfile = f"/tmp/.swe-aem-exec-{uuid.uuid4().hex}.pid"
         argv = ["/bin/sh", "-c", _WRAPPER.format(pidfile=pidfile, grace=int(self.config.kill_grace_s),
