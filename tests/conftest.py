@@ -28,7 +28,8 @@ def docker_client():
 def local_instances(docker_client):
     """The local suite, with its images built (a no-op when the content-hash tags exist)."""
     from swe_aem.data import load_instances
-    from swe_aem.sandbox.images import build_base, build_local_suite
+    from swe_aem.data.local_suite import build_local_suite
+    from swe_aem.sandbox.images import build_base
 
     build_base(docker_client)
     build_local_suite(docker_client)

@@ -40,6 +40,7 @@ class Instance:
     log_parser: str = "parse_log_pytest"
     eval_type: str = "pass_and_fail"
     created_at: str = ""
+    env_activate: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_swebench(self) -> dict[str, Any]:
