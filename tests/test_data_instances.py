@@ -22,6 +22,12 @@ ROW = {
     "hints_text": "",
     "created_at": "2022-03-03T15:14:54Z",
     "environment_setup_commit": "298ccb478e6bf092953bca67a3d29dc6c35f6752",
+    # swebench 5.x columns: the row carries how it is run and graded
+    "eval_script": "#!/bin/bash\nset -uxo pipefail\ncd /testbed\n: '>>>>> Start Test Output'\n"
+                   "pytest -rA t.py\n: '>>>>> End Test Output'\n",
+    "image": "swebench/sweb.eval.x86_64.astropy_1776_astropy-12907:latest",
+    "log_parser": "parse_log_astropy",
+    "eval_type": "pass_and_fail",
 }
 
 

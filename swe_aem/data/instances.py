@@ -1,8 +1,11 @@
 """SWE-bench-schema instances: one typed record, loaded from the local suite, a file or the hub.
 
-The hub stores FAIL_TO_PASS / PASS_TO_PASS as JSON strings; we accept both that
-and real lists, and turn every malformed row into an error that names the row
-and the field, because a silently skipped instance skews every resolve rate.
+Rows of every supported family (SWE-bench 5.x, SWE-Gym, SWE-smith, R2E-Gym: see
+families.py) become the same record, which names its grader. The hub stores
+FAIL_TO_PASS / PASS_TO_PASS as JSON strings; we accept both that and real lists, and
+turn every malformed row, and every row whose tests could not be run, into an error
+that names the row and the reason, because a silently skipped or silently
+unresolvable instance skews every resolve rate.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from swe_aem.data.families import FORMATS, GRADERS, FormatError, adapt, detect_format
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
 LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
@@ -40,7 +45,9 @@ class Instance:
     log_parser: str = "parse_log_pytest"
     eval_type: str = "pass_and_fail"
     created_at: str = ""
-    env_activate: str = ""
+    grader: str = "swebench"  # how the verdict is read: swebench | swesmith | r2e
+    env_activate: str = ""  # shell snippet that enters the image's environment
+    setup_script: str = ""  # runs once in a fresh container, before the agent or the grader
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_swebench(self) -> dict[str, Any]:
@@ -137,18 +144,71 @@ def _hub_rows(name: str, split: str) -> Iterable[tuple[str, Any]]:
     return ((f"{name}[{split}] row {i}", row) for i, row in enumerate(table))
 
 
-def load_instances(dataset: str, split: str = "test",
-                   instance_ids: Iterable[str] | None = None) -> list[Instance]:
-    """Load `dataset`: "local" (the project's suite), a .jsonl/.json/.parquet path, or a hub name."""
+def native_instance(raw: Any, where: str, dataset_format: str) -> Instance:
+    """A row of family `dataset_format` as an Instance; errors name the row, its id and the reason."""
+    try:
+        row = adapt(dataset_format, raw)
+    except FormatError as exc:
+        iid = raw.get("instance_id") if isinstance(raw, dict) else None
+        raise DatasetError(f"{where} (instance_id={iid!r}, format {dataset_format}): {exc}") from exc
+    inst = instance_from_row(row, where)
+    check_gradable(inst, where)
+    return inst
+
+
+def check_gradable(inst: Instance, where: str) -> None:
+    """Refuse, at load time, an instance whose tests could not be run or whose verdict could not be read."""
+    from swebench.harness.constants import END_TEST_OUTPUT, START_TEST_OUTPUT, EvalType
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+    from swebench.harness.utils import make_test_spec
+
+    row = f"{where} (instance_id={inst.instance_id!r})"
+    if inst.grader not in GRADERS:
+        raise DatasetError(f"{row}: unknown grader {inst.grader!r}; one of {', '.join(GRADERS)}")
+    if not inst.eval_script.strip():
+        raise DatasetError(f"{row}: the eval script is empty: nothing would run the tests")
+    if inst.grader == "r2e":
+        if not isinstance(inst.extra.get("expected_output"), dict):
+            raise DatasetError(f"{row}: an r2e instance needs its expected test-status map")
+        return
+    if START_TEST_OUTPUT not in inst.eval_script or END_TEST_OUTPUT not in inst.eval_script:
+        raise DatasetError(f"{row}: the eval script has no test-output markers, so no test "
+                           "result could be read from its log")
+    if inst.grader == "swesmith":
+        return
+    if inst.log_parser not in PARSER_REGISTRY:
+        raise DatasetError(f"{row}: log_parser {inst.log_parser!r} is not one of swebench's parsers")
+    if inst.eval_type not in {e.value for e in EvalType}:
+        raise DatasetError(f"{row}: eval_type {inst.eval_type!r} is not one of "
+                           f"{', '.join(e.value for e in EvalType)}")
+    try:
+        make_test_spec(inst.to_swebench())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{row}: swebench cannot build its test spec: {type(exc).__name__}: {exc}") from exc
+
+
+def load_instances(dataset: str, split: str = "test", instance_ids: Iterable[str] | None = None,
+                   dataset_format: str | None = None) -> list[Instance]:
+    """Load `dataset`: "local" (the project's suite), a .jsonl/.json/.parquet path, or a hub name.
+
+    `dataset_format` (one of FORMATS) picks the family's adapter; None: from the dataset's
+    name, else from the first row's columns. The local suite is in the SWE-bench schema.
+    """
+    if dataset_format is not None and dataset_format not in FORMATS:
+        raise DatasetError(f"unknown dataset format {dataset_format!r}; choose from {', '.join(FORMATS)}")
     if dataset == "local":
         from swe_aem.data.local_suite import load_local_suite
 
         instances = load_local_suite()
+        for inst in instances:
+            check_gradable(inst, f"local instance {inst.instance_id}")
     else:
         path = Path(dataset)
         is_file = path.suffix in (".jsonl", ".json", ".parquet") or path.exists()
-        rows = _read_rows(path) if is_file else _hub_rows(dataset, split)
-        instances = [instance_from_row(row, where) for where, row in rows]
+        rows = list(_read_rows(path) if is_file else _hub_rows(dataset, split))
+        first = rows[0][1] if rows and isinstance(rows[0][1], dict) else {}
+        fmt = dataset_format or detect_format(dataset, first)
+        instances = [native_instance(row, where, fmt) for where, row in rows]
     seen: set[str] = set()
     for inst in instances:
         if inst.instance_id in seen:

@@ -1,0 +1,332 @@
+"""Dataset families: one adapter each, from a native row to the fields of an `Instance`.
+
+Every family says how its rows are graded (`grader`), how a shell enters its image's
+environment (`env_activate`), what runs once in a fresh container before the agent or
+the grader touches it (`setup_script`), and which script runs its tests (`eval_script`).
+Rules per family are in ../shared/datasets/README.md; the choices made here:
+
+- swe-bench: swebench 5.x rows carry eval_script / image / log_parser / eval_type and are
+  graded from the row alone. Pre-5.x (classic) rows are refused, never graded with an
+  empty script.
+- swe-gym: SWE-bench-style eval script from SWE-Gym's spec (SWE-Gym/SWE-Bench-Fork),
+  pytest -rA parser, images under xingyaoww/.
+- swe-smith: test command and parser of the `swesmith` repo profiles (0.0.9); that package
+  cannot be imported next to swebench 5.x, so the profiles used are written down here.
+- r2e-gym: the image's own run_tests.sh, moved to /root, reward = exact match of the
+  parsed status map with expected_output_json (R2E-Gym's docker runtime).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+FORMATS = ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
+GRADERS = ("swebench", "swesmith", "r2e")
+
+# Official SWE-bench-style images (SWE-bench, SWE-Gym, SWE-smith): a conda env `testbed`.
+CONDA_ACTIVATE = "source /opt/miniconda3/bin/activate && conda activate testbed"
+# R2E-Gym images keep a venv in /testbed/.venv; R2E-Gym's runtime puts it first on PATH
+# (through /root/.venv -> /testbed/.venv and /root/.local/bin links).
+R2E_ACTIVATE = "export PATH=/testbed/.venv/bin:/root/.local/bin:/root/.cargo/bin:$PATH"
+R2E_TEST_TIMEOUT_S = 300  # R2E-Gym runs `bash /root/run_tests.sh` under this limit
+
+START = ": '>>>>> Start Test Output'"
+END = ": '>>>>> End Test Output'"
+_HEREDOC = "EOF_114329324912"  # SWE-bench's delimiter for the test patch
+SWE_BENCH_V5 = ("eval_script", "image", "log_parser", "eval_type")
+
+
+class FormatError(ValueError):
+    """A row does not fit its family (the loader adds the row's place and id)."""
+
+
+def detect_format(dataset: str, row: Mapping[str, Any]) -> str:
+    """The family of `dataset`: from its name, else from the first row's columns."""
+    name = dataset.lower()
+    for needle, fmt in (("swe-gym", "swe-gym"), ("swe_gym", "swe-gym"), ("swe-smith", "swe-smith"),
+                        ("swe_smith", "swe-smith"), ("r2e", "r2e-gym")):
+        if needle in name:
+            return fmt
+    if "docker_image" in row and "expected_output_json" in row:
+        return "r2e-gym"
+    if "image_name" in row:
+        return "swe-smith"
+    if "eval_script" not in row and isinstance(row.get("FAIL_TO_PASS"), list) \
+            and "environment_setup_commit" not in row:
+        return "swe-gym"  # SWE-Gym: real lists, no environment_setup_commit, no image
+    return "swe-bench"
+
+
+def adapt(fmt: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Map a native row of family `fmt` to Instance fields (validated afterwards by the loader)."""
+    if fmt not in ADAPTERS:
+        raise FormatError(f"unknown dataset format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not isinstance(row, Mapping):
+        raise FormatError(f"expected an object, got {type(row).__name__}")
+    return ADAPTERS[fmt](dict(row))
+
+
+# ---------------------------------------------------------------- SWE-bench (5.x)
+
+def swe_bench(row: dict[str, Any]) -> dict[str, Any]:
+    """swebench 5.x rows as they are; classic rows refused with the columns they lack."""
+    missing = [c for c in SWE_BENCH_V5 if not isinstance(row.get(c), str) or not row[c].strip()]
+    if missing:
+        raise FormatError(
+            f"missing SWE-bench 5.x column(s) {', '.join(missing)}: this is a pre-5.x (classic) "
+            "export, and swebench 5.x builds the eval script only from the row. Use a 5.x export "
+            "of the dataset (rows with eval_script, image, log_parser, eval_type), or "
+            "--dataset-format swe-gym for SWE-Gym rows")
+    return {**row, "grader": "swebench", "env_activate": CONDA_ACTIVATE}
+
+
+# ---------------------------------------------------------------- SWE-Gym
+
+@dataclass(frozen=True)
+class GymSpec:
+    """SWE-Gym's per-repo eval spec (same for every version of these repos)."""
+
+    test_cmd: str
+    install: str = ""
+    eval_commands: tuple[str, ...] = ()
+
+
+# From SWE-Gym/SWE-Bench-Fork swebench/harness/constants.py (commit 242429c); both repos
+# use the plain pytest -rA parser there. Other repos need per-version specs: refused.
+SWE_GYM_SPECS = {
+    "getmoto/moto": GymSpec("pytest -n0 -rA", install="make init"),
+    "dask/dask": GymSpec("pytest -n0 -rA  --color=no", install="python -m pip install --no-deps -e ."),
+}
+# Files of a test patch that are not test targets (SWE-bench's NON_TEST_EXTS).
+_NON_TEST_EXTS = (".json", ".png", "csv", ".txt", ".md", ".jpg", ".jpeg", ".pkl", ".yml", ".yaml", ".toml")
+
+
+def swe_gym_image(instance_id: str) -> str:
+    """xingyaoww/sweb.eval.x86_64.<id, "__" -> "_s_">:latest, lower-cased (SWE-Gym's images)."""
+    return f"xingyaoww/sweb.eval.x86_64.{instance_id.replace('__', '_s_')}:latest".lower()
+
+
+def swebench_eval_script(base_commit: str, test_patch: str, test_cmd: str, install: str = "",
+                         eval_commands: tuple[str, ...] = ()) -> str:
+    """SWE-bench's eval script: reset test files, apply test_patch, run the tests between markers."""
+    modified = re.findall(r"--- a/(.*)", test_patch)
+    directives = [d for d in re.findall(r"diff --git a/.* b/(.*)", test_patch)
+                  if not d.endswith(_NON_TEST_EXTS)]
+    reset = f"git checkout {base_commit} {' '.join(modified)}"
+    lines = ["#!/bin/bash", "set -uxo pipefail", "source /opt/miniconda3/bin/activate",
+             "conda activate testbed", "cd /testbed", *eval_commands,
+             "git config --global --add safe.directory /testbed", "cd /testbed", "git status",
+             "git show", f"git -c core.fileMode=false diff {base_commit}",
+             "source /opt/miniconda3/bin/activate", "conda activate testbed",
+             *([install] if install else []), reset,
+             f"git apply -v - <<'{_HEREDOC}'\n{test_patch}\n{_HEREDOC}",
+             START, " ".join([test_cmd, *directives]), END, reset]
+    return "\n".join(lines) + "\n"
+
+
+def swe_gym(row: dict[str, Any]) -> dict[str, Any]:
+    """SWE-Gym row -> SWE-bench 5.x fields (image, eval script from the repo's spec, parser)."""
+    repo, test_patch = row.get("repo"), row.get("test_patch")
+    if not isinstance(repo, str) or not isinstance(test_patch, str) or not test_patch.strip():
+        raise FormatError("a SWE-Gym row needs 'repo' and a non-empty 'test_patch'")
+    spec = SWE_GYM_SPECS.get(repo.lower())
+    if spec is None:
+        raise FormatError(
+            f"no SWE-Gym test spec for repo {repo!r} (known: {', '.join(sorted(SWE_GYM_SPECS))}); "
+            "its eval script cannot be built")
+    return {**row, "image": swe_gym_image(str(row.get("instance_id", ""))),
+            "eval_script": swebench_eval_script(str(row.get("base_commit", "")), test_patch,
+                                                spec.test_cmd, spec.install, spec.eval_commands),
+            "log_parser": "parse_log_pytest", "eval_type": "pass_and_fail",
+            "grader": "swebench", "env_activate": CONDA_ACTIVATE}
+
+
+# ---------------------------------------------------------------- SWE-smith
+
+# swesmith 0.0.9's PythonProfile test command; the repos below keep it, use the default
+# pytest parser and set min_testing (only the F2P / P2P test files run).
+SWE_SMITH_TEST_CMD = ("source /opt/miniconda3/bin/activate; conda activate testbed; "
+                      "pytest --disable-warnings --color=no --tb=no --verbose")
+SWE_SMITH_PROFILES = frozenset({
+    "conan-io__conan.86f29e13", "dask__dask.5f61e423", "getmoto__moto.694ce1f4",
+    "iterative__dvc.1d6ea681", "modin-project__modin.8c7799fd", "pandas-dev__pandas.95280573",
+    "scrapy__scrapy.35212ec5", "sqlfluff__sqlfluff.50a1c4b6", "sunpy__sunpy.f8edfd5c",
+    "sympy__sympy.2ab64612", "tobymao__sqlglot.036601ba",
+})
+_SMITH_OLD = re.compile(r"swesmith\.(x86_64|arm64)\.([^/:]+?)__([^/:]+)\.([0-9a-f]{8})(:[\w.-]+)?")
+_SMITH_NEW = re.compile(r"[\w.-]+/swesmith\.(x86_64|arm64)\.([^/:]+?)_1776_([^/:]+)\.([0-9a-f]{8})(:[\w.-]+)?")
+
+
+def swe_smith_profile_key(row: Mapping[str, Any]) -> str:
+    """<owner>__<repo>.<commit8>, as swesmith's registry.get_from_inst finds it."""
+    repo = str(row.get("repo") or "")
+    return repo.split("/", 1)[1] if repo.startswith("swesmith/") else \
+        repo or str(row.get("instance_id", "")).rsplit(".", 1)[0]
+
+
+def swe_smith_test_files(tests: list[str] | tuple[str, ...]) -> list[str]:
+    """The distinct files of pytest ids, sorted (PythonProfile.get_test_files)."""
+    return sorted({t.split("::", 1)[0] for t in tests})
+
+
+def swe_smith_eval_script(test_cmd: str) -> str:
+    """The eval.sh that swesmith's harness writes around the profile's test command."""
+    return f"#!/bin/bash\nset -uxo pipefail\ncd /testbed\n{START}\n{test_cmd}\n{END}\n"
+
+
+def reverse_patch(patch: str) -> str:
+    """The inverse of a git unified diff (SWE-smith's `patch` introduces the bug; the fix undoes it)."""
+    out = []
+    swaps = {"new file mode": "deleted file mode", "deleted file mode": "new file mode",
+             "rename from": "rename to", "rename to": "rename from", "old mode": "new mode",
+             "new mode": "old mode"}
+    lines = patch.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("diff --git "):
+            m = re.fullmatch(r"diff --git a/(\S+) b/(\S+)", line)
+            out.append(f"diff --git a/{m.group(2)} b/{m.group(1)}" if m else line)
+        elif line.startswith("index "):
+            m = re.fullmatch(r"index (\w+)\.\.(\w+)(.*)", line)
+            out.append(f"index {m.group(2)}..{m.group(1)}{m.group(3)}" if m else line)
+        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            old, new = line[4:], lines[i + 1][4:]
+            swap = lambda p, a: "/dev/null" if p == "/dev/null" else a + p[2:] if p[:2] in ("a/", "b/") else p
+            out += [f"--- {swap(new, 'a/')}", f"+++ {swap(old, 'b/')}"]
+            i += 1
+        elif line.startswith("@@"):
+            m = re.match(r"@@ -(\S+) \+(\S+) @@(.*)", line)
+            out.append(f"@@ -{m.group(2)} +{m.group(1)} @@{m.group(3)}" if m else line)
+        elif line[:1] in "+-" and line[:3] not in ("+++", "---"):
+            out.append(("-" if line[0] == "+" else "+") + line[1:])
+        else:
+            key = next((k for k in swaps if line.startswith(k)), None)
+            out.append(swaps[key] + line[len(key):] if key else line)
+        i += 1
+    return "\n".join(out) + ("\n" if patch.endswith("\n") else "")
+
+
+def swe_smith(row: dict[str, Any]) -> dict[str, Any]:
+    """SWE-smith row -> Instance fields; the gold fix is the bug patch reversed."""
+    image = row.get("image_name")
+    if not isinstance(image, str) or not (_SMITH_OLD.fullmatch(image) or _SMITH_NEW.fullmatch(image)):
+        raise FormatError(
+            f"'image_name' {image!r} is neither swesmith.<arch>.<owner>__<repo>.<commit8> nor "
+            "<org>/swesmith.<arch>.<owner>_1776_<repo>.<commit8>")
+    key = swe_smith_profile_key(row)
+    if key not in SWE_SMITH_PROFILES:
+        raise FormatError(
+            f"no SWE-smith repo profile for {key!r} with the default pytest command (known: "
+            f"{', '.join(sorted(SWE_SMITH_PROFILES))}); its test command cannot be built")
+    if not str(row.get("instance_id", "")).startswith(key + "."):
+        raise FormatError(f"instance_id is not of the form {key}.<strategy>")
+    f2p, p2p = row.get("FAIL_TO_PASS") or [], row.get("PASS_TO_PASS") or []
+    if not isinstance(f2p, list) or not isinstance(p2p, list):
+        raise FormatError("FAIL_TO_PASS and PASS_TO_PASS must be lists in SWE-smith rows")
+    files = swe_smith_test_files(f2p) + swe_smith_test_files(p2p)
+    test_cmd = " ".join([SWE_SMITH_TEST_CMD, *files]) if files else SWE_SMITH_TEST_CMD
+    base = str(row.get("base_commit", ""))
+    bug = row.get("patch") or ""
+    if not isinstance(bug, str):
+        raise FormatError("'patch' (the bug) must be a string")
+    setup = (f"cd /testbed && git cat-file -e {base}^{{commit}} 2>/dev/null || "
+             f"{{ echo 'swe-aem: commit {base} (the task state) is not in the image'; exit 1; }}\n"
+             f"git checkout -q -f {base}")
+    return {**row, "image": image,
+            "patch": reverse_patch(bug) if bug else "", "eval_script": swe_smith_eval_script(test_cmd),
+            "log_parser": "swesmith_pytest", "eval_type": "swesmith", "grader": "swesmith",
+            "env_activate": CONDA_ACTIVATE, "setup_script": setup,
+            "bug_patch": bug, "test_files": files}
+
+
+# ---------------------------------------------------------------- R2E-Gym
+
+def _json_field(row: Mapping[str, Any], name: str) -> Any:
+    value = row.get(name)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{name!r} is not valid JSON: {exc}") from exc
+    return value
+
+
+R2E_STATUSES = ("PASSED", "FAILED", "ERROR")
+R2E_PROTECTED = ("r2e_tests", "run_tests.sh")
+# R2E-Gym's set-up (DockerRuntime.setup_env), idempotent: its test runner and tests go
+# from /testbed (or /) to /root, a link leaves /testbed/r2e_tests; the link and the venv
+# are the harness's, not the agent's, so they stay out of the agent's diff.
+R2E_SETUP = """cd /testbed
+for f in run_tests.sh r2e_tests; do
+  if [ -e "/testbed/$f" ] && [ ! -L "/testbed/$f" ]; then rm -rf "/root/$f"; mv "/testbed/$f" "/root/$f"; fi
+done
+if [ -d /r2e_tests ]; then rm -rf /root/r2e_tests; mv /r2e_tests /root/r2e_tests; fi
+[ -e /testbed/r2e_tests ] || ln -s /root/r2e_tests /testbed/r2e_tests
+find /testbed /root/r2e_tests -name '*.pyc' -delete 2>/dev/null
+find /testbed /root/r2e_tests -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null
+grep -qx r2e_tests .git/info/exclude 2>/dev/null || printf 'r2e_tests\nrun_tests.sh\n.venv\n' >> .git/info/exclude
+test -f /root/run_tests.sh || { echo 'swe-aem: no run_tests.sh in /testbed or /root'; exit 1; }
+"""
+
+
+def r2e_eval_script() -> str:
+    """R2E-Gym's test run: `bash /root/run_tests.sh` in /testbed, inside the image's venv."""
+    return "\n".join(["#!/bin/bash", "cd /testbed", R2E_ACTIVATE,
+                      f"timeout {R2E_TEST_TIMEOUT_S} bash /root/run_tests.sh"]) + "\n"
+
+
+def _gold_from_commit(commit: Mapping[str, Any]) -> str:
+    """A git patch of the commit's non-test files, from their old/new contents."""
+    parts = []
+    for diff in commit.get("file_diffs") or []:
+        path = ((diff.get("header") or {}).get("file") or {}).get("path")
+        old, new = diff.get("old_file_content"), diff.get("new_file_content")
+        if not path or old is None or new is None or re.search(r"(^|/)tests?/|(^|/)test_|_test\.py$", path):
+            continue
+        body = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                    f"a/{path}", f"b/{path}")
+        text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                       for line in body)
+        if text:
+            parts.append(f"diff --git a/{path} b/{path}\n{text}")
+    return "".join(parts)
+
+
+def r2e_gym(row: dict[str, Any]) -> dict[str, Any]:
+    """R2E-Gym row -> Instance fields; the expected status map stays in `expected_output`."""
+    for name in ("repo_name", "docker_image", "commit_hash", "problem_statement"):
+        if not isinstance(row.get(name), str) or not row[name]:
+            raise FormatError(f"an R2E-Gym row needs a non-empty string {name!r}")
+    expected = _json_field(row, "expected_output_json")
+    if not isinstance(expected, dict) or not expected:
+        raise FormatError("'expected_output_json' must be a non-empty JSON object of test -> status")
+    bad = {k: v for k, v in expected.items() if v not in R2E_STATUSES}
+    if bad:
+        raise FormatError(f"'expected_output_json' has statuses other than {R2E_STATUSES}: {bad!r:.120}")
+    commit = _json_field(row, "parsed_commit_content") or {}
+    base = commit.get("old_commit_hash") if isinstance(commit, dict) else None
+    if not isinstance(base, str) or not base:
+        raise FormatError("'parsed_commit_content' has no old_commit_hash (the task's base commit)")
+    statement = row["problem_statement"]
+    issue = re.search(r"\[ISSUE\](.*?)\[/ISSUE\]", statement, re.DOTALL)
+    return {
+        **{k: v for k, v in row.items() if k not in ("problem_statement", "instance_id")},
+        "instance_id": row.get("instance_id") or f"{row['repo_name']}__{row['commit_hash'][:12]}",
+        "repo": row["repo_name"], "base_commit": base,
+        "problem_statement": issue.group(1).strip() if issue else statement,
+        "patch": _gold_from_commit(commit), "image": row["docker_image"],
+        "eval_script": r2e_eval_script(), "log_parser": "r2e_pytest", "eval_type": "r2e_exact_match",
+        "grader": "r2e", "env_activate": R2E_ACTIVATE, "setup_script": R2E_SETUP,
+        "expected_output": expected,
+    }
+
+
+ADAPTERS = {"swe-bench": swe_bench, "swe-gym": swe_gym, "swe-smith": swe_smith, "r2e-gym": r2e_gym}
+
+__all__ = ["FORMATS", "GRADERS", "FormatError", "adapt", "detect_format"]
