@@ -27,6 +27,7 @@ from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 from swebench.harness.utils import make_test_spec
 
 from swe_aem.data.instances import Instance
+from swe_aem.reward import native
 from swe_aem.sandbox import (
     DockerUnavailableError,
     Sandbox,
@@ -76,6 +77,7 @@ def patch_files(patch: str) -> list[str]:
 def edited_tests(instance: Instance, patch: str) -> list[str]:
     """Files of `patch` that are tests or pytest/tox configuration (setup.cfg/pyproject: see below)."""
     hidden = set(_touched_by(instance.test_patch))
+    hidden |= set(native.hidden_tests_edited(instance, patch_files(patch)))
     return [p for p in patch_files(patch)
             if p in hidden or _TEST_FILE.search(p) or PurePosixPath(p).name in TEST_CONFIG_FILES]
 
@@ -177,11 +179,13 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
         touched = edited_tests(instance, patch)
         if touched:
             return _result(instance, "rejected", f"strict: patch edits tests: {', '.join(touched)}", start)
-    spec = make_test_spec(instance.to_swebench())
+    # SWE-bench and SWE-Gym rows run swebench's spec; SWE-smith / R2E-Gym their own (native.py)
+    spec = make_test_spec(instance.to_swebench()) if instance.grader == "swebench" else None
     own_pool = pool is None
     pool = pool or SandboxPool(max_concurrency=1, config=config, run_id=run_id)
     try:
         with pool.sandbox(instance) as sandbox:
+            native.prepare(sandbox, instance)
             sandbox.write_file(PATCH_FILE, patch)
             applied, apply_log = _apply(sandbox)
             _write(log_path, "run_instance.log", apply_log + "\n")
@@ -192,8 +196,10 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
                 if touched:
                     return _result(instance, "rejected",
                                    f"strict: patch edits test configuration: {', '.join(touched)}", start)
-            sandbox.write_file(EVAL_FILE, spec.eval_script)
-            _write(log_path, "eval.sh", spec.eval_script)
+            script = spec.eval_script if spec is not None else instance.eval_script
+            native.before_eval(sandbox, instance)
+            sandbox.write_file(EVAL_FILE, script)
+            _write(log_path, "eval.sh", script)
             run = sandbox.exec(f"/bin/bash {EVAL_FILE}", timeout=timeout, output_limit_bytes=64 << 20)
     except DockerUnavailableError:
         raise
@@ -208,18 +214,23 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
         _write(log_path, "test_output.txt", output)
         return _result(instance, "timeout", f"tests timed out after {timeout:g} s and were killed",
                        start, test_output=output)
-    with tempfile.TemporaryDirectory() as tmp:
-        out_file = (log_path or Path(tmp)) / "test_output.txt"
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(output)
-        prediction = {"instance_id": instance.instance_id, "model_name_or_path": model_name,
-                      "model_patch": patch}
-        report = get_eval_report(spec, prediction, str(out_file), include_tests_status=True)
+    if spec is None:
+        _write(log_path, "test_output.txt", output)
+        report = {instance.instance_id: native.verdict(instance, output)}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out_file = (log_path or Path(tmp)) / "test_output.txt"
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            out_file.write_text(output)
+            prediction = {"instance_id": instance.instance_id, "model_name_or_path": model_name,
+                          "model_patch": patch}
+            report = get_eval_report(spec, prediction, str(out_file), include_tests_status=True)
     _write(log_path, "report.json", json.dumps(report, indent=2))
     verdict = report[instance.instance_id]
     if verdict["resolved"]:
-        return _result(instance, "resolved", "all FAIL_TO_PASS and PASS_TO_PASS tests pass", start,
+        return _result(instance, "resolved",
+                       verdict.get("reason", "all FAIL_TO_PASS and PASS_TO_PASS tests pass"), start,
                        report=verdict, test_output=output)
-    reason = _failures(verdict) if verdict.get("patch_successfully_applied") else \
-        "no test results could be read from the eval output"
+    reason = verdict.get("reason") or (_failures(verdict) if verdict.get("patch_successfully_applied")
+                                       else "no test results could be read from the eval output")
     return _result(instance, "unresolved", reason, start, report=verdict, test_output=output)
