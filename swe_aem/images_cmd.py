@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--base-only", action="store_true")
     pull = sub.add_parser("pull", help="pre-pull the official images of a dataset")
     pull.add_argument("--dataset", default="SWE-bench/SWE-bench_Verified")
+    pull.add_argument("--dataset-format", default=None,
+                      help="swe-bench | swe-gym | swe-smith | r2e-gym (default: from the dataset name/rows)")
     pull.add_argument("--split", default="test")
     pull.add_argument("--instance-ids", nargs="*", default=None)
     pull.add_argument("--registry", default=None,
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     budget = parse_size(args.max_image_disk)
     client = connect(args.docker_host, timeout=args.timeout)
-    instances = load_instances(args.dataset, split=args.split, instance_ids=args.instance_ids)
+    instances = load_instances(args.dataset, split=args.split, instance_ids=args.instance_ids,
+                               dataset_format=args.dataset_format)
     results = pull_images(client, sorted({inst.image for inst in instances}), registry=args.registry,
                           max_disk_bytes=budget, attempts=args.retries)
     print(json.dumps(results, indent=2))

@@ -78,10 +78,11 @@ def test_instance_images_hold_only_the_base_commit(local_instances, sandbox_pool
 @pytest.mark.slow
 @pytest.mark.docker
 def test_pull_without_a_registry_says_so_per_image(docker_client, local_instances, tmp_path, capsys):
-    rows = [{"instance_id": "django__django-11099", "repo": "django/django", "base_commit": "a",
-             "problem_statement": "p"},
-            {"instance_id": "x__y-1", "repo": "x/y", "base_commit": "a", "problem_statement": "p",
-             "image": local_instances[0].image}]
+    # a real instance's 5.x row twice: under an official name (not here) and its own (here)
+    row = local_instances[0].to_swebench()
+    rows = [{**row, "instance_id": "django__django-11099",
+             "image": "swebench/sweb.eval.x86_64.django_1776_django-11099:latest"},
+            {**row, "instance_id": "x__y-1"}]
     dataset = tmp_path / "d.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     parser = __import__("argparse").ArgumentParser()

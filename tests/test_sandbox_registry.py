@@ -139,15 +139,14 @@ def test_pull_through_a_registry_under_the_official_name(docker_client, registry
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_images_pull_command_with_a_registry(docker_client, registry, tmp_path, capsys):
+def test_images_pull_command_with_a_registry(docker_client, registry, local_instance, tmp_path, capsys):
     image = OFFICIAL.format(name="tiny-2") + ":v1"
     _tiny_image(docker_client, image, seed=2)
     _push(docker_client, image, registry)
     _forget(docker_client, image)
-    rows = [{"instance_id": "swe-aem__tiny-2", "repo": "swe-aem/tiny", "base_commit": "a",
-             "problem_statement": "p", "image": image},
-            {"instance_id": "swe-aem__tiny-3", "repo": "swe-aem/tiny", "base_commit": "a",
-             "problem_statement": "p", "image": OFFICIAL.format(name="tiny-3") + ":never-pushed"}]
+    # rows a dataset would hold (a real instance's 5.x row), naming images in the registry or not
+    rows = [{**local_instance.to_swebench(), "instance_id": f"swe-aem__tiny-{n}", "image": name}
+            for n, name in ((2, image), (3, OFFICIAL.format(name="tiny-3") + ":never-pushed"))]
     dataset = tmp_path / "d.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     parser = __import__("argparse").ArgumentParser()
