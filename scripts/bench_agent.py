@@ -75,8 +75,8 @@ def scripted_rollouts(tokenizer, instances, concurrency: int, samples: int) -> d
         client = PolicyClient(server.base_url, "scripted", max_concurrency=concurrency)
         t0 = time.perf_counter()
         episodes = asyncio.run(rollout(instances, samples, policy=client, tokenizer=tokenizer, pool=pool,
-                                       config=config, grade=False, concurrency=concurrency,
-                                       progress=False))
+                                       config=config, concurrency=concurrency,
+                                       progress=False)).episodes
         wall = time.perf_counter() - t0
     turns = sum(e.num_turns for e in episodes)
     per_turn = [(e.wall_s - sum(t.generate_s for t in e.turns)) / e.num_turns for e in episodes if e.num_turns]

@@ -22,9 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("swe_aem.policy.serve_cmd", "start a vLLM OpenAI-compatible server for a model and keep it up"),
     "train": ("swe_aem.train.cli", "RL training: rollouts, rewards, RLOO/GRPO + AEM, PPO on DeepSpeed, weight sync"),
     "eval": ("swe_aem.eval.evaluate", "evaluate a model: k runs, resolve rate, Pass@1 with CI, Pass@k"),
-    "reproduce": ("swe_aem.eval.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
+    "reproduce": ("swe_aem.commands.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
     "plot": ("swe_aem.train.plot_cmd", "draw a training run's curves (metrics.jsonl) to PNG"),
-    "rollout": ("swe_aem.agent.rollout", "run the agent G times per instance, grade, write trajectories + predictions"),
+    "rollout": ("swe_aem.commands.rollout", "run the agent G times per instance, grade, write trajectories + predictions"),
 }
 
 

@@ -24,6 +24,7 @@ class AlgoConfig:
     aem: bool = True
     aem_lambda: float = 1.0
     aem_level: str = "turn"  # "turn" (each assistant turn is a response) or "trajectory"
+    aem_min_range: float = 0.1  # alpha = 1 in a group whose entropy range is below this (paper: 0.1)
     clip_low: float = 0.2
     clip_high: float = 0.28
     loss_agg: str = "seq-mean-token-sum"
@@ -49,6 +50,11 @@ class RolloutConfig:
     episode_timeout_s: float = 300.0
     concurrency: int = 8
     max_episode_retries: int = 1  # an episode that errored (not a 0 reward) is retried, then dropped
+    max_malformed_calls: int = 3  # consecutive unparseable tool calls that end an episode
+    # Dynamic sampling (DeepSWE / DAPO): roll out ceil(oversample * tasks_per_step) tasks and
+    # keep at most tasks_per_step groups whose rewards are not all equal.
+    oversample: float = 1.0
+    filter_groups: bool = False
 
 
 @dataclass
@@ -81,6 +87,9 @@ class RunConfig:
     save_every: int = 1
     keep_checkpoints: int = 2
     vllm_url: str | None = None  # attach to a running server instead of starting one
+    # False: the rollout server keeps its weights (a frozen behaviour policy, or a server
+    # refreshed by other means); rollout/trainer log-prob correction still applies.
+    push_weights: bool = True
     docker_hosts: list[str] = field(default_factory=list)
     sandbox_cpus: float = 1.0
     sandbox_memory: str = "1g"
@@ -152,6 +161,9 @@ def validate(cfg: Config) -> None:
          f"algo.policy_loss {cfg.algo.policy_loss!r} not in {sorted(POLICY_LOSSES)}"),
         (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
+        (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
+        (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
+        (cfg.algo.aem_min_range >= 0, "algo.aem_min_range must be >= 0"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),

@@ -127,6 +127,19 @@ def test_malformed_calls_become_error_observations(tokenizer, pool, instances) -
     assert_token_record_matches_requests(episode, server)
 
 
+def test_consecutive_malformed_calls_end_the_episode(tokenizer, pool, instances) -> None:
+    inst = instances["swe-aem__textkit-1"]
+    bad = "I will fix it now."  # never a tool call
+    # two bad turns, a valid one (resets the count), then bad turns until the cap of 3
+    respond = script([bad, bad, bash("ls")], then=bad)
+    config = AgentConfig(max_turns=20, temperature=0.0, max_malformed_calls=3)
+    episode, server = play(tokenizer, pool, inst, respond, config)
+    assert episode.termination == "malformed_calls"
+    assert episode.num_turns == 6 and len(server.requests) == 6
+    assert [t.tool_call is None for t in episode.turns] == [True, True, False, True, True, True]
+    assert_token_record_matches_requests(episode, server)
+
+
 def test_long_observation_truncated_with_note(tokenizer, pool, instances) -> None:
     inst = instances["swe-aem__pyledger-1"]
     config = AgentConfig(max_turns=3, max_observation_chars=1000, temperature=0.0)

@@ -5,10 +5,10 @@ import math
 import hypothesis.strategies as st
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 
 from swe_aem.algo.advantages import rloo_advantages
-from swe_aem.algo.aem import aem_weights, apply_aem
+from swe_aem.algo.aem import SPAN_EPS, aem_weights, apply_aem
 from swe_aem.algo.diagnostics import aem_group_diagnostics, predicted_entropy_drift
 
 entropies = st.lists(st.floats(0.0, 12.0, allow_nan=False, width=32), min_size=1, max_size=40)
@@ -57,6 +57,11 @@ def test_groups_do_not_affect_each_other(h1, h2, lam):
 def test_invariant_to_increasing_affine_maps(h, lam, scale, shift):
     h = torch.tensor(h, dtype=torch.float64)
     g = torch.zeros(len(h))
+    # A range at or below SPAN_EPS counts as flat; the map must not carry the range across
+    # that line (a shift by 1.0 can erase a 1e-45 range in floating point).
+    span = float(h.max() - h.min())
+    lo, hi = sorted((span, scale * span))
+    assume(hi <= SPAN_EPS / 2 or lo > 2 * SPAN_EPS)
     torch.testing.assert_close(aem_weights(h, g, lam), aem_weights(scale * h + shift, g, lam),
                                atol=1e-6, rtol=1e-6)
 
@@ -177,3 +182,42 @@ def test_aem_drift_direction_with_rloo_turn_pooling():
 
     assert mean_shift(n_success=2, fail_turns=10, success_turns=3) > 0  # exploration
     assert mean_shift(n_success=6, fail_turns=3, success_turns=10) < 0  # exploitation
+
+
+def test_near_zero_range_is_flat_even_after_a_shift():
+    # hypothesis once drew exactly this: the range vanishes after +1.0 in floating point
+    h = torch.tensor([0.0, 1.4e-45], dtype=torch.float64)
+    g = torch.zeros(2)
+    torch.testing.assert_close(aem_weights(h, g, 1.0), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(aem_weights(h + 1.0, g, 1.0), torch.ones(2, dtype=torch.float64))
+
+
+def test_min_range_sets_alpha_one_for_narrow_groups_only():
+    h = torch.tensor([1.00, 1.05, 1.08, 0.5, 1.5, 2.0], dtype=torch.float64)
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    a = aem_weights(h, g, 1.0, min_range=0.1)
+    torch.testing.assert_close(a[:3], torch.ones(3, dtype=torch.float64))  # range 0.08 < 0.1
+    assert a[3] > 1 > a[5]  # range 1.5: modulated as before
+    torch.testing.assert_close(a[3:], aem_weights(h[3:], g[3:], 1.0))
+    # min_range=0 keeps the old behaviour: the narrow group is modulated too
+    a0 = aem_weights(h, g, 1.0)
+    assert a0[0] > 1 > a0[2]
+    with pytest.raises(ValueError, match="min_range"):
+        aem_weights(h, g, 1.0, min_range=-1.0)
+
+
+def test_normaliser_uses_only_trainable_trajectories():
+    # two trajectories of one group, one turn each, plus a filtered one with extreme entropy
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    groups = torch.zeros(3, dtype=torch.long)
+    ent = torch.tensor([0.2, 0.8, 9.0])
+    turn_traj = torch.tensor([0, 1, 2])
+    keep = torch.tensor([True, True, False])
+    res = apply_aem(adv, groups, ent, turn_traj, 1.0, trainable=keep)
+    expected = aem_weights(ent[:2], groups[:2], 1.0)
+    torch.testing.assert_close(res.alpha[:2], expected.float())
+    assert res.alpha[2].item() == 1.0
+    # with the filtered trajectory in the normaliser the weights would differ
+    assert not torch.allclose(apply_aem(adv, groups, ent, turn_traj, 1.0).alpha[:2], res.alpha[:2])
+    traj = apply_aem(adv, groups, ent, turn_traj, 1.0, level="trajectory", trainable=keep)
+    torch.testing.assert_close(traj.alpha, res.alpha)

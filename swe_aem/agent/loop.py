@@ -31,8 +31,16 @@ class AgentConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 512  # per turn
+    max_malformed_calls: int = 3  # consecutive turns without a valid tool call end the episode
     tool_call_format: str = "xml"
     seed: int | None = None  # per-request sampling seed (turn k uses seed + k)
+
+    @classmethod
+    def for_preset(cls, preset: Any, max_context_tokens: int | None = None, **kwargs: Any) -> AgentConfig:
+        """Settings for a model preset: its tool-call format, context capped at its window."""
+        window = preset.max_model_len
+        return cls(max_context_tokens=min(max_context_tokens or window, window),
+                   tool_call_format=preset.tool_call_format, **kwargs)
 
 
 def truncate_observation(text: str, limit: int) -> tuple[str, bool]:
@@ -74,6 +82,7 @@ async def run_episode(
     pending = chat.initial_ids(instance)  # ids added since the last response
     context = list(pending)
     episode.termination = "max_turns"
+    malformed = 0  # consecutive turns whose tool call could not be parsed
     try:
         for turn_no in range(config.max_turns):
             room = config.max_context_tokens - len(context)
@@ -126,6 +135,10 @@ async def run_episode(
             ))
             if result is not None and result.finished:
                 episode.termination = "finished"
+                break
+            malformed = malformed + 1 if parse_error is not None else 0
+            if malformed >= config.max_malformed_calls:
+                episode.termination = "malformed_calls"
                 break
             pending = chat.observation_ids(gen.token_ids, observation)
             context += list(gen.token_ids) + pending

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "error")
+TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls", "error")
 
 
 @dataclass

@@ -6,7 +6,8 @@ confident response (low S) with A < 0 pushes entropy up, with A > 0 pushes it
 down. AEM amplifies confident responses and damps uncertain ones, using each
 response's mean token entropy as a low-noise proxy for S:
 
-    Htil  = min-max normalised proxy inside the group   (0 if all equal)
+    Htil  = min-max normalised proxy inside the group   (0 if the group's range
+            is below min_range: the paper sets alpha = 1 there, 0.1 nats)
     alpha = exp(-lam * Htil) / group-mean(exp(-lam * Htil))
     Ahat  = alpha * A
 
@@ -27,18 +28,31 @@ from swe_aem.algo.groups import dense_groups, group_count, group_reduce, group_s
 
 AEMLevel = Literal["turn", "trajectory"]
 
+# A group whose entropy range is at most this (nats) counts as flat: below it the
+# range is rounding noise (a shift by 1.0 can erase it), and normalising it would
+# blow noise up to the full [0, 1] scale.
+SPAN_EPS = 1e-6
 
-def aem_weights(response_entropy: Tensor, group_index: Tensor, lam: float) -> Tensor:
-    """Per-response alpha: min-max normalise inside each group, exp(-lam * .), mean 1."""
+
+def aem_weights(response_entropy: Tensor, group_index: Tensor, lam: float,
+                min_range: float = 0.0) -> Tensor:
+    """Per-response alpha: min-max normalise inside each group, exp(-lam * .), mean 1.
+
+    A group whose range max - min is at most max(min_range, SPAN_EPS) gets alpha = 1
+    for every response (the paper uses min_range = 0.1).
+    """
     h = response_entropy.detach().double()
     if h.shape != group_index.shape:
         raise ValueError(f"entropy {tuple(h.shape)} and groups {tuple(group_index.shape)} disagree")
     if not torch.isfinite(h).all():
         raise ValueError("response entropies must be finite")
+    if min_range < 0:
+        raise ValueError(f"min_range must be >= 0, got {min_range}")
     inv, g = dense_groups(group_index)
     lo = group_reduce(h, inv, g, "amin")[inv]
     span = group_reduce(h, inv, g, "amax")[inv] - lo
-    h_norm = torch.where(span > 0, (h - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    spread = span > max(min_range, SPAN_EPS)
+    h_norm = torch.where(spread, (h - lo) / torch.where(spread, span, 1.0), 0.0)
     e = torch.exp(-lam * h_norm)
     group_mean = group_sum(e, inv, g) / group_count(inv, g, e.dtype)
     return (e / group_mean[inv]).to(response_entropy.dtype if response_entropy.is_floating_point()
@@ -59,6 +73,8 @@ def apply_aem(
     lam: float,
     level: AEMLevel = "turn",
     turn_lengths: Tensor | None = None,
+    min_range: float = 0.0,
+    trainable: Tensor | None = None,
 ) -> AEMResult:
     """Rescale trajectory advantages into per-turn advantages.
 
@@ -67,23 +83,31 @@ def apply_aem(
     index of its trajectory. Turn level pools every turn of a group's
     trajectories; trajectory level uses one proxy per trajectory (the token-
     weighted mean when `turn_lengths` is given) and broadcasts its alpha.
+    trainable: [N] bool, the trajectories that enter the loss; only their turns
+    form the group normaliser (the others, masked out by compact filtering, keep
+    alpha = 1 and never train). min_range: see `aem_weights`.
     """
     if turn_entropy.shape != turn_traj.shape:
         raise ValueError("turn_entropy and turn_traj must have the same shape")
+    n = traj_advantages.shape[0]
+    keep = torch.ones(n, dtype=torch.bool) if trainable is None else trainable.bool()
+    if keep.shape != (n,):
+        raise ValueError(f"trainable must have shape ({n},), got {tuple(keep.shape)}")
     base = traj_advantages[turn_traj]
     turn_entropy = turn_entropy.detach()
     if level == "turn":
-        alpha = aem_weights(turn_entropy, traj_group[turn_traj], lam)
+        alpha = torch.ones(turn_entropy.shape, dtype=torch.float64)
+        used = keep[turn_traj]
+        alpha[used] = aem_weights(turn_entropy[used], traj_group[turn_traj][used], lam,
+                                  min_range).double()
     elif level == "trajectory":
-        n = traj_advantages.shape[0]
         h = turn_entropy.double()
         w = turn_lengths.double() if turn_lengths is not None else torch.ones_like(h)
         num = torch.zeros(n, dtype=h.dtype).index_add_(0, turn_traj, h * w)
         den = torch.zeros(n, dtype=h.dtype).index_add_(0, turn_traj, w)
-        has_turns = den > 0
+        used = (den > 0) & keep
         traj_alpha = torch.ones(n, dtype=h.dtype)
-        traj_alpha[has_turns] = aem_weights(num[has_turns] / den[has_turns],
-                                            traj_group[has_turns], lam)
+        traj_alpha[used] = aem_weights(num[used] / den[used], traj_group[used], lam, min_range)
         alpha = traj_alpha[turn_traj]
     else:
         raise ValueError(f"unknown AEM level {level!r}; use 'turn' or 'trajectory'")

@@ -17,6 +17,10 @@ from pathlib import Path
 VERIFIED = "SWE-bench/SWE-bench_Verified"
 
 
+class EvalError(RuntimeError):
+    """Nothing could be evaluated (every instance lost samples to infrastructure failures)."""
+
+
 @dataclass
 class EvalSettings:
     runs: int = 1
@@ -28,11 +32,19 @@ class EvalSettings:
     episode_timeout_s: float = 5400.0
     grade_timeout_s: float = 1800.0
     concurrency: int = 8
+    retries: int = 1  # an episode or grading that failed for infrastructure reasons
 
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
              instance_ids: list[str] | None = None, server_url: str | None = None) -> dict[str, Path]:
-    """Roll out `s.runs` samples per instance, grade them (official rules), write the report."""
+    """Roll out `s.runs` samples per instance, grade them (official rules), write the report.
+
+    A sample lost to infrastructure failures after its retries is not scored 0: its
+    instance leaves the statistics of every run (so runs stay paired) and is listed in
+    the report's meta with the reason.
+    """
+    from functools import partial
+
     from transformers import AutoTokenizer
 
     from swe_aem.agent.loop import AgentConfig
@@ -42,51 +54,48 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.eval.report import write_eval_result
     from swe_aem.eval.runs import runs_from_samples
-    from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
-    from swe_aem.policy.server import ServerOptions, VLLMServer
+    from swe_aem.policy.session import open_policy
+    from swe_aem.reward import grade_patch
     from swe_aem.sandbox import SandboxPool
 
     preset, model_path = resolve_model(model)
     instances = load_instances(dataset, split=split, instance_ids=instance_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    agent = AgentConfig(
-        max_turns=s.max_turns, max_context_tokens=min(s.max_context_tokens or preset.max_model_len,
-                                                      preset.max_model_len),
+    agent = AgentConfig.for_preset(
+        preset, max_context_tokens=s.max_context_tokens, max_turns=s.max_turns,
         temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-        episode_timeout_s=s.episode_timeout_s, tool_call_format=preset.tool_call_format,
-    )
-    server = None
-    if server_url is None:
-        server = VLLMServer(model_path, ServerOptions.from_preset(preset, max_num_seqs=s.concurrency),
-                            log_path=out_dir / "vllm.log").start()
-    policy = PolicyClient(server_url or server.base_url, "policy" if server_url else server.model_name,
-                          max_concurrency=s.concurrency)
+        episode_timeout_s=s.episode_timeout_s)
     traj_path = out_dir / "trajectories.jsonl"
     traj_path.write_text("")
-    try:
-        with SandboxPool(max_concurrency=s.concurrency) as pool:
-            episodes = asyncio.run(rollout(
-                instances, s.runs, policy=policy, tokenizer=tokenizer, pool=pool, config=agent,
-                grade=True, grade_kwargs={"strict": False, "timeout": s.grade_timeout_s},
-                concurrency=s.concurrency,
-                on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
-    finally:
-        if server is not None:
-            server.stop()
+    with SandboxPool(max_concurrency=s.concurrency) as pool, \
+            SandboxPool(max_concurrency=s.concurrency, run_id=pool.run_id) as grade_pool, \
+            open_policy(model_path, preset, url=server_url, concurrency=s.concurrency,
+                        log_path=out_dir / "vllm.log") as policy:
+        pool.check()
+        result = asyncio.run(rollout(
+            instances, s.runs, policy=policy.client, tokenizer=tokenizer, pool=pool, config=agent,
+            grade=partial(grade_patch, strict=False, timeout=s.grade_timeout_s, pool=grade_pool),
+            max_retries=s.retries, concurrency=s.concurrency,
+            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
     name = str(model)
     for r in range(s.runs):
         write_predictions(out_dir / f"run-{r}" / "predictions.jsonl",
                           [Prediction(e.instance_id, name, e.patch or "")
-                           for e in episodes if e.sample_index == r])
-    runs = runs_from_samples(episodes, [i.instance_id for i in instances], s.runs)
-    errors = [f"{e.instance_id}#{e.sample_index}: {e.error or e.grade_reason}" for e in episodes
-              if e.termination == "error" or e.grade_status == "error"]
+                           for e in result.episodes if e.sample_index == r])
+    lost = sorted({d.instance_id for d in result.dropped})
+    kept = [i.instance_id for i in instances if i.instance_id not in set(lost)]
+    if not kept:
+        raise EvalError(f"every instance lost a sample to infrastructure failures: "
+                           f"{[d.reason for d in result.dropped][:3]}")
+    runs = runs_from_samples([e for e in result.episodes if e.instance_id in set(kept)], kept, s.runs)
     meta = {"model": name, "dataset": dataset, "split": split, "runs": s.runs,
             "max_turns": s.max_turns, "temperature": s.temperature,
-            "episodes_with_errors": len(errors), "errors": errors[:50],
-            "note": "an episode whose container or grading failed counts as unresolved"}
+            "instances_excluded": lost,
+            "dropped_samples": [d.to_json() for d in result.dropped][:50],
+            "note": "an instance with a sample lost to infrastructure failures (after retries) "
+                    "is excluded from every run, never counted as unresolved"}
     return write_eval_result(out_dir, runs, meta=meta, title=f"{name} on {dataset}")
 
 
@@ -107,6 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from swe_aem.data.instances import DatasetError
     from swe_aem.policy.models import ModelUnavailableError
+    from swe_aem.policy.session import PolicySetupError
     from swe_aem.sandbox import DockerUnavailableError
 
     if args.runs < 1:
@@ -118,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url)
-    except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError) as exc:
+    except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
+            EvalError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}")
         return 1
     print(paths["markdown"].read_text())

@@ -233,26 +233,59 @@ class VLLMServer:
     # --- weight sync -----------------------------------------------------------------
 
     def reload_weights(self, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
-        """Load the safetensors in weights_dir into the running server; return seconds taken.
+        """Load the safetensors in weights_dir into this server; seconds taken."""
+        return reload_weights(self.base_url, weights_dir, timeout_s)
 
-        In-flight requests finish on the old weights (pause?mode=wait), the prefix cache
-        is dropped so no cached prefix keeps old-weight results, then generation resumes.
-        """
-        weights_dir = Path(weights_dir).resolve()
-        if not any(weights_dir.glob("*.safetensors")):
-            raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
-        t0 = time.perf_counter()
-        with httpx.Client(base_url=self.base_url, timeout=timeout_s) as http:
-            _post(http, "/pause", params={"mode": "wait"})
-            try:
-                _post(http, "/collective_rpc", json={
-                    "method": "reload_weights",
-                    "kwargs": {"weights_path": str(weights_dir)},
-                })
-                _post(http, "/reset_prefix_cache")
-            finally:
-                _post(http, "/resume")
-        return time.perf_counter() - t0
+
+# Dev-mode routes a weight push uses (vLLM serves them with VLLM_SERVER_DEV_MODE=1).
+WEIGHT_RELOAD_ROUTES = ("/pause", "/collective_rpc", "/reset_prefix_cache", "/resume")
+
+
+def weight_reload_support(base_url: str, timeout_s: float = 10.0) -> str | None:
+    """None when the server at base_url can take new weights, else why not.
+
+    Read from the server's OpenAPI route list, so the check has no side effect.
+    """
+    try:
+        resp = httpx.get(f"{base_url}/openapi.json", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return f"GET {base_url}/openapi.json failed: {exc}"
+    if resp.status_code != 200:
+        return f"GET {base_url}/openapi.json -> {resp.status_code} (not a vLLM server?)"
+    try:
+        paths = set(resp.json().get("paths", {}))
+    except ValueError:
+        return f"{base_url}/openapi.json is not JSON (not a vLLM server?)"
+    missing = [r for r in WEIGHT_RELOAD_ROUTES if r not in paths]
+    if missing:
+        return (f"it serves no {', '.join(missing)}: start it with VLLM_SERVER_DEV_MODE=1 "
+                "(vLLM's dev endpoints, which take new weights)")
+    return None
+
+
+def reload_weights(base_url: str, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
+    """Make the vLLM server at base_url load the safetensors in weights_dir; seconds taken.
+
+    Requests are paused (running ones finish), the weights are reloaded from the
+    folder (which the server must see at the same path: same host or shared disk),
+    the prefix cache is dropped so no cached prefix keeps old-weight results, then
+    generation resumes.
+    """
+    weights_dir = Path(weights_dir).resolve()
+    if not any(weights_dir.glob("*.safetensors")):
+        raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
+        _post(http, "/pause", params={"mode": "wait"})
+        try:
+            _post(http, "/collective_rpc", json={
+                "method": "reload_weights",
+                "kwargs": {"weights_path": str(weights_dir)},
+            })
+            _post(http, "/reset_prefix_cache")
+        finally:
+            _post(http, "/resume")
+    return time.perf_counter() - t0
 
 
 def _post(http: httpx.Client, path: str, **kwargs: object) -> httpx.Response:

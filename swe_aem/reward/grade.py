@@ -96,7 +96,7 @@ def grade_predictions(instances: list[Instance], predictions: dict[str, dict[str
                       report_dir: Path, *, max_workers: int = 4, timeout: float = 1800.0,
                       run_id: str | None = None, strict: bool = False,
                       docker_hosts: list[str] | None = None,
-                      config: SandboxConfig | None = None) -> dict[str, Any]:
+                      config: SandboxConfig | None = None, max_retries: int = 1) -> dict[str, Any]:
     """Grade every prediction (bounded by max_workers), write logs and report.json; return the report."""
     known = {inst.instance_id: inst for inst in instances}
     unknown = sorted(set(predictions) - set(known))
@@ -110,9 +110,13 @@ def grade_predictions(instances: list[Instance], predictions: dict[str, dict[str
 
         def one(iid: str) -> GradeResult:
             pred = predictions[iid]
-            return grade_patch(known[iid], pred["model_patch"], strict=strict, timeout=timeout,
-                               pool=pool, log_dir=report_dir / "logs" / iid,
-                               model_name=pred["model_name_or_path"])
+            for _ in range(max_retries + 1):  # an infrastructure failure is graded again
+                result = grade_patch(known[iid], pred["model_patch"], strict=strict, timeout=timeout,
+                                     pool=pool, log_dir=report_dir / "logs" / iid,
+                                     model_name=pred["model_name_or_path"])
+                if not result.infra_failure:
+                    break
+            return result
 
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console) as progress, \

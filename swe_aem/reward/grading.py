@@ -38,9 +38,13 @@ from swe_aem.sandbox import (
 
 PATCH_FILE = "/tmp/patch.diff"
 EVAL_FILE = "/tmp/eval.sh"
-STATUSES = ("resolved", "unresolved", "empty_patch", "rejected", "patch_apply_failed", "timeout", "error")
+STATUSES = ("resolved", "unresolved", "empty_patch", "rejected", "patch_apply_failed", "timeout",
+            "infra_failure", "error")
 # Outcomes the official report files under error_ids (no report.json there), not unresolved.
-ERROR_STATUSES = ("patch_apply_failed", "timeout", "error")
+ERROR_STATUSES = ("patch_apply_failed", "timeout", "infra_failure", "error")
+# Outcomes that say nothing about the patch (the tests hung or the environment broke):
+# training and evaluation grade again, then drop the sample; never a reward of 0.
+INFRA_STATUSES = ("timeout", "infra_failure", "error")
 
 TEST_CONFIG_FILES = ("conftest.py", "pytest.ini", "tox.ini", "noxfile.py")
 _TEST_FILE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_tests?\.py$")
@@ -56,6 +60,10 @@ class GradeResult:
     report: dict[str, Any] = field(default_factory=dict)  # swebench's per-instance report
     test_output: str = ""
     duration_s: float = 0.0
+
+    @property
+    def infra_failure(self) -> bool:
+        return self.status in INFRA_STATUSES
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
@@ -166,9 +174,9 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
                 log_dir: str | Path | None = None, model_name: str = "swe-aem") -> GradeResult:
     """Grade `patch` for `instance` in a fresh container; reward 1.0 iff swebench says resolved.
 
-    Container-level failures come back as status "error" (reward 0, reason says what
-    happened); a daemon that does not answer raises DockerUnavailableError, since
-    nothing can be graded and a silent 0 would poison training.
+    Failures that say nothing about the patch come back with an INFRA_STATUSES status
+    (`result.infra_failure`): callers grade again or drop the sample, never score it 0.
+    A daemon that does not answer raises DockerUnavailableError.
     """
     start = time.monotonic()
     log_path = Path(log_dir) if log_dir is not None else None
@@ -231,6 +239,10 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
         return _result(instance, "resolved",
                        verdict.get("reason", "all FAIL_TO_PASS and PASS_TO_PASS tests pass"), start,
                        report=verdict, test_output=output)
+    if verdict.get("infra_failure"):
+        return _result(instance, "infra_failure",
+                       f"environment failure ({verdict.get('infra_failure_reason', 'unknown')}): "
+                       "no test results could be read", start, report=verdict, test_output=output)
     reason = verdict.get("reason") or (_failures(verdict) if verdict.get("patch_successfully_applied")
                                        else "no test results could be read from the eval output")
     return _result(instance, "unresolved", reason, start, report=verdict, test_output=output)

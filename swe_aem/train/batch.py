@@ -54,6 +54,26 @@ def samples_from_episodes(
     return out
 
 
+def groups_with_signal(episodes: Sequence[Episode], order: Sequence[str], limit: int
+                       ) -> tuple[list[Episode], list[str], list[str]]:
+    """Dynamic sampling: keep at most `limit` tasks whose rewards are not all equal.
+
+    Tasks are taken in `order` (the step's task batch), so the choice is reproducible;
+    a group whose rewards are all equal has zero advantage under any group baseline and
+    would only dilute the batch. Returns (kept episodes, kept task ids, dropped task ids).
+    """
+    rewards: dict[str, set[float | None]] = {}
+    for ep in episodes:
+        rewards.setdefault(ep.instance_id, set()).add(ep.reward)
+    kept: list[str] = []
+    for task in dict.fromkeys(order):
+        if len(kept) < limit and len(rewards.get(task, ())) > 1:
+            kept.append(task)
+    dropped = [t for t in dict.fromkeys(order) if t not in kept]
+    chosen = set(kept)
+    return [ep for ep in episodes if ep.instance_id in chosen], kept, dropped
+
+
 def pack_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Split indices into micro-batches whose padded size (count x longest) fits max_tokens.
 

@@ -36,8 +36,10 @@ def assign_credit(
     traj_adv = get_advantage_estimator(cfg.advantage)(rewards, groups)
     base = traj_adv[layout.turn_sample]
     if cfg.aem:
+        trainable = torch.tensor([s.trainable for s in samples], dtype=torch.bool)
         res = apply_aem(traj_adv, groups, turn_entropy, layout.turn_sample, cfg.aem_lambda,
-                        level=cfg.aem_level, turn_lengths=turn_lengths)
+                        level=cfg.aem_level, turn_lengths=turn_lengths,
+                        min_range=cfg.aem_min_range, trainable=trainable)
         turn_adv, alpha = res.turn_advantages, res.alpha
     else:
         turn_adv, alpha = base, torch.ones_like(base)

@@ -4,6 +4,7 @@ agents and broadcasts the episodes, every rank trains on its shard."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -18,7 +19,7 @@ from rich.console import Console
 
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, to_yaml
-from swe_aem.train.batch import TurnLayout, samples_from_episodes
+from swe_aem.train.batch import TurnLayout, groups_with_signal, samples_from_episodes
 from swe_aem.train.checkpoint import CheckpointManager, TrainState
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
@@ -120,7 +121,7 @@ class Trainer:
         self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
         try:
             self.source = self._rollout_source()
-            if resume and self.state.step > 0 and not cfg.run.replay:
+            if resume and self.state.step > 0 and self._pushes_weights():
                 self._sync_weights()  # the server started from the base weights
         except BaseException:
             self.close()  # never leave a server or sandboxes behind
@@ -175,18 +176,27 @@ class Trainer:
     def step(self) -> StepResult:
         cfg, step = self.cfg, self.state.step
         t_start = time.perf_counter()
-        ids = task_batch(self.task_ids, step, cfg.rollout.tasks_per_step, cfg.trainer.seed)
+        r = cfg.rollout
+        ids = task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), cfg.trainer.seed)
         m: dict[str, float] = {}
         if self.is_main:
             episodes, timings = self.source.collect([self.instances[i] for i in ids], step)
             m.update(timings)
+            if not episodes:
+                episodes = TrainingSetupError(
+                    f"step {step}: every episode failed; see {self.run_dir / 'dropped_episodes.jsonl'}")
+            elif r.filter_groups:
+                episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
+                m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
         else:
             episodes = None
         episodes = _broadcast(episodes)
+        if isinstance(episodes, TrainingSetupError):
+            raise episodes  # on every rank, so none waits in a collective
+        if not episodes:  # dynamic sampling found no group with signal
+            return self._skipped_step(m, t_start)
         samples = samples_from_episodes(
             episodes, cfg.algo.filter_terminations if cfg.algo.compact_filtering else ())
-        if not samples:
-            raise TrainingSetupError(f"step {step}: every episode failed; see dropped_episodes.jsonl")
         layout = TurnLayout.of(samples)
         shard = list(range(self.rank, len(samples), self.world))
 
@@ -200,19 +210,25 @@ class Trainer:
                                cfg.algo)
         m["time_credit_s"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
-        stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
-                           self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
-                           mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                           generator=gen, indices=shard)
-        m["time_update_s"] = time.perf_counter() - t0
-        tokens = sum(len(samples[i].input_ids) for i in shard)
-        m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
-            m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
-
-        if not cfg.run.replay:
-            m.update(self._sync_weights())
+        # No trainable turn with a non-zero advantage: no gradient, so no optimizer step
+        # (Adam's moments and weight decay would still move the weights) and no push.
+        trains = torch.tensor([samples[i].trainable for i in layout.turn_sample.tolist()], dtype=torch.bool)
+        has_signal = bool((credit.turn_advantages[trains] != 0).any()) if layout.num_turns else False
+        m["optimizer_step_skipped"] = float(not has_signal)
+        stats: dict[str, float] = {}
+        if has_signal:
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
+            stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
+                               self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
+                               mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
+                               generator=gen, indices=shard)
+            m["time_update_s"] = time.perf_counter() - t0
+            tokens = sum(len(samples[i].input_ids) for i in shard)
+            m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
+                m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
+            if self._pushes_weights():
+                m.update(self._sync_weights())
 
         rewards = [s.reward for s in samples]
         by_task: dict[int, list[float]] = {}
@@ -231,11 +247,23 @@ class Trainer:
             "turns_mean": float(layout.num_turns / len(samples)),
             "response_tokens": float(sum(sum(s.loss_mask) for s in samples)),
         })
-        for term in ("finished", "max_turns", "context_overflow", "timeout"):
+        for term in ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls"):
             m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
         m["time_step_s"] = time.perf_counter() - t_start
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
         return StepResult(m, len(episodes))
+
+    def _skipped_step(self, m: dict[str, float], t_start: float) -> StepResult:
+        """A step whose rollouts left no group with signal: logged, nothing trained."""
+        m.update({"optimizer_step_skipped": 1.0, "episodes": 0.0,
+                  "time_step_s": time.perf_counter() - t_start})
+        if self.is_main:
+            console.print(f"step {self.state.step + 1}: no group with reward signal; optimizer step skipped")
+        return StepResult(m, 0)
+
+    def _pushes_weights(self) -> bool:
+        """Whether the rollout server takes the trainer's weights (rank 0 decides for all)."""
+        return bool(_broadcast(self.source.pushes_weights if self.is_main else None))
 
     def _sync_weights(self) -> dict[str, float]:
         """Publish the trainer's weights and check that the server took them."""

@@ -51,6 +51,7 @@ PLOTS = [
     ("alpha_max", "AEM alpha max / min"), ("drift_base", "predicted entropy drift"),
     ("clip_frac", "clip fraction"), ("rollout_trainer_kl", "KL rollout vs trainer"),
     ("tokens_per_s", "trainer tokens/s"), ("time_rollout_s", "time split (s)"),
+    ("groups_kept", "groups with signal kept / dropped, step skipped"),
 ]
 
 
@@ -63,11 +64,12 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(2, 4, figsize=(18, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
     for ax, (key, title) in zip(axes.flat, PLOTS):
         pairs = {"alpha_max": ["alpha_max", "alpha_min", "alpha_mean"],
                  "drift_base": ["drift_base", "drift_aem"],
-                 "time_rollout_s": ["time_rollout_s", "time_grade_s", "time_forward_s",
+                 "groups_kept": ["groups_kept", "groups_dropped", "optimizer_step_skipped"],
+                 "time_rollout_s": ["time_rollout_s", "time_forward_s",
                                     "time_update_s", "time_weight_sync_s"]}.get(key, [key])
         for k in pairs:
             ys = [r.get(k, float("nan")) for r in rows]

@@ -1,0 +1,107 @@
+"""`swe-aem rollout`: the agent G times per instance, graded; trajectories and predictions.
+
+Writes DIR/trajectories.jsonl (one episode a line, as each finishes: a crash loses
+nothing done), DIR/predictions.jsonl (official SWE-bench format; sample 0, plus
+predictions.sampleK.jsonl for K >= 1 since the harness wants one row per instance),
+DIR/dropped.jsonl (samples given up on after infrastructure failures) and
+DIR/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from functools import partial
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="local", help="'local', a .jsonl/.json/.parquet path or a hub name")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
+    parser.add_argument("--model", default="tiny", help="preset name or a local model folder")
+    parser.add_argument("--server-url", default=None,
+                        help="use a running server instead of starting one (its served model name: --served-name)")
+    parser.add_argument("--served-name", default="policy")
+    parser.add_argument("--samples", "-G", type=int, default=1)
+    parser.add_argument("--max-turns", type=int, default=30)
+    parser.add_argument("--max-context", type=int, default=None, help="tokens; default: the preset's")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--episode-timeout", type=float, default=1800.0)
+    parser.add_argument("--grade-timeout", type=float, default=1800.0, help="seconds for one eval script")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="times an episode or grading that failed for infrastructure reasons is retried")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--no-grade", action="store_true", help="skip grading (reward stays null)")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from swe_aem.agent.loop import AgentConfig
+    from swe_aem.agent.rollout import rollout
+    from swe_aem.agent.trajectory import write_episodes
+    from swe_aem.data.instances import DatasetError, load_instances
+    from swe_aem.eval.predictions import Prediction, write_predictions
+    from swe_aem.policy.models import ModelUnavailableError, resolve_model
+    from swe_aem.policy.session import PolicySetupError, open_policy
+    from swe_aem.reward import grade_patch
+    from swe_aem.sandbox import DockerUnavailableError, SandboxPool
+
+    if args.samples < 1 or args.max_turns < 1 or args.concurrency < 1 or args.retries < 0:
+        print("error: --samples, --max-turns and --concurrency must be at least 1, --retries at least 0")
+        return 2
+    try:
+        preset, model_path = resolve_model(args.model)
+        instances = load_instances(args.dataset, split=args.split, instance_ids=args.instances)
+    except (KeyError, ModelUnavailableError, DatasetError) as exc:
+        print(f"error: {exc.args[0]}")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    traj_path = args.out / "trajectories.jsonl"
+    traj_path.write_text("")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    config = AgentConfig.for_preset(
+        preset, max_context_tokens=args.max_context, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, episode_timeout_s=args.episode_timeout)
+    try:
+        with SandboxPool(max_concurrency=args.concurrency) as pool, \
+                SandboxPool(max_concurrency=args.concurrency, run_id=pool.run_id) as grade_pool:
+            pool.check()
+            grade = None if args.no_grade else partial(grade_patch, timeout=args.grade_timeout,
+                                                       pool=grade_pool)
+            with open_policy(model_path, preset, url=args.server_url, served_name=args.served_name,
+                             concurrency=args.concurrency) as policy:
+                result = asyncio.run(rollout(
+                    instances, args.samples, policy=policy.client, tokenizer=tokenizer, pool=pool,
+                    config=config, grade=grade, max_retries=args.retries, concurrency=args.concurrency,
+                    on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
+    except (PolicySetupError, DockerUnavailableError) as exc:
+        print(f"error: {exc}")
+        return 1
+    episodes = result.episodes
+    model_name = preset.hf_id if preset.source != "local" else str(model_path)
+    for k in range(args.samples):
+        name_k = "predictions.jsonl" if k == 0 else f"predictions.sample{k}.jsonl"
+        write_predictions(args.out / name_k, [
+            Prediction(ep.instance_id, model_name, ep.patch) for ep in episodes if ep.sample_index == k
+        ])
+    (args.out / "dropped.jsonl").write_text("".join(json.dumps(d.to_json()) + "\n" for d in result.dropped))
+    graded = [ep.reward for ep in episodes if ep.reward is not None]
+    summary = {
+        "episodes": len(episodes),
+        "dropped": len(result.dropped),
+        "resolved": sum(r == 1.0 for r in graded),
+        "resolve_rate": (sum(graded) / len(graded)) if graded else None,
+        "terminations": {t: sum(ep.termination == t for ep in episodes) for t in
+                         sorted({ep.termination for ep in episodes})},
+        "trajectories": str(traj_path),
+        "predictions": str(args.out / "predictions.jsonl"),
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return 0
