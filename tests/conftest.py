@@ -6,10 +6,17 @@ with scripts/ensure_docker.sh, so a missing engine is a real problem to see.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 
 import pytest
+from hypothesis import settings
+
+# CI draws the same examples every run (derandomize): a red CI is never a lucky draw.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
