@@ -1,0 +1,261 @@
+"""Dataset families on real sample rows (../shared/datasets) and on R2E-Gym rows built from its schema.
+
+Each family's mapping is checked field by field, with its official image name and the
+exact eval commands its own harness would run; bad rows fail with a DatasetError that
+names the row and the reason. No Docker here (see test_grading_r2e.py for containers).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from swe_aem.data import families
+from swe_aem.data.families import CONDA_ACTIVATE, R2E_ACTIVATE, detect_format, reverse_patch
+from swe_aem.data.instances import DatasetError, load_instances, official_image
+
+SHARED = Path(__file__).parents[2] / "shared" / "datasets"
+
+
+def shared(name: str) -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")
+    return SHARED / name
+
+
+def rows(name: str) -> list[dict]:
+    return [json.loads(line) for line in shared(name).read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, items: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+    return str(path)
+
+
+# ---------------------------------------------------------------- SWE-bench 5.x
+
+def test_swebench_v5_rows_map_field_by_field():
+    from swebench.harness.utils import make_test_spec
+
+    raw = rows("swebench_verified_v5.sample.jsonl")
+    insts = load_instances(str(shared("swebench_verified_v5.sample.jsonl")))
+    assert [i.instance_id for i in insts] == [r["instance_id"] for r in raw]
+    for row, inst in zip(raw, insts):
+        for name in ("instance_id", "repo", "base_commit", "problem_statement", "version", "patch",
+                     "test_patch", "eval_script", "log_parser", "eval_type", "image", "created_at"):
+            assert getattr(inst, name) == row[name], name
+        assert inst.FAIL_TO_PASS == tuple(json.loads(row["FAIL_TO_PASS"]))
+        assert inst.PASS_TO_PASS == tuple(json.loads(row["PASS_TO_PASS"]))
+        assert inst.extra["environment_setup_commit"] == row["environment_setup_commit"]
+        assert inst.image == official_image(row["instance_id"])
+        assert (inst.grader, inst.env_activate, inst.setup_script) == ("swebench", CONDA_ACTIVATE, "")
+        # what the 5.x harness runs for the raw row is what we run
+        assert make_test_spec(inst.to_swebench()).eval_script == make_test_spec(row).eval_script
+
+
+def test_classic_swebench_rows_are_refused_naming_columns():
+    path = shared("swebench_verified_classic.sample.jsonl")
+    for fmt in (None, "swe-bench"):
+        with pytest.raises(DatasetError) as info:
+            load_instances(str(path), dataset_format=fmt)
+        message = str(info.value)
+        assert "swebench_verified_classic.sample.jsonl:1" in message and "pallets__flask-5014" in message
+        assert "eval_script, image, log_parser, eval_type" in message and "5.x export" in message
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"log_parser": "parse_log_nothing"}, "log_parser 'parse_log_nothing'"),
+    ({"eval_type": "sometimes"}, "eval_type 'sometimes'"),
+    ({"eval_script": "#!/bin/bash\npytest -rA\n"}, "no test-output markers"),
+    ({"eval_script": "   "}, "eval_script"),
+])
+def test_v5_row_whose_tests_cannot_run_is_refused(tmp_path, change, needle):
+    good, bad = rows("swebench_verified_v5.sample.jsonl")[:2]
+    path = write_jsonl(tmp_path / "d.jsonl", [good, {**bad, **change}])
+    with pytest.raises(DatasetError) as info:
+        load_instances(path)
+    assert needle in str(info.value) and "d.jsonl:2" in str(info.value)
+    assert bad["instance_id"] in str(info.value)
+
+
+def test_local_suite_keeps_its_own_eval_scripts():
+    for inst in load_instances("local"):
+        assert inst.grader == "swebench" and inst.env_activate == "" and inst.setup_script == ""
+        assert inst.eval_script.startswith("#!/bin/bash") and inst.base_commit in inst.eval_script
+
+
+# ---------------------------------------------------------------- SWE-Gym
+
+def test_swe_gym_rows_map_and_build_swebench_style_scripts():
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+    from swebench.harness.utils import make_test_spec
+
+    raw = {r["instance_id"]: r for r in rows("swe_gym.sample.jsonl")}
+    insts = {i.instance_id: i for i in load_instances(str(shared("swe_gym.sample.jsonl")))}
+    assert sorted(insts) == sorted(raw)
+    for iid, inst in insts.items():
+        row = raw[iid]
+        for name in ("repo", "base_commit", "problem_statement", "version", "patch", "test_patch",
+                     "hints_text", "created_at"):
+            assert getattr(inst, name) == row[name], name
+        assert inst.FAIL_TO_PASS == tuple(row["FAIL_TO_PASS"]) and inst.PASS_TO_PASS == tuple(row["PASS_TO_PASS"])
+        assert (inst.grader, inst.log_parser, inst.eval_type) == ("swebench", "parse_log_pytest", "pass_and_fail")
+        assert inst.log_parser in PARSER_REGISTRY and inst.env_activate == CONDA_ACTIVATE
+        make_test_spec(inst.to_swebench())
+    assert insts["getmoto__moto-7365"].image == "xingyaoww/sweb.eval.x86_64.getmoto_s_moto-7365:latest"
+    # SWE-Gym's fork: conda env, `make init` for moto, tests reset, test_patch applied, then
+    # moto's `pytest -n0 -rA` on the test files (not on .txt fixtures) between the markers
+    inst, row = insts["getmoto__moto-4986"], raw["getmoto__moto-4986"]
+    base = row["base_commit"]
+    reset = (f"git checkout {base} tests/terraform-tests.success.txt tests/test_eks/test_eks_constants.py "
+             "tests/test_eks/test_server.py")
+    expected = [
+        "#!/bin/bash", "set -uxo pipefail", "source /opt/miniconda3/bin/activate", "conda activate testbed",
+        "cd /testbed", "git config --global --add safe.directory /testbed", "cd /testbed", "git status",
+        "git show", f"git -c core.fileMode=false diff {base}", "source /opt/miniconda3/bin/activate",
+        "conda activate testbed", "make init", reset,
+        f"git apply -v - <<'EOF_114329324912'\n{row['test_patch']}\nEOF_114329324912",
+        ": '>>>>> Start Test Output'",
+        "pytest -n0 -rA tests/test_eks/test_eks_constants.py tests/test_eks/test_server.py",
+        ": '>>>>> End Test Output'", reset]
+    assert inst.eval_script == "\n".join(expected) + "\n"
+
+
+def test_swe_gym_unknown_repo_is_refused(tmp_path):
+    row = {**rows("swe_gym.sample.jsonl")[0], "repo": "someone/unknown", "instance_id": "someone__unknown-1"}
+    with pytest.raises(DatasetError, match=r"someone__unknown-1.*no SWE-Gym test spec for repo 'someone/unknown'"):
+        load_instances(write_jsonl(tmp_path / "gym.jsonl", [row]), dataset_format="swe-gym")
+
+
+# ---------------------------------------------------------------- SWE-smith
+
+def test_swe_smith_row_maps_to_its_profile_command():
+    [row] = rows("swe_smith.sample.jsonl")
+    [inst] = load_instances(str(shared("swe_smith.sample.jsonl")))
+    for name in ("instance_id", "repo", "base_commit", "problem_statement", "created_at"):
+        assert getattr(inst, name) == row[name], name
+    assert inst.image == row["image_name"] == "swesmith.x86_64.pandas-dev__pandas.95280573"
+    assert inst.FAIL_TO_PASS == tuple(row["FAIL_TO_PASS"]) and inst.PASS_TO_PASS == tuple(row["PASS_TO_PASS"])
+    assert (inst.grader, inst.env_activate) == ("swesmith", CONDA_ACTIVATE)
+    assert inst.extra["bug_patch"] == row["patch"] and inst.patch == reverse_patch(row["patch"])
+    assert f"git checkout -q -f {row['base_commit']}" in inst.setup_script
+    # swesmith 0.0.9: PythonProfile.test_cmd + F2P files + P2P files (min_testing), in its eval.sh
+    f = "pandas/tests/indexing/test_datetime.py"
+    assert inst.eval_script == (
+        "#!/bin/bash\nset -uxo pipefail\ncd /testbed\n: '>>>>> Start Test Output'\n"
+        "source /opt/miniconda3/bin/activate; conda activate testbed; "
+        f"pytest --disable-warnings --color=no --tb=no --verbose {f} {f}\n"
+        ": '>>>>> End Test Output'\n")
+
+
+def test_swe_smith_image_forms_and_bad_rows(tmp_path):
+    [row] = rows("swe_smith.sample.jsonl")
+    new = {**row, "image_name": "jyangballin/swesmith.x86_64.pandas-dev_1776_pandas.95280573"}
+    [inst] = load_instances(write_jsonl(tmp_path / "a.jsonl", [new]), dataset_format="swe-smith")
+    assert inst.image == new["image_name"]
+    for change, needle in [({"image_name": "pandas:latest"}, "neither swesmith"),
+                           ({"repo": "swesmith/foo__bar.12345678", "instance_id": "foo__bar.12345678.x"},
+                            "no SWE-smith repo profile for 'foo__bar.12345678'")]:
+        path = write_jsonl(tmp_path / "b.jsonl", [{**row, **change}])
+        with pytest.raises(DatasetError) as info:
+            load_instances(path, dataset_format="swe-smith")
+        assert needle in str(info.value) and "b.jsonl:1" in str(info.value)
+
+
+def _git(cwd: Path, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          input=stdin, capture_output=True, text=True, check=True).stdout
+
+
+def test_reverse_patch_undoes_a_real_git_diff(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("one\ntwo\nthree\nfour\n")
+    (repo / "gone.py").write_text("bye\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    (repo / "a.py").write_text("one\n2\nthree\nfour\nfive\n")
+    (repo / "gone.py").unlink()
+    (repo / "new.py").write_text("hello\n")
+    _git(repo, "add", "-A")
+    bug = _git(repo, "diff", "--cached")
+    _git(repo, "commit", "-qm", "bug")
+    _git(repo, "apply", "--index", "-", stdin=reverse_patch(bug))
+    assert _git(repo, "diff", "--cached", "HEAD~1") == ""  # back at base
+    assert reverse_patch(reverse_patch(bug)) == bug
+    [row] = rows("swe_smith.sample.jsonl")
+    assert reverse_patch(reverse_patch(row["patch"])) == row["patch"]
+
+
+# ---------------------------------------------------------------- R2E-Gym (rows built from the schema)
+
+def r2e_row(**change) -> dict:
+    """A row with R2E-Gym's 14 columns (README section 4); no real row exists to copy."""
+    commit = {"old_commit_hash": "a" * 40, "new_commit_hash": "b" * 40, "commit_message": "fix",
+              "file_diffs": [
+                  {"header": {"file": {"path": "pkg/core.py"}}, "hunks": [],
+                   "old_file_content": "def f():\n    return 1\n", "new_file_content": "def f():\n    return 2\n"},
+                  {"header": {"file": {"path": "tests/test_core.py"}}, "hunks": [],
+                   "old_file_content": "", "new_file_content": "def test_f(): pass\n"}]}
+    row = {"repo_name": "orange3", "docker_image": "namanjain12/orange3_final:" + "b" * 40,
+           "commit_hash": "b" * 40, "parsed_commit_content": json.dumps(commit),
+           "execution_result_content": json.dumps({"repo_name": "orange3"}), "modified_files": ["pkg/core.py"],
+           "modified_entity_summaries": [], "relevant_files": ["pkg/core.py"], "num_non_test_files": 1,
+           "num_non_test_func_methods": 1, "num_non_test_lines": 2, "prompt": "",
+           "problem_statement": "[ISSUE]\nf returns 1\n[/ISSUE]",
+           "expected_output_json": json.dumps({"TestF.test_two": "PASSED", "TestF.test_other": "FAILED"})}
+    return {**row, **change}
+
+
+def test_r2e_row_maps_to_its_runtime(tmp_path):
+    [inst] = load_instances(write_jsonl(tmp_path / "R2E-Gym-Subset.jsonl", [r2e_row()]))
+    assert inst.instance_id == "orange3__" + "b" * 12 and inst.repo == "orange3"
+    assert inst.image == "namanjain12/orange3_final:" + "b" * 40 and inst.base_commit == "a" * 40
+    assert inst.problem_statement == "f returns 1"
+    assert (inst.grader, inst.env_activate) == ("r2e", R2E_ACTIVATE)
+    assert inst.extra["expected_output"] == {"TestF.test_two": "PASSED", "TestF.test_other": "FAILED"}
+    assert "bash /root/run_tests.sh" in inst.eval_script and "cd /testbed" in inst.eval_script
+    assert "mv \"/testbed/$f\" \"/root/$f\"" in inst.setup_script
+    assert "ln -s /root/r2e_tests /testbed/r2e_tests" in inst.setup_script
+    # the gold patch is the commit's non-test change, and it applies
+    assert "tests/test_core.py" not in inst.patch
+    repo = tmp_path / "r"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "core.py").write_text("def f():\n    return 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "apply", "-", stdin=inst.patch)
+    assert (repo / "pkg" / "core.py").read_text() == "def f():\n    return 2\n"
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"expected_output_json": json.dumps({"a": "MAYBE"})}, "statuses other than"),
+    ({"expected_output_json": "{not json"}, "not valid JSON"),
+    ({"parsed_commit_content": json.dumps({"file_diffs": []})}, "no old_commit_hash"),
+    ({"docker_image": ""}, "'docker_image'"),
+])
+def test_bad_r2e_rows_are_refused(tmp_path, change, needle):
+    path = write_jsonl(tmp_path / "d.jsonl", [r2e_row(), r2e_row(commit_hash="c" * 40, **change)])
+    with pytest.raises(DatasetError) as info:
+        load_instances(path, dataset_format="r2e-gym")
+    assert needle in str(info.value) and "d.jsonl:2" in str(info.value)
+
+
+# ---------------------------------------------------------------- choosing the family
+
+def test_format_from_name_or_columns(tmp_path):
+    assert detect_format("SWE-Gym/SWE-Gym", {}) == "swe-gym"
+    assert detect_format("SWE-bench/SWE-smith", {}) == "swe-smith"
+    assert detect_format("R2E-Gym/R2E-Gym-Subset", {}) == "r2e-gym"
+    assert detect_format("SWE-bench/SWE-bench_Verified", {}) == "swe-bench"
+    assert detect_format("rows.jsonl", r2e_row()) == "r2e-gym"
+    assert detect_format("rows.jsonl", rows("swe_smith.sample.jsonl")[0]) == "swe-smith"
+    assert detect_format("rows.jsonl", rows("swe_gym.sample.jsonl")[0]) == "swe-gym"
+    assert detect_format("rows.jsonl", rows("swebench_verified_v5.sample.jsonl")[0]) == "swe-bench"
+    assert detect_format("rows.jsonl", rows("swebench_verified_classic.sample.jsonl")[0]) == "swe-bench"
+    with pytest.raises(DatasetError, match="unknown dataset format 'swe-foo'"):
+        load_instances(str(shared("swe_gym.sample.jsonl")), dataset_format="swe-foo")
+    assert families.FORMATS == ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
