@@ -82,6 +82,7 @@ class RunConfig:
     out_dir: str = "runs"
     steps: int = 2
     dataset: str = "local"
+    dataset_format: str | None = None  # swe-bench | swe-gym | swe-smith | r2e-gym; None: detected
     split: str = "test"
     instance_ids: list[str] | None = None
     save_every: int = 1

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from swe_aem.data.families import FORMATS
+
 TOY = {"recipes": ("deepswe_tiny", "deepswe_tiny_aem"), "eval_runs": 2, "dataset": "local",
        "max_turns": 2, "max_new_tokens": 64}
 FULL = {"recipes": ("deepswe", "deepswe_aem"), "eval_runs": 16, "dataset": "SWE-bench/SWE-bench_Verified",
@@ -24,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<model>")
     p.add_argument("--eval-runs", type=int, default=None, help="default 16 (2 at toy size)")
     p.add_argument("--dataset", default=None, help="evaluation dataset (default: Verified; local at toy size)")
+    p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     p.add_argument("--instances", nargs="*", default=None,
                    help="train and evaluate on these instance ids only (default: all)")
     p.add_argument("overrides", nargs="*", help="training config overrides for both arms, key=value")
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = out / arm
         Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir()).train()
         paths = evaluate(str(run_dir / "train" / "final_model"), args.dataset or scale["dataset"],
-                         run_dir / "eval", settings, split="test", instance_ids=args.instances)
+                         run_dir / "eval", settings, split="test", instance_ids=args.instances,
+                         dataset_format=args.dataset_format)
         arms[arm] = [dict(r) for r in json.loads(paths["json"].read_text())["runs"]]
     meta = {"model": args.model, "recipes": list(scale["recipes"]), "eval_runs": settings.runs,
             "overrides": list(args.overrides), "instances": args.instances or "all",

@@ -15,9 +15,12 @@ import json
 from functools import partial
 from pathlib import Path
 
+from swe_aem.data.families import FORMATS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="local", help="'local', a .jsonl/.json/.parquet path or a hub name")
+    parser.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
     parser.add_argument("--model", default="tiny", help="preset name or a local model folder")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         preset, model_path = resolve_model(args.model)
-        instances = load_instances(args.dataset, split=args.split, instance_ids=args.instances)
+        instances = load_instances(args.dataset, split=args.split, instance_ids=args.instances,
+                                   dataset_format=args.dataset_format)
     except (KeyError, ModelUnavailableError, DatasetError) as exc:
         print(f"error: {exc.args[0]}")
         return 1

@@ -14,6 +14,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from swe_aem.data.families import FORMATS
+
 VERIFIED = "SWE-bench/SWE-bench_Verified"
 
 
@@ -36,7 +38,8 @@ class EvalSettings:
 
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
-             instance_ids: list[str] | None = None, server_url: str | None = None) -> dict[str, Path]:
+             instance_ids: list[str] | None = None, server_url: str | None = None,
+             dataset_format: str | None = None) -> dict[str, Path]:
     """Roll out `s.runs` samples per instance, grade them (official rules), write the report.
 
     A sample lost to infrastructure failures after its retries is not scored 0: its
@@ -60,7 +63,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.sandbox import SandboxPool
 
     preset, model_path = resolve_model(model)
-    instances = load_instances(dataset, split=split, instance_ids=instance_ids)
+    instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     agent = AgentConfig.for_preset(
@@ -102,6 +105,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset, local model folder, or a run's final_model/")
     p.add_argument("--dataset", default=VERIFIED, help=f"default {VERIFIED}; 'local' for the local suite")
+    p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     p.add_argument("--split", default="test")
     p.add_argument("--runs", type=int, default=1, help="k: independent runs (Pass@1 is averaged over them)")
     p.add_argument("--max-turns", type=int, default=100)
@@ -127,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
     try:
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
-                         instance_ids=args.instances, server_url=args.server_url)
+                         instance_ids=args.instances, server_url=args.server_url,
+                         dataset_format=args.dataset_format)
     except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
             EvalError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}")

@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from swe_aem.data.families import FORMATS
 from swe_aem.data.instances import DatasetError, Instance, load_instances
 from swe_aem.reward.grading import ERROR_STATUSES, GradeResult, grade_patch
 from swe_aem.sandbox import DockerUnavailableError, SandboxConfig, SandboxPool
@@ -141,6 +142,7 @@ def grade_predictions(instances: list[Instance], predictions: dict[str, dict[str
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help='"local", a .jsonl/.json/.parquet file or a hub name')
+    parser.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     parser.add_argument("--predictions", required=True, help="official predictions JSONL")
     parser.add_argument("--report-dir", required=True, type=Path)
     parser.add_argument("--split", default="test")
@@ -156,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         predictions = load_predictions(args.predictions)
-        instances = load_instances(args.dataset, split=args.split)
+        instances = load_instances(args.dataset, split=args.split, dataset_format=args.dataset_format)
         report = grade_predictions(
             instances, predictions, args.report_dir, max_workers=args.max_workers, timeout=args.timeout,
             run_id=args.run_id, strict=args.strict, docker_hosts=args.docker_host)

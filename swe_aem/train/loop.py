@@ -137,7 +137,8 @@ class Trainer:
         from swe_aem.data.instances import load_instances
 
         insts = load_instances(self.cfg.run.dataset, split=self.cfg.run.split,
-                               instance_ids=self.cfg.run.instance_ids)
+                               instance_ids=self.cfg.run.instance_ids,
+                               dataset_format=self.cfg.run.dataset_format)
         if not insts:
             raise TrainingSetupError(f"dataset {self.cfg.run.dataset!r} has no instances")
         self.instances = {i.instance_id: i for i in insts}
