@@ -130,6 +130,7 @@ def test_pull_through_a_registry_under_the_official_name(docker_client, registry
     assert pull_image(docker_client, image, registry=registry,
                       progress=lambda done, total: seen.append((done, total))) == "pulled"
     assert image_exists(docker_client, image)  # tagged back under the dataset's own name
+    assert docker_client.images.get(image).tags == [image]  # and only under it
     assert seen and max(total for _, total in seen) >= 6 << 20  # byte progress was reported
     assert pull_image(docker_client, image, registry=registry) == "present"
     with pytest.raises(ImageNotInRegistryError, match=r"no-such-tag.*as 127\.0\.0\.1:5000/swebench.*no such image or tag"):
@@ -293,13 +294,15 @@ def test_prefetch_pulls_next_images_in_the_background(docker_client, registry):
         _push(docker_client, image, registry)
         _forget(docker_client, image)
     store = ImageStore(registry=registry)
+    pool = SandboxPool(run_id="pytest-prefetch", images=store)
     try:
-        future = store.prefetch(docker_client, images + [OFFICIAL.format(name="tiny-7") + ":absent"])
+        [future] = pool.prefetch(images + [OFFICIAL.format(name="tiny-7") + ":absent"])  # one daemon
         results = future.result(timeout=120)
         assert [results[i] for i in images] == ["pulled", "pulled"]
         assert "no such image or tag" in results[OFFICIAL.format(name="tiny-7") + ":absent"]
         assert all(image_exists(docker_client, i) and store.last_used(i) > 0 for i in images)
     finally:
+        pool.close()
         store.close()
         for image in images:
             _forget(docker_client, image)

@@ -344,9 +344,10 @@ def pull_image(client: docker.DockerClient, image: str, *, registry: str | None 
             log.warning("pull %s: %s; retry %d/%d in %.1f s", where, text, attempt + 1,
                         attempts - 1, delays[attempt])
             sleep(delays[attempt])
-    if source != image:
+    if source != image:  # keep only the dataset's name: one name per image, as without a mirror
         repo, tag = split_reference(image)
         client.api.tag(source, repo, tag)
+        client.api.remove_image(source, noprune=True)
     return "pulled"
 
 

@@ -17,7 +17,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Protocol, Self
 
@@ -67,6 +68,7 @@ class SandboxPool:
         self.config = config or SandboxConfig()
         self.run_id = run_id or uuid.uuid4().hex[:10]
         self.images = images or ImageStore()
+        self._own_images = images is None  # a store passed in may serve other pools: theirs to close
         self._created: dict[str, tuple[int, str]] = {}  # container id -> (daemon index, name)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
@@ -126,6 +128,20 @@ class SandboxPool:
         with self._lock:
             self._created.pop(container_id, None)
 
+    def prefetch(self, images: Iterable[str]) -> list[Future]:
+        """Pull `images` (say, the next steps' instances) in the background on every daemon that
+        answers, so those sandboxes start without waiting for a pull; one future per daemon."""
+        wanted = list(images)
+        futures = []
+        for index in range(len(self.hosts)):
+            if index in self._down:
+                continue
+            try:
+                futures.append(self.images.prefetch(self._client(index), wanted))
+            except DockerUnavailableError as exc:
+                self._down[index] = str(exc)
+        return futures
+
     def check(self) -> list[str]:
         """Connect to every daemon now; the live addresses. Raises when none answers."""
         for index in range(len(self.hosts)):
@@ -165,6 +181,8 @@ class SandboxPool:
                 continue
             if remove_container(container):
                 removed.append(name)
+        if self._own_images:
+            self.images.close()
         for client in self._clients.values():
             client.close()
         self._clients.clear()
