@@ -23,6 +23,8 @@ from tqdm import tqdm
 from swe_aem.agent.loop import AgentConfig, in_thread, run_episode
 from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.client import PolicyClient
+from swe_aem.reward.native import prepare
+from swe_aem.sandbox import SandboxError
 
 
 class Verdict(Protocol):
@@ -134,6 +136,12 @@ async def _episode_in_sandbox(
                        error=f"sandbox did not start: {type(exc).__name__}: {exc}",
                        wall_s=time.monotonic() - start)
     try:
+        if getattr(instance, "setup_script", ""):  # SWE-smith / R2E-Gym: make the task state first
+            try:
+                await in_thread(executor, partial(prepare, sandbox, instance))
+            except SandboxError as exc:
+                return Episode(instance.instance_id, k, termination="error", model=policy.model,
+                               error=f"sandbox set-up failed: {exc}", wall_s=time.monotonic() - start)
         return await run_episode(instance, sandbox, policy, tokenizer, config, sample_index=k,
                                  executor=executor)
     finally:
