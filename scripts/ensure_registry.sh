@@ -29,16 +29,18 @@ if answering; then
   exit 0
 fi
 
-apt_retry() {  # apt-get with retries while another process holds the dpkg lock
-  local i
+apt_retry() {  # apt-get with retries while another process holds the dpkg/apt lock
+  local i err
+  err=$(mktemp)
   for i in $(seq 1 30); do
-    if apt-get "$@"; then return 0; fi
-    if ! fuser /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock >/dev/null 2>&1; then
-      return 1  # failed for another reason than the lock
+    if apt-get "$@" 2>"$err"; then rm -f "$err"; return 0; fi
+    if ! grep -qiE "could not get lock|unable to acquire the dpkg|lock-frontend|is held by process" "$err"; then
+      cat "$err" >&2; rm -f "$err"; return 1  # failed for another reason than the lock
     fi
     say "dpkg/apt is locked by another process; retry $i/30 in 10 s"
     sleep 10
   done
+  cat "$err" >&2; rm -f "$err"
   return 1
 }
 

@@ -55,6 +55,8 @@ def test_pull_errors_are_classified():
     assert classify_pull_error("manifest for 127.0.0.1:5000/a:b not found: manifest unknown") == "missing"
     assert classify_pull_error("pull access denied for x, repository does not exist") == "missing"
     assert classify_pull_error("Get https://r/v2/: dial tcp: lookup r: no such host") == "unreachable"
+    assert classify_pull_error("Get https://r/v2/: dial tcp 10.0.0.1:443: i/o timeout") == "unreachable"
+    assert classify_pull_error("read tcp 10.0.0.2:5000: read: connection reset by peer") == "retry"
     assert classify_pull_error("invalid reference format") == "fatal"
 
 
@@ -76,6 +78,13 @@ def test_sizes_parse():
 
 
 # ------------------------------------------------------------------ the real registry
+
+def test_registry_script_serves_only_on_loopback():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ensure_registry.sh")], capture_output=True,
+                          text=True, timeout=60, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                                  "REGISTRY_ADDR": "0.0.0.0:5000"})
+    assert done.returncode == 1 and "0.0.0.0:5000 is not a loopback address" in done.stderr
+
 
 @pytest.fixture(scope="module")
 def registry():

@@ -272,10 +272,10 @@ def with_registry(image: str, registry: str | None) -> str:
 def classify_pull_error(text: str) -> str:
     """"missing" (no such repo/tag), "retry" (rate limit, registry 5xx, dropped connection),
     "unreachable" (no registry answers) or "fatal"."""
+    if _UNREACHABLE.search(text):  # no connection at all: retrying only makes the user wait
+        return "unreachable"
     if _RETRYABLE.search(text):
         return "retry"
-    if _UNREACHABLE.search(text):
-        return "unreachable"
     if _MISSING.search(text):
         return "missing"
     return "fatal"
