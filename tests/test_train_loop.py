@@ -14,7 +14,7 @@ import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
 from swe_aem.config import load_config
-from swe_aem.train.batch import TurnLayout, pack_by_tokens, samples_from_episodes
+from swe_aem.train.batch import TurnLayout, groups_with_signal, pack_by_tokens, samples_from_episodes
 from swe_aem.train.loop import Trainer, task_batch
 
 pytestmark = pytest.mark.slow
@@ -65,10 +65,12 @@ def replay_file(tmp_path_factory) -> Path:
 
 
 def _cfg(model: Path, replay: Path, *extra: str):
+    # The random model's token entropies all sit within ~0.01 nats of log V, below the
+    # paper's 0.1 range floor: aem_min_range=0 lets AEM act on them at all.
     return load_config("rloo_aem", overrides=[
         f"model={model}", f"run.replay={replay}", "run.steps=2", "rollout.tasks_per_step=2",
         "rollout.samples_per_task=4", "trainer.lr=1e-3", "trainer.micro_batch_tokens=96",
-        "trainer.logprob_chunk_size=64", *extra])
+        "trainer.logprob_chunk_size=64", "algo.aem_min_range=0.0", *extra])
 
 
 def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -169,3 +171,57 @@ def test_resume_after_kill_matches_uninterrupted_run(small_model, replay_file, t
     a, b = _final_params(whole), _final_params(cut)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def _with_rewards(rewards_by_task: dict[str, list[float]]) -> list[Episode]:
+    """synthetic_episodes with the given rewards per task (same tokens)."""
+    eps = synthetic_episodes(tasks=len(rewards_by_task))
+    for ep in eps:
+        ep.reward = rewards_by_task[ep.instance_id][ep.sample_index]
+    return eps
+
+
+def test_groups_with_signal_keeps_mixed_groups_in_batch_order():
+    eps = _with_rewards({"task-0": [0, 0, 0, 0], "task-1": [1, 0, 0, 1], "task-2": [0, 1, 1, 1]})
+    kept, ids, dropped = groups_with_signal(eps, ["task-2", "task-0", "task-1"], limit=1)
+    assert ids == ["task-2"] and dropped == ["task-0", "task-1"]
+    assert {e.instance_id for e in kept} == {"task-2"} and len(kept) == 4
+    kept, ids, dropped = groups_with_signal(eps, ["task-0", "task-1", "task-2"], limit=5)
+    assert ids == ["task-1", "task-2"] and dropped == ["task-0"]
+
+
+def test_step_without_signal_skips_the_optimizer(small_model, tmp_path):
+    replay = tmp_path / "flat.jsonl"
+    write_episodes(replay, _with_rewards({f"task-{t}": [0.0] * 4 for t in range(3)}))
+    trainer = Trainer(_cfg(small_model, replay, "run.steps=1"), tmp_path / "run")
+    before = _params(trainer)
+    trainer.train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["optimizer_step_skipped"] == 1.0 and "time_update_s" not in row
+    after = _params(trainer)
+    for k in before:  # no Adam drift, no weight decay: bit for bit the same
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_dynamic_sampling_trains_only_groups_with_signal(small_model, tmp_path):
+    replay = tmp_path / "mixed.jsonl"
+    write_episodes(replay, _with_rewards({"task-0": [0, 0, 0, 0], "task-1": [1, 0, 0, 1],
+                                          "task-2": [1, 1, 1, 1]}))
+    trainer = Trainer(_cfg(small_model, replay, "run.steps=1", "rollout.tasks_per_step=1",
+                           "rollout.oversample=3", "rollout.filter_groups=true"), tmp_path / "run")
+    before = _params(trainer)
+    trainer.train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["groups_kept"] == 1.0 and row["groups_dropped"] == 2.0
+    assert row["episodes"] == 4.0 and row["optimizer_step_skipped"] == 0.0
+    assert row["reward_mean"] == 0.5  # only task-1 trained
+    after = _params(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    # when no group has signal the whole step is skipped, and said so
+    replay2 = tmp_path / "none.jsonl"
+    write_episodes(replay2, _with_rewards({f"task-{t}": [1.0] * 4 for t in range(3)}))
+    t2 = Trainer(_cfg(small_model, replay2, "run.steps=1", "rollout.filter_groups=true"), tmp_path / "run2")
+    t2.train()
+    row = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["groups_kept"] == 0.0 and row["optimizer_step_skipped"] == 1.0 and row["episodes"] == 0.0
