@@ -37,11 +37,14 @@ def test_debian_mirror_is_a_url():
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_builds_are_skipped_when_up_to_date(docker_client, local_instances):
+def test_builds_are_skipped_when_up_to_date(docker_client, local_instances, capsys):
     start = time.monotonic()
     assert images.build_base(docker_client) == images.base_tag()
     assert build_local_suite(docker_client) == []  # every tag exists: nothing rebuilt
     assert time.monotonic() - start < 30
+    progress = capsys.readouterr().err  # off a terminal: one timestamped line per stage
+    assert "is up to date" in progress and "repo 3/3 swe-aem/textkit: up to date" in progress
+    assert "local suite: done (0 image(s) built)" in progress
     for inst in local_instances:
         labels = docker_client.images.get(inst.image).labels
         assert labels["swe-aem.base-commit"] == inst.base_commit
