@@ -1,9 +1,11 @@
-"""The R2E-Gym and SWE-smith graders: their rules on logs, and R2E-Gym end to end on a real container.
+"""The R2E-Gym and SWE-smith graders: their rules on logs, and both end to end on real containers.
 
 The container test builds a tiny R2E-Gym-style image here, FROM a local suite image:
 root-owned /testbed with a venv in /testbed/.venv, /testbed/run_tests.sh and
 /testbed/r2e_tests (a real pytest file). Gold must score 1, a wrong patch 0, a patch
-that edits r2e_tests is rejected.
+that edits r2e_tests is rejected. The SWE-smith one is built FROM the official-layout
+stand-in (conda-style env): the original repo plus a bug commit, as SWE-smith's images
+and rows have them.
 """
 
 from __future__ import annotations
@@ -200,3 +202,87 @@ def test_rows_whose_images_are_absent_fail_clearly(docker_client):
             result = grade_patch(inst, inst.patch, pool=pool, timeout=60)
             assert result.reward == 0.0 and result.status in ("error", "infra_failure"), result
             assert inst.image in result.reason and "not" in result.reason, result.reason
+
+
+# ---------------------------------------------------------------- SWE-smith on a real container
+
+LAYOUT = Path(__file__).resolve().parents[1] / "sandboxes" / "official-layout"
+SMITH_DOCKERFILE = """
+RUN printf '#!/bin/sh\\nexec python -m pytest "$@"\\n' > /opt/miniconda3/envs/testbed/bin/pytest \\
+ && chmod +x /opt/miniconda3/envs/testbed/bin/pytest
+COPY fixed.patch bug.patch /tmp/
+RUN chown -R root:root /testbed && cd /testbed && export GIT_AUTHOR_NAME=s GIT_AUTHOR_EMAIL=s@s \\
+    GIT_COMMITTER_NAME=s GIT_COMMITTER_EMAIL=s@s && git apply /tmp/fixed.patch && git add -A \\
+ && git commit -qm original && git apply /tmp/bug.patch && git commit -qam bug \\
+ && git branch {branch} && git checkout -q HEAD~1 && rm /tmp/*.patch
+"""
+SMITH_KEY = "swe-aem__textkit.5ca1ab1e"
+
+
+@pytest.fixture(scope="module")
+def smith_instance(docker_client, local_instance, tmp_path_factory, monkeypatch_module):
+    """A SWE-smith-style task on the textkit repo: the image holds the original (fixed) repo
+    plus a bug commit; the row's patch is the bug, base_commit the bug commit."""
+    from swe_aem.data import families
+    from swe_aem.data.instances import load_instances
+    from swe_aem.data.local_suite import materialize_repo
+
+    work = tmp_path_factory.mktemp("smith") / "repo"
+    materialize_repo(local_instance.repo, work)
+    git = ["git", "-c", "user.name=s", "-c", "user.email=s@s"]
+    for patch in (local_instance.patch, local_instance.test_patch):
+        subprocess.run(["git", "apply", "-"], cwd=work, input=patch, text=True, check=True)
+    fixed = subprocess.run(["git", "diff", "HEAD"], cwd=work, capture_output=True, text=True, check=True).stdout
+    subprocess.run([*git, "commit", "-qam", "original"], cwd=work, check=True)
+    subprocess.run(["git", "apply", "-R", "-"], cwd=work, input=local_instance.patch, text=True, check=True)
+    bug = subprocess.run(["git", "diff", "HEAD"], cwd=work, capture_output=True, text=True, check=True).stdout
+    iid = f"{SMITH_KEY}.reverse_gold"
+    tag = f"swe-aem/swesmith.x86_64.swe-aem_1776_textkit.5ca1ab1e:{uuid.uuid4().hex[:8]}"
+    dockerfile = (LAYOUT / "Dockerfile.in").read_text().format(base=local_instance.image)
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        _add(tar, "Dockerfile", dockerfile + SMITH_DOCKERFILE.format(branch=iid))
+        _add(tar, "activate", (LAYOUT / "activate").read_text())
+        _add(tar, "fixed.patch", fixed)
+        _add(tar, "bug.patch", bug)
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+                               network_mode="none", pull=False)
+    base = docker_client.containers.run(tag, ["git", "rev-parse", iid], remove=True).decode().strip()
+    row = {"instance_id": iid, "repo": f"swesmith/{SMITH_KEY}", "patch": bug, "image_name": tag,
+           "FAIL_TO_PASS": list(local_instance.FAIL_TO_PASS), "PASS_TO_PASS": list(local_instance.PASS_TO_PASS),
+           "created_at": "2026-11-27", "base_commit": base, "problem_statement": local_instance.problem_statement}
+    path = tmp_path_factory.mktemp("smith-row") / "swe_smith.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    # register the test repo's profile beside the real ones (default pytest command)
+    monkeypatch_module.setattr(families, "SWE_SMITH_PROFILES", families.SWE_SMITH_PROFILES | {SMITH_KEY})
+    [inst] = load_instances(str(path))
+    yield inst
+    docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patcher:
+        yield patcher
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_swesmith_grader_on_a_real_container(smith_instance, sandbox_pool, local_instance, make_patch):
+    from swe_aem.reward import grade_patch
+
+    assert smith_instance.grader == "swesmith" and smith_instance.patch.startswith("diff --git")
+    gold = grade_patch(smith_instance, smith_instance.patch, pool=sandbox_pool, timeout=300)
+    assert (gold.status, gold.reward) == ("resolved", 1.0), (gold.reason, gold.test_output[-1500:])
+    assert sorted(gold.report["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(local_instance.FAIL_TO_PASS)
+    wrong = smith_instance.patch.replace('+    slug = re.sub(r"[^a-z0-9]+"', '+    slug = re.sub(r"[^a-z0-9]"', 1)
+    assert wrong != smith_instance.patch
+    bad = grade_patch(smith_instance, wrong, pool=sandbox_pool, timeout=300)
+    assert (bad.status, bad.reward) == ("unresolved", 0.0) and "test_punctuation_runs_collapse" in bad.reason
+    # a patch that stops the tests from being collected: absent tests fail (swesmith 0.0.9)
+    broken = make_patch(local_instance, {"textkit/__init__.py": lambda t: t + "raise ImportError('broken')\n"},
+                        gold=False)
+    crash = grade_patch(smith_instance, smith_instance.patch + broken, pool=sandbox_pool, timeout=300)
+    assert (crash.status, crash.reward) == ("unresolved", 0.0), crash.reason
+    assert "FAIL_TO_PASS failing" in crash.reason and "PASS_TO_PASS failing" in crash.reason
