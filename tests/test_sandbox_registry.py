@@ -270,26 +270,31 @@ def test_rate_limits_are_retried_with_backoff(docker_client, registry):
 @pytest.mark.docker
 def test_budget_evicts_least_recently_used_instance_images(docker_client, tmp_path):
     marker = f"swe-aem-evict-{uuid.uuid4().hex[:6]}/"
-    names = [f"{marker}sweb.eval.x86_64.evict-{i}:v1" for i in range(3)]
+    names = [f"{marker}sweb.eval.x86_64.evict-{i}:v1" for i in range(4)]
     other = f"{marker}base:v1"  # no instance marker: never evicted
+    holder = None
     try:
         for i, name in enumerate(names + [other]):
             _tiny_image(docker_client, name, seed=100 + i, megabytes=3)
         store = ImageStore(instance_markers=(marker + "sweb.eval.",), state_file=tmp_path / "lru.json")
-        for name in names:  # use order: 0 oldest, 2 newest
+        for name in names:  # use order: 0 oldest, 3 newest
             store.touch(name)
         assert store.evict(docker_client) == []  # no budget: nothing goes
         store.max_disk_bytes = store.image_disk(docker_client) + (1 << 40)
         assert store.evict(docker_client) == []  # under budget: nothing goes
-        # persisted order survives a new store object (a resumed run)
+        # the persisted order survives a new store object (a resumed run)
         store = ImageStore(instance_markers=store.instance_markers, state_file=tmp_path / "lru.json",
                            max_disk_bytes=store.image_disk(docker_client) - 1)
-        with store.using(docker_client, names[0]):  # the oldest is in use: it must stay
+        # 0 is in use by a sandbox of this store, 1 by a container on the daemon: both stay
+        holder = docker_client.containers.create(names[1], command=["/blob"])
+        with store.using(docker_client, names[0]):
             removed = store.evict(docker_client)
-        assert removed and removed == names[1:1 + len(removed)]  # LRU order, skipping the one in use
-        assert image_exists(docker_client, names[0]) and image_exists(docker_client, other)
-        assert not image_exists(docker_client, names[1])
+        assert removed and removed == names[2:2 + len(removed)]  # least recently used first
+        assert all(image_exists(docker_client, n) for n in (names[0], names[1], other))
+        assert not image_exists(docker_client, names[2])
     finally:
+        if holder is not None:
+            holder.remove(force=True)
         for name in names + [other]:
             _forget(docker_client, name)
 

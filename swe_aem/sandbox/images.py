@@ -373,8 +373,8 @@ class ImageStore:
     else (base and env images: `swe-aem/base`, `sweb.base.*`, `sweb.env.*`) is never
     evicted, nor is an image in use by this store's sandboxes or any container on the
     daemon. Images named with a `local_prefixes` prefix are built here: never pulled,
-    never evicted.
-    Last-use times persist in `state_file` (JSON) when one is given.
+    never evicted. Last-use times persist in `state_file` (JSON) when one is given; an
+    image this store never saw counts as the least recently used.
     """
 
     def __init__(self, *, registry: str | None = None, max_disk_bytes: int | None = None,
@@ -481,7 +481,7 @@ class ImageStore:
         removed: list[str] = []
         with self._lock:
             busy = set(self._in_use) | set(keep)
-        busy_ids = {c.attrs.get("Image") for c in client.containers.list(all=True, ignore_removed=True)}
+        busy_ids = {c.get("ImageID") for c in client.api.containers(all=True)}  # one call, no inspects
         for name, image_id in self._eviction_order(client, busy, busy_ids):
             if self.image_disk(client) <= self.max_disk_bytes:
                 break
