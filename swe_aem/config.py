@@ -45,6 +45,7 @@ class RolloutConfig:
     max_context_tokens: int = 3072
     max_new_tokens: int = 192
     max_observation_chars: int = 2000
+    tool_timeout_s: float = 60.0  # default limit of one tool command
     temperature: float = 1.0
     top_p: float = 1.0
     episode_timeout_s: float = 300.0

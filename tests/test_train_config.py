@@ -66,3 +66,56 @@ def test_train_cli_errors(capsys, tmp_path):
     assert main(["train", "--model", "1.5b", "--launcher", "none", "--run-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "1.5b" in err and ("needs 1 GPU" in err or "hub" in err)
+
+
+# The published DeepSWE recipe, field by field, with where each value comes from
+# (rLLM examples/swe/train_deepswe_32b*.sh, rllm/environments/swe, R2E-Gym's runtime,
+# the AEM paper's reproduction as reported in the shared NOTES).
+PUBLISHED_DEEPSWE = {
+    "model": "qwen3-32b",                       # Qwen3-32B
+    "algo.advantage": "rloo",                   # algorithm.adv_estimator=rloo
+    "algo.clip_high": 0.28,                     # actor.clip_ratio_high
+    "algo.loss_agg": "seq-mean-token-sum",      # actor.loss_agg_mode
+    "algo.kl_coef": 0.0,                        # use_kl_loss=False
+    "algo.compact_filtering": True,             # overlong_filter=True
+    "algo.tis_cap": None,                       # no rollout/trainer correction
+    "rollout.tasks_per_step": 64,               # train_batch_size
+    "rollout.samples_per_task": 8,              # rollout.n
+    "rollout.oversample": 2.0,                  # AEM paper: 2x over-sampling
+    "rollout.filter_groups": True,              #   and rejection of all-equal groups
+    "rollout.max_turns": 50,                    # agent.max_steps
+    "rollout.max_context_tokens": 4096 + 32768,  # max_prompt_length + max_response_length
+    "rollout.temperature": 1.0,
+    "rollout.episode_timeout_s": 5400.0,        # agent.trajectory_timeout
+    "rollout.tool_timeout_s": 120.0,            # CMD_TIMEOUT
+    "trainer.lr": 1e-6,
+    "trainer.mini_batches": 64 // 8,            # ppo_mini_batch_size=8
+    "run.dataset": "R2E-Gym/R2E-Gym-Subset",
+    "run.dataset_format": "r2e-gym",
+    "run.steps": 250,                           # AEM paper's SWE run
+    "run.save_every": 10,                       # save_freq
+    "run.grade_timeout_s": 300.0,               # run_tests.sh under timeout 300
+}
+
+
+def _get(cfg, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_deepswe_recipe_is_the_published_one_field_by_field():
+    cfg = load_config(recipe="deepswe")
+    wrong = {k: (_get(cfg, k), v) for k, v in PUBLISHED_DEEPSWE.items() if _get(cfg, k) != v}
+    assert not wrong, f"differs from the published recipe (ours, published): {wrong}"
+    # none of the tiny defaults leak into the recipe
+    tiny = load_config()
+    for key in ("run.sandbox_memory", "rollout.max_observation_chars", "rollout.max_new_tokens"):
+        assert _get(cfg, key) != _get(tiny, key), key
+    aem = load_config(recipe="deepswe_aem")
+    assert aem.algo.aem and aem.algo.aem_lambda == 1.0 and aem.algo.aem_min_range == 0.1
+    assert all(_get(aem, k) == v for k, v in PUBLISHED_DEEPSWE.items())
+    preset = load_preset("qwen3-32b")
+    assert (preset.tensor_parallel_size, preset.gpu_memory_utilization, preset.offload_params,
+            preset.offload_optimizer) == (8, 0.6, True, True)

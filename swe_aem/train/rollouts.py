@@ -46,6 +46,7 @@ class LiveRollouts:
         self.agent_cfg = AgentConfig.for_preset(
             preset, max_context_tokens=r.max_context_tokens,
             max_observation_chars=r.max_observation_chars, episode_timeout_s=r.episode_timeout_s,
+            tool_timeout_s=r.tool_timeout_s,
             temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             max_malformed_calls=r.max_malformed_calls)
         hosts = cfg.run.docker_hosts or None
