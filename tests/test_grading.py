@@ -187,7 +187,7 @@ def test_container_killed_mid_run_is_a_clear_error(local_instances, tmp_path, ma
             for c in docker_client.containers.list(ignore_removed=True,
                                                      filters={"label": f"{LABEL_RUN_ID}={run_id}"}):
                 try:
-                    top = " ".join(" ".join(p) for p in c.top().get("Processes", []))
+                    top = " ".join(" ".join(p) for p in c.top().get("Processes") or [])
                     if c.id not in killed and "pytest" in top:
                         c.kill()
                         killed.add(c.id)
