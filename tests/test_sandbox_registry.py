@@ -185,6 +185,12 @@ def test_sandbox_start_pulls_a_missing_image(docker_client, registry, local_inst
         assert sb.exec("git rev-parse HEAD").output.strip() == local_instance.base_commit
     assert image_exists(docker_client, official)
     docker_client.images.remove(official)
+    absent = dataclasses.replace(local_instance, image=OFFICIAL.format(name="textkit-1") + ":never-pushed")
+    pool = SandboxPool(max_concurrency=1, run_id="pytest-ondemand", images=ImageStore(registry=registry))
+    with pytest.raises(ImageNotInRegistryError, match=r"image \S+:never-pushed is not available: cannot pull"), \
+            pool.sandbox(absent):
+        pass
+    pool.close()
     pool = SandboxPool(max_concurrency=1, run_id="pytest-ondemand", images=ImageStore(pull_missing=False))
     with pytest.raises(ImageUnavailableError, match="on-demand pulls are off"), pool.sandbox(spec):
         pass

@@ -455,8 +455,11 @@ class ImageStore:
 
             log.info("image %s is missing: pulling it%s", image,
                      f" from {self.registry}" if self.registry else "")
-            result = pull_image(client, image, registry=self.registry, attempts=self.pull_attempts,
-                                backoff_s=self.backoff_s, progress=report)
+            try:
+                result = pull_image(client, image, registry=self.registry, attempts=self.pull_attempts,
+                                    backoff_s=self.backoff_s, progress=report)
+            except ImageUnavailableError as exc:
+                raise type(exc)(f"image {image} is not available: {exc}") from exc
             self.touch(image)
         self.evict(client, keep=[image])
         return result
