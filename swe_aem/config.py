@@ -63,6 +63,7 @@ class TrainerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0
     mini_batches: int = 1  # optimizer steps per training step
     ppo_epochs: int = 1
@@ -167,6 +168,7 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
         (cfg.algo.aem_min_range >= 0, "algo.aem_min_range must be >= 0"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
+        (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
     ]

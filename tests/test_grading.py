@@ -168,7 +168,7 @@ def test_hanging_tests_are_cut_at_the_timeout(local_instances, tmp_path, make_pa
     patches = {i.instance_id: make_patch(i, {_first_source_file(i): lambda t: t + "\nwhile True:\n    pass\n"})
                for i in local_instances}
     start = time.monotonic()
-    report = _grade_all(local_instances, patches, tmp_path, timeout=6)
+    report = _grade_all(local_instances, patches, tmp_path, timeout=6, max_retries=0)
     assert time.monotonic() - start < 120
     assert report["error_ids"] == sorted(patches)
     for iid, row in report["instances"].items():
@@ -198,7 +198,7 @@ def test_container_killed_mid_run_is_a_clear_error(local_instances, tmp_path, ma
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        report = _grade_all(local_instances, patches, tmp_path, timeout=60, run_id=run_id)
+        report = _grade_all(local_instances, patches, tmp_path, timeout=60, run_id=run_id, max_retries=0)
     finally:
         stop.set()
         thread.join()
@@ -207,6 +207,44 @@ def test_container_killed_mid_run_is_a_clear_error(local_instances, tmp_path, ma
     for row in report["instances"].values():
         assert row["status"] == "error"
         assert "container swe-aem-" in row["reason"] and ("exited" in row["reason"] or "no longer exists" in row["reason"])
+    assert not docker_client.containers.list(all=True, ignore_removed=True,
+                                            filters={"label": f"{LABEL_RUN_ID}={run_id}"})
+
+
+def test_concurrent_graders_with_one_run_id_never_reap_each_other(local_instances, make_patch,
+                                                                  docker_client):
+    """Eight grade_patch calls at once under one run id (each with its own pool, as training
+    and eval used to): gold, wrong and empty patches all get the right verdict, none errors,
+    and nothing of the run is left behind."""
+    run_id = "pytest-concurrent-grade"
+    cases = []
+    for n, inst in enumerate(local_instances[:8]):
+        kind = ("gold", "wrong", "empty")[n % 3]
+        patch = {"gold": inst.patch, "empty": "",
+                 "wrong": make_patch(inst, {"README.md": lambda t: t + "\nMore docs.\n"}, gold=False)}[kind]
+        cases.append((inst, kind, patch))
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(cases))
+
+    def one(n: int) -> None:
+        inst, _, patch = cases[n]
+        barrier.wait()
+        try:
+            results[n] = grade_patch(inst, patch, run_id=run_id, timeout=120)
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
+            results[n] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {"gold": "resolved", "wrong": "unresolved", "empty": "empty_patch"}
+    for n, (inst, kind, _) in enumerate(cases):
+        res = results[n]
+        assert not isinstance(res, Exception), f"{inst.instance_id} ({kind}): {res!r}"
+        assert res.status == expected[kind], (inst.instance_id, kind, res.status, res.reason)
+        assert res.reward == (1.0 if kind == "gold" else 0.0)
     assert not docker_client.containers.list(all=True, ignore_removed=True,
                                             filters={"label": f"{LABEL_RUN_ID}={run_id}"})
 

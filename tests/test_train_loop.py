@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,31 +13,16 @@ import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
 from swe_aem.config import load_config
-from swe_aem.train.batch import TurnLayout, groups_with_signal, pack_by_tokens, samples_from_episodes
+from swe_aem.train.batch import (
+    TurnLayout,
+    groups_with_signal,
+    pack_by_tokens,
+    samples_from_episodes,
+)
 from swe_aem.train.loop import Trainer, task_batch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
-    """A small random Llama with the tiny preset's real tokenizer (fast to train on CPU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from swe_aem.policy.models import prepare_model
-
-    tiny = prepare_model("tiny", progress=False)
-    folder = tmp_path_factory.mktemp("small-model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    for f in tiny.iterdir():
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, folder / f.name)
-    return folder
 
 
 def synthetic_episodes(tasks: int = 3, samples: int = 4, seed: int = 0) -> list[Episode]:

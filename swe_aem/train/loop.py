@@ -57,6 +57,7 @@ def engine_settings(cfg: Config, preset) -> EngineSettings:
         gradient_checkpointing=pick(t.gradient_checkpointing, preset.gradient_checkpointing),
         micro_batch_tokens=pick(t.micro_batch_tokens, preset.micro_batch_tokens),
         lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+        eps=t.adam_eps,
     )
 
 
