@@ -48,6 +48,7 @@ class EngineSettings:
     betas: tuple[float, float]
     weight_decay: float
     grad_clip: float
+    eps: float = 1e-8  # Adam's epsilon
 
 
 def deepspeed_config(s: EngineSettings) -> dict:
@@ -68,7 +69,7 @@ def deepspeed_config(s: EngineSettings) -> dict:
         "managed_gradient_accumulation": False,
         "gradient_clipping": s.grad_clip,
         "optimizer": {"type": "AdamW", "params": {
-            "lr": s.lr, "betas": list(s.betas), "eps": 1e-8, "weight_decay": s.weight_decay,
+            "lr": s.lr, "betas": list(s.betas), "eps": s.eps, "weight_decay": s.weight_decay,
             # plain torch AdamW unless the optimizer lives on the CPU (DeepSpeedCPUAdam)
             **({} if s.offload_optimizer else {"torch_adam": True}),
         }},
