@@ -1,16 +1,17 @@
 """`swe-aem train`: one command for a laptop and a cluster.
 
 On one process (CPU, or one GPU) it trains in place. When the model preset asks
-for several GPUs, or a hostfile is given, and no launcher started us, it
-re-executes itself under the DeepSpeed (or torchrun) launcher, which sets
-RANK / WORLD_SIZE for every process on every node.
+for several GPUs, `--nproc N` asks for N processes, or a hostfile is given, and
+no launcher started us, it re-executes itself under the DeepSpeed (or torchrun)
+launcher, which sets RANK / WORLD_SIZE for every process on every node. On CPU
+the ranks talk over gloo: `--nproc 2` runs the cluster's data-parallel path on
+a laptop.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -25,26 +26,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=["auto", "deepspeed", "torchrun", "none"], default="auto")
     p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs in all (default: the preset's)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this node (default: one per GPU the run uses); "
+                        "on CPU each is a gloo rank")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
 
 
-def _launch_command(args: argparse.Namespace, gpus: int) -> list[str]:
-    """The launcher command that re-runs this command on every GPU (untested here: no GPUs).
+def processes_per_node(args: argparse.Namespace, gpus: int) -> int:
+    """`--nproc` when given, else min(gpus, GPUs visible here) (at least 1).
 
-    `gpus` is the preset's total; one node runs min(gpus, GPUs visible here), a
-    hostfile (DeepSpeed's `host slots=N` format) spreads the rest over nodes.
+    `gpus` is the preset's total; a hostfile (DeepSpeed's `host slots=N` format)
+    spreads the rest over nodes.
     """
+    if args.nproc is not None:
+        return args.nproc
     import torch
 
-    per_node = max(1, min(gpus, torch.cuda.device_count() or gpus))
+    return max(1, min(gpus, torch.cuda.device_count() or gpus))
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments every launched rank gets: the run's, not the launch's (a rank
+    started by a launcher has LOCAL_RANK set and trains in place)."""
+    out: list[str] = []
+    for flag, value in (("--model", args.model), ("--algo", args.algo), ("--recipe", args.recipe),
+                        ("--run-dir", args.run_dir)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--resume"] if args.resume else []) + list(args.overrides)
+
+
+def _launch_command(args: argparse.Namespace, per_node: int) -> list[str]:
+    """The launcher command that re-runs this command as `per_node` ranks per node.
+
+    Tested here on CPU with 2 ranks (gloo) through both launchers; multi-GPU and
+    multi-node launches are untested (no GPUs).
+    """
+    port = os.environ.get("MASTER_PORT", "29500")
+    # the launchers' modules under this interpreter: the ranks get the same environment
     if args.launcher == "torchrun":
-        return ["torchrun", f"--nproc_per_node={per_node}", f"--nnodes={os.environ.get('NNODES', '1')}",
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}", f"--nnodes={os.environ.get('NNODES', '1')}",
                 f"--node_rank={os.environ.get('NODE_RANK', '0')}",
                 f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-                f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
-                "-m", "swe_aem.train.cli", *sys.argv[2:]]
-    cmd = ["deepspeed"] + ([f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"])
-    return cmd + ["--module", "swe_aem.train.cli", *sys.argv[2:]]
+                f"--master_port={port}", "-m", "swe_aem.train.cli", *_child_argv(args)]
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={port}",
+           "--no_local_rank"]  # the ranks read LOCAL_RANK from the environment
+    cmd += [f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"]
+    return cmd + ["--module", "swe_aem.train.cli", *_child_argv(args)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +94,21 @@ def run(args: argparse.Namespace) -> int:
     preset = None
     if cfg.model in preset_names():
         preset = load_preset(cfg.model)
+    if args.nproc is not None and args.nproc < 1:
+        console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
+        return 2
     gpus = args.num_gpus or (preset.num_gpus if preset else 0)
+    per_node = processes_per_node(args, gpus)
     launched = "LOCAL_RANK" in os.environ
-    if args.launcher != "none" and not launched and (gpus > 1 or args.hostfile):
-        cmd = _launch_command(args, gpus)
-        if shutil.which(cmd[0]) is None:
-            console.print(f"[red]error:[/red] {cmd[0]!r} launcher not found on PATH")
-            return 2
+    if args.launcher == "none" and not launched and (args.nproc or 1) > 1:
+        console.print(f"[red]error:[/red] --nproc {args.nproc} needs a launcher; drop --launcher none")
+        return 2
+    if args.launcher != "none" and not launched and (per_node > 1 or args.hostfile):
+        cmd = _launch_command(args, per_node)
+        import torch
+
+        if not torch.cuda.is_available():  # CPU ranks share the cores instead of oversubscribing them
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // per_node)))
         console.print(f"launching: {' '.join(cmd)}")
         os.execvp(cmd[0], cmd)
 
