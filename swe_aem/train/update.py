@@ -112,19 +112,22 @@ def ppo_update(
     indices: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """The policy loss named by `loss_cfg.name` (PPO-clip by default) over `epochs` x
-    `mini_batches` optimizer steps; returns mean stats.
+    `mini_batches` optimizer steps; returns stats of the whole batch (every rank's).
 
     Micro-batch losses use the mini-batch's global normaliser (tokens or
     sequences, summed over data-parallel ranks) and are scaled by the world size
     because DeepSpeed averages gradients over ranks; so micro-batching and data
-    parallelism leave the gradient unchanged.
+    parallelism leave the gradient unchanged. `grad_norm` is the global gradient
+    norm before clipping, averaged over optimizer steps.
     """
     loss_fn = get_policy_loss(loss_cfg.name)
     dev = _device(engine)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     shard = set(range(len(samples)) if indices is None else indices)
     totals: dict[str, float] = {}
+    stat_keys: set[str] = set()  # the same on every rank that ran a micro-batch (padding too)
     micro_count = steps = 0
+    grad_norms: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(len(samples), generator=generator).tolist()
         for mb in range(mini_batches):
@@ -155,6 +158,7 @@ def ppo_update(
                     rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
                 )
                 engine.backward(loss * (world * weight), scale_wrt_gas=False)
+                stat_keys.update(stats)
                 if weight:
                     micro_count += 1
                     totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
@@ -162,7 +166,17 @@ def ppo_update(
                         totals[key] = totals.get(key, 0.0) + float(v)
             engine.step()
             steps += 1
-    out = {k: v / max(micro_count, 1) for k, v in totals.items() if k != "loss"}
-    out["loss"] = totals.get("loss", 0.0) / max(steps, 1)  # micro losses add up per mini-batch
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                grad_norms.append(float(norm))
+    # each rank saw its shard: sum over ranks (a micro loss is already a share of the global one)
+    keys = sorted(stat_keys)
+    local = torch.tensor([totals.get("loss", 0.0), float(micro_count)] + [totals.get(k, 0.0) for k in keys],
+                         dtype=torch.float64)
+    summed = _all_reduce_tensor(local, dev).tolist()
+    out = {k: v / max(summed[1], 1.0) for k, v in zip(keys, summed[2:])}
+    out["loss"] = summed[0] / max(steps, 1)  # micro losses add up per mini-batch
     out["optimizer_steps"] = float(steps)
+    if grad_norms:
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
     return out

@@ -1,0 +1,125 @@
+"""More than one rank (issue 9): `swe-aem train --nproc 2` re-executes itself under the
+DeepSpeed launcher (the path a cluster takes) with two gloo ranks on CPU, and its update
+equals the one-rank update on the same recorded batch."""
+
+import os
+import socket
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.cli import main
+from swe_aem.train.cli import _launch_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw) -> Namespace:
+    base = dict(model="tiny", algo="rloo_aem", recipe=None, run_dir=Path("runs/x"), resume=True,
+                launcher="auto", hostfile=None, num_gpus=None, nproc=2, overrides=["run.steps=3"])
+    return Namespace(**{**base, **kw})
+
+
+def test_launch_commands_forward_the_run_not_the_launch(monkeypatch):
+    monkeypatch.setenv("MASTER_PORT", "29877")
+    ds = _launch_command(_args(), 2)
+    assert ds[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+    # DeepSpeed would otherwise append --local_rank=N, which the train parser rejects
+    assert {"--master_port=29877", "--no_local_rank", "--num_gpus=2"} <= set(ds)
+    tail = ds[ds.index("swe_aem.train.cli") + 1:]
+    assert tail == ["--model", "tiny", "--algo", "rloo_aem", "--run-dir", "runs/x", "--resume", "run.steps=3"]
+    tr = _launch_command(_args(launcher="torchrun"), 3)
+    assert tr[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=3" in tr
+    assert "--master_port=29877" in tr and tr[-len(tail):] == tail
+    assert "--hostfile=hosts" in _launch_command(_args(hostfile="hosts"), 2)
+
+
+def test_nproc_errors_are_clear(capsys, tmp_path):
+    assert main(["train", "--nproc", "0", "--run-dir", str(tmp_path)]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--nproc", "2", "--launcher", "none", "--run-dir", str(tmp_path)]) == 2
+    assert "needs a launcher" in capsys.readouterr().err
+
+
+def _episodes() -> list[Episode]:
+    """Two tasks x four samples, rewards 1 and 0 in each group, one or two turns each."""
+    gen = torch.Generator().manual_seed(0)
+    eps = []
+    for t in range(2):
+        for k in range(4):
+            turns = []
+            for _ in range(1 + k % 2):
+                p = torch.randint(10, 49000, (int(torch.randint(6, 12, (1,), generator=gen)),), generator=gen)
+                r = torch.randint(10, 49000, (int(torch.randint(4, 9, (1,), generator=gen)),), generator=gen)
+                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
+                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(),
+                                  finish_reason="stop"))
+            eps.append(Episode(f"task-{t}", k, turns, termination="finished",
+                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
+    return eps
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(run_dir: Path, nproc: int, model: Path, replay: Path) -> subprocess.CompletedProcess:
+    # adam_eps=1 makes Adam's first step lr * g / (|g| + 1), i.e. linear in the gradient
+    # (|g| << 1 here): the weights then compare gradients. With eps=1e-8 the step is
+    # about lr * sign(g), and float32 rounding flips the sign of near-zero gradient
+    # entries: one rank with another micro-batching already differs by 4e-4 there.
+    cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--nproc", str(nproc),
+           "--run-dir", str(run_dir), f"model={model}", f"run.replay={replay}", "run.steps=1",
+           "rollout.tasks_per_step=2", "rollout.samples_per_task=4", "algo.tis_cap=null",
+           "trainer.lr=2", "trainer.adam_eps=1.0", "trainer.seed=3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env.update(DS_ACCELERATOR="cpu", MASTER_PORT=str(_free_port()))
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def _metrics(run_dir: Path) -> dict:
+    import json
+
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1
+    return json.loads(rows[0])
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
+    from safetensors.torch import load_file
+
+    from swe_aem.policy.models import prepare_model
+
+    model = prepare_model("tiny", progress=False)
+    replay = tmp_path / "episodes.jsonl"
+    write_episodes(replay, _episodes())
+    runs = {}
+    for nproc in (1, 2):
+        proc = _train(tmp_path / f"ranks{nproc}", nproc, model, replay)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[nproc] = proc
+    assert "deepspeed.launcher.runner" in runs[2].stderr and "launching" not in runs[1].stderr
+    for nproc in (1, 2):  # ZeRO-2 keeps one optimizer shard per rank: two ranks really trained
+        ckpt = next((tmp_path / f"ranks{nproc}" / "checkpoints").glob("step-*")) / "deepspeed"
+        assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == nproc
+
+    one, two = _metrics(tmp_path / "ranks1"), _metrics(tmp_path / "ranks2")
+    assert one["frac_pos_adv"] > 0 and one["frac_neg_adv"] > 0  # rewards 0 and 1 in a group
+    for key in ("loss", "grad_norm", "response_entropy_mean", "alpha_max", "reward_mean"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
+
+    base = load_file(str(model / "model.safetensors"))
+    w1 = load_file(str(tmp_path / "ranks1" / "final_model" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "ranks2" / "final_model" / "model.safetensors"))
+    moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert moved > 1e-2, moved  # the step changed the weights
+    assert diff < 1e-5, (diff, moved)
