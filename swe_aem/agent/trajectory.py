@@ -9,11 +9,12 @@ sequence the model was shown for its last response.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from swe_aem.jsonl import read_jsonl, write_jsonl
 
 SCHEMA_VERSION = 1
 TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls", "error")
@@ -108,16 +109,12 @@ class Episode:
 
 
 def write_episodes(path: str | Path, episodes: Iterable[Episode], append: bool = False) -> None:
-    with open(path, "a" if append else "w") as fh:
-        fh.writelines(json.dumps(ep.to_dict()) + "\n" for ep in episodes)
+    write_jsonl(path, (ep.to_dict() for ep in episodes), append=append)
 
 
 def read_episodes(path: str | Path) -> Iterator[Episode]:
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield Episode.from_dict(json.loads(line))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"{path}:{lineno}: bad episode record: {exc}") from exc
+    for where, row in read_jsonl(path):
+        try:
+            yield Episode.from_dict(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{where}: bad episode record: {exc}") from exc

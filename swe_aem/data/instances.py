@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from swe_aem.data.families import FORMATS, GRADERS, FormatError, adapt, detect_format
+from swe_aem.jsonl import read_jsonl
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
 LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
@@ -105,13 +106,7 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist")
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{n}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{n}: not valid JSON: {exc}") from exc
+        yield from read_jsonl(path, error=DatasetError)
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text())

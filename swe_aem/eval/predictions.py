@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from swe_aem.jsonl import read_jsonl
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -49,14 +51,10 @@ def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> Pa
 
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Read a predictions JSONL back, with the line number of any bad row in the error."""
-    path = Path(path)
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, row in read_jsonl(path):
         try:
-            row = json.loads(line)
             out.append(Prediction(row["instance_id"], row["model_name_or_path"], row["model_patch"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{n}: bad prediction row: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: bad prediction row: {e!r}") from None
     return out

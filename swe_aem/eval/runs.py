@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from swe_aem.eval.metrics import Run
+from swe_aem.jsonl import read_jsonl
 
 
 class RunFormatError(ValueError):
@@ -58,21 +59,15 @@ def _from_mapping(path: Path, d: Mapping) -> Run:
 
 def _from_jsonl(path: Path) -> Run:
     run: dict[str, bool] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RunFormatError(f"{path}:{n}: not JSON ({e.msg})") from None
+    for where, row in read_jsonl(path, error=RunFormatError):
         if not isinstance(row, dict) or "instance_id" not in row:
-            raise RunFormatError(f"{path}:{n}: row without 'instance_id'")
+            raise RunFormatError(f"{where}: row without 'instance_id'")
         key = "resolved" if "resolved" in row else "reward" if "reward" in row else None
         if key is None:
-            raise RunFormatError(f"{path}:{n}: row without 'resolved' or 'reward'")
+            raise RunFormatError(f"{where}: row without 'resolved' or 'reward'")
         iid = str(row["instance_id"])
         if iid in run:
-            raise RunFormatError(f"{path}:{n}: instance {iid!r} appears twice")
+            raise RunFormatError(f"{where}: instance {iid!r} appears twice")
         run[iid] = _as_bool(path, iid, row[key])
     if not run:
         raise RunFormatError(f"{path}: no rows")

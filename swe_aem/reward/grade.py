@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from swe_aem.data.families import FORMATS
 from swe_aem.data.instances import DatasetError, Instance, load_instances
+from swe_aem.jsonl import read_jsonl
 from swe_aem.reward.grading import ERROR_STATUSES, GradeResult, grade_patch
 from swe_aem.sandbox import DockerUnavailableError, SandboxConfig, SandboxPool
 
@@ -32,17 +33,10 @@ def load_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"predictions file {path} does not exist")
-    text = path.read_text()
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{n}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{n}: not valid JSON: {exc}") from exc
+        rows = list(read_jsonl(path, error=DatasetError))
     else:
-        data = json.loads(text)
+        data = json.loads(path.read_text())
         data = list(data.values()) if isinstance(data, dict) else data
         rows = [(f"{path}[{i}]", row) for i, row in enumerate(data)]
     predictions: dict[str, dict[str, Any]] = {}

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from swe_aem.jsonl import read_jsonl
+
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True):
@@ -39,10 +41,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
     rows: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[int(row["step"])] = row
+    for _, row in read_jsonl(path):
+        rows[int(row["step"])] = row
     return [rows[k] for k in sorted(rows)]
 
 
