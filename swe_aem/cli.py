@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("swe_aem.eval.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
     "evidence": ("swe_aem.eval.evidence.run", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
     "report": ("swe_aem.eval.report", "render graded runs as eval JSON, Markdown and a plot"),
-    "images": ("swe_aem.images_cmd", "build the offline base + local suite images, or pull official ones"),
+    "images": ("swe_aem.commands.images", "build the offline base + local suite images, or pull official ones"),
     "grade": ("swe_aem.reward.grade", "grade predictions (official JSONL) in fresh containers; writes report.json"),
     "model": ("swe_aem.policy.model_cmd", "prepare a model preset's folder (e.g. `model prepare tiny`) or list presets"),
     "serve": ("swe_aem.policy.serve_cmd", "start a vLLM OpenAI-compatible server for a model and keep it up"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from swe_aem import images_cmd
+from swe_aem.commands import images as images_cmd
 from swe_aem.data.local_suite import build_local_suite
 from swe_aem.sandbox import images
 from swe_aem.sandbox.engine import host_label

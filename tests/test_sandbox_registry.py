@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from swe_aem import images_cmd
+from swe_aem.commands import images as images_cmd
 from swe_aem.sandbox import ImageNotInRegistryError, ImageStore, ImageUnavailableError, SandboxPool
 from swe_aem.sandbox.images import (
     backoff_delays,
