@@ -94,6 +94,8 @@ class RunConfig:
     # refreshed by other means); rollout/trainer log-prob correction still applies.
     push_weights: bool = True
     docker_hosts: list[str] = field(default_factory=list)
+    registry: str | None = None  # pull official images through this mirror (HOST:PORT)
+    max_image_disk: str | None = None  # e.g. "150G": evict least recently used instance images
     sandbox_cpus: float = 1.0
     sandbox_memory: str = "1g"
     grade_timeout_s: float = 300.0

@@ -182,6 +182,8 @@ class Trainer:
         ids = task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), cfg.trainer.seed)
         m: dict[str, float] = {}
         if self.is_main:
+            upcoming = task_batch(self.task_ids, step + 1, len(ids), cfg.trainer.seed)
+            self.source.prefetch([self.instances[i] for i in upcoming])  # pulls overlap this step
             episodes, timings = self.source.collect([self.instances[i] for i in ids], step)
             m.update(timings)
             if not episodes:

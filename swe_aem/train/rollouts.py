@@ -39,6 +39,7 @@ class LiveRollouts:
         from swe_aem.policy.session import PolicySetupError, open_policy
         from swe_aem.reward import grade_patch
         from swe_aem.sandbox import SandboxConfig, SandboxPool, reap
+        from swe_aem.sandbox.images import ImageStore, parse_size
 
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id
         self.tokenizer = tokenizer
@@ -51,10 +52,15 @@ class LiveRollouts:
             max_malformed_calls=r.max_malformed_calls)
         hosts = cfg.run.docker_hosts or None
         sandbox_cfg = SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory)
-        self.pool = SandboxPool(hosts, max_concurrency=r.concurrency, config=sandbox_cfg, run_id=run_id)
+        # one image store for both pools: pulls on demand (through run.registry), prefetches
+        # the next step's images, keeps image disk under run.max_image_disk
+        self.images = ImageStore(registry=cfg.run.registry, max_disk_bytes=parse_size(cfg.run.max_image_disk),
+                                 state_file=run_dir / "image_use.json")
+        self.pool = SandboxPool(hosts, max_concurrency=r.concurrency, config=sandbox_cfg, run_id=run_id,
+                                images=self.images)
         self.pool.check()  # a dead daemon fails here, clearly, before any model work
         self.grade_pool = SandboxPool(hosts, max_concurrency=r.concurrency, config=sandbox_cfg,
-                                      run_id=run_id)
+                                      run_id=run_id, images=self.images)
         for host in cfg.run.docker_hosts or [None]:
             reap(docker_host=host)  # containers of crashed earlier runs (their owner is gone)
         self.grade = partial(grade_patch, strict=True, timeout=cfg.run.grade_timeout_s,
@@ -88,6 +94,10 @@ class LiveRollouts:
         write_episodes(self.run_dir / "trajectories" / f"step-{step:06d}.jsonl", result.episodes)
         return result.episodes, timings
 
+    def prefetch(self, instances: list) -> None:
+        """Pull the images of the next step's tasks in the background."""
+        self.pool.prefetch(sorted({inst.image for inst in instances}))
+
     @property
     def pushes_weights(self) -> bool:
         return self.cfg.run.push_weights
@@ -106,6 +116,7 @@ class LiveRollouts:
         self.policy.close()
         self.pool.close()
         self.grade_pool.close()
+        self.images.close()
         for host in self.cfg.run.docker_hosts or [None]:
             reap(self.run_id, docker_host=host)  # whatever a crash mid-step left behind
 
@@ -125,6 +136,9 @@ class ReplayRollouts:
         return sorted(self.by_task)
 
     pushes_weights = False
+
+    def prefetch(self, instances: list) -> None:
+        pass
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
         eps = [ep for inst in instances for ep in self.by_task[inst.instance_id]]
