@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         build_base(client, force=args.force)
         if not args.base_only:
             build_local_suite(client, force=args.force)
+            from swe_aem.data.generate import build_images as build_generated
+
+            build_generated(client, force=args.force)
         return 0
     from swe_aem.data.instances import load_instances
 

@@ -184,7 +184,8 @@ def check_gradable(inst: Instance, where: str) -> None:
 
 def load_instances(dataset: str, split: str = "test", instance_ids: Iterable[str] | None = None,
                    dataset_format: str | None = None) -> list[Instance]:
-    """Load `dataset`: "local" (the project's suite), a .jsonl/.json/.parquet path, or a hub name.
+    """Load `dataset`: "local" (the project's suite), "generated" (its generated suite, split
+    "train" or "test"), a .jsonl/.json/.parquet path, or a hub name.
 
     `dataset_format` (one of FORMATS) picks the family's adapter; None: from the dataset's
     name, else from the first row's columns. The local suite is in the SWE-bench schema.
@@ -197,6 +198,12 @@ def load_instances(dataset: str, split: str = "test", instance_ids: Iterable[str
         instances = load_local_suite()
         for inst in instances:
             check_gradable(inst, f"local instance {inst.instance_id}")
+    elif dataset == "generated":  # the committed generated suite (swe_aem/data/generate.py)
+        from swe_aem.data.generate import load_generated
+
+        instances = load_generated(split)
+        for inst in instances:
+            check_gradable(inst, f"generated instance {inst.instance_id}")
     else:
         path = Path(dataset)
         is_file = path.suffix in (".jsonl", ".json", ".parquet") or path.exists()
