@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(**kw) -> Namespace:
-    base = dict(model="tiny", algo="rloo_aem", recipe=None, run_dir=Path("runs/x"), resume=True,
-                launcher="auto", hostfile=None, num_gpus=None, nproc=2, overrides=["run.steps=3"])
-    return Namespace(**{**base, **kw})
+    base = Namespace(model="tiny", algo="rloo_aem", recipe=None, run_dir=Path("runs/x"), resume=True,
+                     launcher="auto", hostfile=None, num_gpus=None, nproc=2, overrides=["run.steps=3"])
+    return Namespace(**{**vars(base), **kw})
 
 
 def test_launch_commands_forward_the_run_not_the_launch(monkeypatch):
@@ -47,7 +47,8 @@ def test_nproc_errors_are_clear(capsys, tmp_path):
 
 
 def _episodes() -> list[Episode]:
-    """Two tasks x four samples, rewards 1 and 0 in each group, one or two turns each."""
+    """Two tasks, rewards 1 and 0 in each group, one or two turns each; seven episodes (the
+    ranks hold 4 and 3), one cut short (compact filtering: in the baseline, out of the loss)."""
     gen = torch.Generator().manual_seed(0)
     eps = []
     for t in range(2):
@@ -59,9 +60,10 @@ def _episodes() -> list[Episode]:
                 turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
                                   logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(),
                                   finish_reason="stop"))
-            eps.append(Episode(f"task-{t}", k, turns, termination="finished",
+            cut_short = (t, k) == (0, 1)
+            eps.append(Episode(f"task-{t}", k, turns, termination="max_turns" if cut_short else "finished",
                                reward=float((k + t) % 2 == 0), grade_status="resolved"))
-    return eps
+    return eps[:7]
 
 
 def _free_port() -> int:
@@ -78,10 +80,11 @@ def _train(run_dir: Path, nproc: int, model: Path, replay: Path) -> subprocess.C
     cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--nproc", str(nproc),
            "--run-dir", str(run_dir), f"model={model}", f"run.replay={replay}", "run.steps=1",
            "rollout.tasks_per_step=2", "rollout.samples_per_task=4", "algo.tis_cap=null",
-           "trainer.lr=2", "trainer.adam_eps=1.0", "trainer.seed=3"]
+           "trainer.lr=1", "trainer.adam_eps=1.0", "trainer.mini_batches=2", "trainer.seed=3"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(DS_ACCELERATOR="cpu", MASTER_PORT=str(_free_port()))
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -113,6 +116,7 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
 
     one, two = _metrics(tmp_path / "ranks1"), _metrics(tmp_path / "ranks2")
     assert one["frac_pos_adv"] > 0 and one["frac_neg_adv"] > 0  # rewards 0 and 1 in a group
+    assert one["trajectories_filtered"] == 1 and one["optimizer_steps"] == two["optimizer_steps"] == 2
     for key in ("loss", "grad_norm", "response_entropy_mean", "alpha_max", "reward_mean"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
 
