@@ -63,6 +63,8 @@ class PolicyLossConfig:
 
 
 class PolicyLossFn(Protocol):
+    """What ppo_update calls: [B, T] tensors in, (scalar loss, detached stats) out."""
+
     def __call__(
         self,
         logprobs: Tensor,
@@ -80,6 +82,7 @@ POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: make a loss selectable as `algo.policy_loss=name`."""
     def decorate(fn: PolicyLossFn) -> PolicyLossFn:
         if name in POLICY_LOSSES:
             raise ValueError(f"policy loss {name!r} registered twice")
@@ -97,7 +100,9 @@ def get_policy_loss(name: str) -> PolicyLossFn:
         raise KeyError(f"unknown policy loss {name!r}; known: {known}") from None
 
 
-def _clipped_surrogate(ratio: Tensor, advantages: Tensor, cfg: PolicyLossConfig) -> tuple[Tensor, Tensor]:
+def _clipped_surrogate(
+    ratio: Tensor, advantages: Tensor, cfg: PolicyLossConfig
+) -> tuple[Tensor, Tensor]:
     """Per-token max(-A r, -A clip(r)) and where the clipped side won (no gradient there)."""
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
