@@ -126,15 +126,15 @@ class SftTrainer:
         bar = tqdm(plan, desc="sft", unit="step", disable=not progress)
         t_all, tokens_all, losses = time.perf_counter(), 0, []
         for step, (epoch, batch) in enumerate(bar):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = self.batch_loss(samples, batch, train=True)
-            seconds = time.perf_counter() - t0
+            seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
             tokens = sum(len(samples[i].input_ids) for i in batch)
             tokens_all += tokens
             losses.append(loss)
             norm = self.engine.get_global_grad_norm()
             row = {"step": step, "epoch": epoch, "loss": loss, "episodes": len(batch), "tokens": tokens,
-                   "loss_tokens": loss_tokens(samples, batch), "time_s": seconds,
+                   "loss_tokens": loss_tokens(samples, batch), "time_s": seconds, "cpu_s": cpu_s,
                    "tokens_per_s": tokens / seconds, "lr": self.cfg.lr,
                    **({"grad_norm": float(norm)} if norm is not None else {})}
             with metrics_path.open("a") as fh:
