@@ -4,7 +4,6 @@ containers of the local suite."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import math
@@ -13,8 +12,15 @@ import pytest
 import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
-from swe_aem.sft.data import (epoch_batches, loss_tokens, masked_nll_sum, masked_token_mean_nll,
-                              micro_batches, select_episodes, sft_samples)
+from swe_aem.sft.data import (
+    epoch_batches,
+    loss_tokens,
+    masked_nll_sum,
+    masked_token_mean_nll,
+    micro_batches,
+    select_episodes,
+    sft_samples,
+)
 from swe_aem.sft.demos import demonstration_turns, edited_files, script_by_prompt
 from swe_aem.sft.trainer import SftConfig
 from swe_aem.train.batch import TurnLayout, collate

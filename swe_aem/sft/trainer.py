@@ -71,7 +71,7 @@ class SftTrainer:
         from swe_aem.policy.models import resolve_model
 
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        rank, world = init_distributed()
+        _, world = init_distributed()
         if world != 1:
             raise RuntimeError(f"swe-aem sft runs as one process (world size {world}); "
                                "data-parallel SFT is not implemented")
