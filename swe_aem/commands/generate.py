@@ -62,10 +62,12 @@ def generate(seed: int, repos: list[str]) -> tuple[list[dict[str, Any]], dict[st
                     counts["rejected"]["tests time out"] += 1
                 elif not f2p:
                     counts["rejected"]["no FAIL_TO_PASS"] += 1
+                elif (row := gen.make_row(cand, f2p, p2p, outcome.messages, seed)) is None:
+                    counts["rejected"]["issue text would quote the change"] += 1
                 else:
                     counts["validated"][repo] += 1
                     counts["validated_by_kind"][cand.kind] += 1
-                    rows.append(gen.make_row(cand, f2p, p2p, outcome.messages, seed))
+                    rows.append(row)
     stats = {"seed": seed, "wall_s": round(time.monotonic() - start, 1),
              **{k: dict(sorted(v.items())) for k, v in counts.items()}}
     return rows, stats

@@ -56,7 +56,6 @@ TRIES = 16  # seeded tries of one modifier on one entity
 PER_PAIR = 3  # distinct bugs kept per (entity, modifier)
 TEST_SHARE = 0.25  # about this share of instances goes to the held-out split
 TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider"
-TEST_TIMEOUT_S = 60
 COMMIT_MESSAGE = "task state"
 _MSG_CHARS = 240
 
@@ -196,8 +195,8 @@ def setup_script(bug_patch: str, commit: str) -> str:
         "git -c init.defaultBranch=main init -q",
         "git add -A",
         f"{_GIT_IDENTITY} git -c commit.gpgsign=false commit -q -m {shlex.quote(COMMIT_MESSAGE)}",
-        f'test "$(git rev-parse HEAD)" = {commit} || '
-        f'{{ echo "swe-aem: task state is $(git rev-parse HEAD), expected {commit}"; exit 1; }}',
+        (f'test "$(git rev-parse HEAD)" = {commit} || '
+         f'{{ echo "swe-aem: task state is $(git rev-parse HEAD), expected {commit}"; exit 1; }}'),
     ]) + "\n"
 
 
@@ -250,39 +249,45 @@ class Outcome:
     messages: dict[str, str]
 
 
-_APPLY_FAILED = "SWE_AEM_BUG_DID_NOT_APPLY"
-_TIMED_OUT = "SWE_AEM_TESTS_TIMED_OUT"
+BATCH = 20  # bugs per exec of the in-container runner
 
 
-def _tests_cmd() -> str:
-    return (f"COLUMNS=400 timeout {TEST_TIMEOUT_S} {TEST_CMD} tests; "
-            f"[ $? -eq 124 ] && echo {_TIMED_OUT}")
+def _outcome(line: dict[str, Any]) -> Outcome:
+    output = line["output"]
+    return Outcome(line["applied"], line["timed_out"], test_statuses(output), failure_messages(output))
 
 
 def validate_repo(image: str, cands: list[Candidate],
                   on_done: Callable[[Candidate], None] = lambda c: None
                   ) -> tuple[dict[str, str], dict[str, Outcome]]:
-    """Clean statuses and each candidate's outcome, in one container from the repo's image
-    (one exec per candidate: apply, run the tests, reset the tree)."""
+    """Clean statuses and each candidate's outcome, in one container from the repo's image:
+    generate_runner.py applies each bug, runs the tests in one pytest process, resets."""
     from swe_aem.sandbox import Sandbox, connect
 
+    runner = (Path(__file__).parent / "generate_runner.py").read_text()
     sandbox = Sandbox.start(connect(), image, run_id="generate", instance_id=f"gen-{image.split(':')[-1]}")
     try:
-        done = sandbox.exec(_tests_cmd(), timeout=TEST_TIMEOUT_S + 30, workdir="/testbed")
-        clean = test_statuses(done.output)
-        if _TIMED_OUT in done.output or not clean:
-            raise GenerateError(f"the clean tests of {image} did not run: {done.output[-1500:]}")
+        sandbox.write_file("/tmp/swe_aem_runner.py", runner)
+
+        def run(batch: list[tuple[str, str]]) -> dict[str, Outcome]:
+            sandbox.write_file("/tmp/batch.json", json.dumps([{"key": k, "patch": p} for k, p in batch]))
+            done = sandbox.exec("python3 /tmp/swe_aem_runner.py /tmp/batch.json /tmp/out.jsonl",
+                                timeout=60 * len(batch) + 60, workdir="/testbed")
+            if done.exit_code != 0:
+                raise GenerateError(f"the validation runner failed in {image}: {done.output[-1500:]}")
+            lines = [json.loads(x) for x in sandbox.read_file("/tmp/out.jsonl").splitlines()]
+            return {line["key"]: _outcome(line) for line in lines}
+
+        baseline = run([("clean", "")])["clean"]
+        clean = baseline.statuses
+        if baseline.timed_out or not clean:
+            raise GenerateError(f"the clean tests of {image} did not run")
         outcomes: dict[str, Outcome] = {}
-        for cand in cands:
-            sandbox.write_file("/tmp/bug.diff", cand.bug_patch)
-            done = sandbox.exec(f"if git apply /tmp/bug.diff; then {_tests_cmd()}; "
-                                f"else echo {_APPLY_FAILED}; fi; git checkout -q -f HEAD && git clean -qfdx",
-                                timeout=TEST_TIMEOUT_S + 30, workdir="/testbed")
-            applied = _APPLY_FAILED not in done.output
-            timed_out = done.timed_out or _TIMED_OUT in done.output
-            outcomes[cand.instance_id] = Outcome(applied, timed_out, test_statuses(done.output),
-                                                 failure_messages(done.output))
-            on_done(cand)
+        for start in range(0, len(cands), BATCH):
+            part = cands[start:start + BATCH]
+            outcomes.update(run([(c.instance_id, c.bug_patch) for c in part]))
+            for cand in part:
+                on_done(cand)
         return clean, outcomes
     finally:
         sandbox.close()
@@ -308,42 +313,53 @@ def changed_lines(patch: str) -> list[str]:
 
 _OPENINGS = (
     "Some tests started failing in {files}.",
-    "After the last change, the test suite no longer passes: {files} has failures.",
+    "After the last change, the test suite is red: {files} has failures.",
     "Running the tests in {files} shows failures that should not be there.",
 )
 
 
-def issue_text(cand: Candidate, f2p: list[str], messages: dict[str, str], rng: random.Random) -> str:
+def quotes_change(text: str, patch: str) -> bool:
+    """Whether `text` contains a line the patch changes (the issue would show the diff)."""
+    return any(line in text for line in changed_lines(patch))
+
+
+def issue_text(cand: Candidate, f2p: list[str], messages: dict[str, str], rng: random.Random) -> str | None:
     """An issue from the failing behaviour: failing test ids and their failure messages,
-    never the diff (a message quoting a changed line is replaced by a plain 'fails')."""
-    banned = changed_lines(cand.bug_patch)
+    never the diff (a message quoting a changed line becomes a plain 'fails'); None when
+    even that text would quote a changed line."""
     short = cand.repo.split("/")[-1]
     files = ", ".join(f"`{f}`" for f in test_files(f2p))
-    lines = [f"# {short}: {len(f2p)} test{'s' if len(f2p) != 1 else ''} fail{'' if len(f2p) != 1 else 's'}", "",
+    many = len(f2p) != 1
+    lines = [f"# {short}: {len(f2p)} failing test{'s' if many else ''}", "",
              rng.choice(_OPENINGS).format(files=files), "", "Failing tests:", ""]
     for test in f2p[:8]:
         msg = messages.get(test, "")[:_MSG_CHARS]
-        if not msg or any(b in msg for b in banned):
+        if not msg or quotes_change(msg, cand.bug_patch):
             lines.append(f"- `{test}` fails")
         else:
             lines.append(f"- `{test}`: {msg}")
     if len(f2p) > 8:
         lines.append(f"- ... and {len(f2p) - 8} more")
-    lines += ["", f"Expected: these tests pass. Please fix the behaviour in the `{short}` package; "
-              "the tests themselves are correct."]
-    return "\n".join(lines) + "\n"
+    lines += ["", (f"Expected: these tests succeed. Please fix the behaviour in the `{short}` package; "
+                   "the tests themselves are correct.")]
+    text = "\n".join(lines) + "\n"
+    return None if quotes_change(text, cand.bug_patch) else text
 
 
 # ---------------------------------------------------------------- 4. rows and splits
 
 def make_row(cand: Candidate, f2p: list[str], p2p: list[str], messages: dict[str, str],
-             seed: int) -> dict[str, Any]:
-    """The committed row of a validated candidate (everything load time cannot recompute cheaply)."""
+             seed: int) -> dict[str, Any] | None:
+    """The committed row of a validated candidate (everything load time cannot recompute
+    cheaply); None when no issue text can avoid quoting the change."""
     rng = random.Random(_derived_seed(seed, cand.instance_id, "issue"))
+    text = issue_text(cand, f2p, messages, rng)
+    if text is None:
+        return None
     return {
         "instance_id": cand.instance_id, "repo": cand.repo, "version": "generated",
         "snapshot": base_commit(cand.repo), "base_commit": task_commit(cand.repo, cand.bug_patch),
-        "problem_statement": issue_text(cand, f2p, messages, rng),
+        "problem_statement": text,
         "patch": reverse_patch(cand.bug_patch), "bug_patch": cand.bug_patch,
         "FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p,
         "file": cand.file, "function": cand.function, "unit": cand.unit, "bug_kind": cand.kind,
@@ -364,7 +380,7 @@ def split_rows(rows: list[dict[str, Any]], seed: int, test_share: float = TEST_S
     train: list[dict[str, Any]] = []
     for unit in units:
         (test if len(test) < test_share * len(rows) else train).extend(by_unit[unit])
-    key = lambda r: r["instance_id"]  # noqa: E731
+    key = lambda r: r["instance_id"]
     return {"train": sorted(train, key=key), "test": sorted(test, key=key)}
 
 
