@@ -59,7 +59,7 @@ def generate(seed: int, repos: list[str]) -> tuple[list[dict[str, Any]], dict[st
                 if not outcome.applied:
                     counts["rejected"]["does not apply"] += 1
                 elif outcome.timed_out:
-                    counts["rejected"]["tests time out"] += 1
+                    counts["rejected"]["tests time out or crash"] += 1
                 elif not f2p:
                     counts["rejected"]["no FAIL_TO_PASS"] += 1
                 elif (row := gen.make_row(cand, f2p, p2p, outcome.messages, seed)) is None:

@@ -270,13 +270,21 @@ def validate_repo(image: str, cands: list[Candidate],
         sandbox.write_file("/tmp/swe_aem_runner.py", runner)
 
         def run(batch: list[tuple[str, str]]) -> dict[str, Outcome]:
+            sandbox.exec("rm -f /tmp/out.jsonl && git checkout -q -f HEAD && git clean -qfdx", workdir="/testbed")
             sandbox.write_file("/tmp/batch.json", json.dumps([{"key": k, "patch": p} for k, p in batch]))
             done = sandbox.exec("python3 /tmp/swe_aem_runner.py /tmp/batch.json /tmp/out.jsonl",
                                 timeout=60 * len(batch) + 60, workdir="/testbed")
-            if done.exit_code != 0:
-                raise GenerateError(f"the validation runner failed in {image}: {done.output[-1500:]}")
-            lines = [json.loads(x) for x in sandbox.read_file("/tmp/out.jsonl").splitlines()]
-            return {line["key"]: _outcome(line) for line in lines}
+            try:
+                lines = [json.loads(x) for x in sandbox.read_file("/tmp/out.jsonl").splitlines()]
+            except FileNotFoundError:
+                lines = []
+            got = {line["key"]: _outcome(line) for line in lines}
+            if done.exit_code != 0:  # the bug killed the runner: reject it, go on with the rest
+                if len(got) == len(batch) or batch[len(got)][0] == "clean":
+                    raise GenerateError(f"the validation runner failed in {image}: {done.output[-1500:]}")
+                got[batch[len(got)][0]] = Outcome(True, True, {}, {})
+                got.update(run(batch[len(got):]) if len(got) < len(batch) else {})
+            return got
 
         baseline = run([("clean", "")])["clean"]
         clean = baseline.statuses

@@ -13,12 +13,14 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 
 TESTBED = "/testbed"
-TIMEOUT_S = 30
+TIMEOUT_S = 8  # the clean suite runs in well under a second in-process
+MEMORY_BYTES = 1 << 30
 
 
 class _Timeout(KeyboardInterrupt):
@@ -56,7 +58,8 @@ def run_one(patch: str) -> dict:
             timed_out = True
         finally:
             signal.alarm(0)
-        timed_out = timed_out or "_Timeout" in out.getvalue() or "KeyboardInterrupt" in out.getvalue()
+        text = out.getvalue()  # a runaway loop ends as a timeout or, under the memory cap, MemoryError
+        timed_out = timed_out or any(w in text for w in ("_Timeout", "KeyboardInterrupt", "MemoryError"))
     _git("checkout", "-q", "-f", "HEAD")
     _git("clean", "-qfdx")
     return {"applied": applied, "timed_out": timed_out, "output": out.getvalue()}
@@ -68,6 +71,7 @@ def main(batch_path: str, out_path: str) -> None:
     sys.dont_write_bytecode = True
     sys.path.insert(0, TESTBED)
     signal.signal(signal.SIGALRM, _alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
     with open(batch_path) as f:
         batch = json.load(f)
     with open(out_path, "w") as out:
