@@ -39,7 +39,9 @@ def test_launch_commands_forward_the_run_not_the_launch(monkeypatch):
     assert "--hostfile=hosts" in _launch_command(_args(hostfile="hosts"), 2)
 
 
-def test_nproc_errors_are_clear(capsys, tmp_path):
+def test_nproc_errors_are_clear(capsys, tmp_path, monkeypatch):
+    # a process that already joined a process group (LOCAL_RANK set) trains in place
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert main(["train", "--nproc", "0", "--run-dir", str(tmp_path)]) == 2
     assert "--nproc must be >= 1" in capsys.readouterr().err
     assert main(["train", "--nproc", "2", "--launcher", "none", "--run-dir", str(tmp_path)]) == 2
