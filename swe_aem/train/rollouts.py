@@ -72,6 +72,7 @@ class LiveRollouts:
         except PolicySetupError as exc:
             self.pool.close()
             self.grade_pool.close()
+            self.images.close()
             raise TrainingSetupError(str(exc)) from exc
         self.loop = asyncio.new_event_loop()  # one loop for the run: the client's pool lives on it
         self.dropped_path = run_dir / "dropped_episodes.jsonl"
