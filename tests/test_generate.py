@@ -121,6 +121,15 @@ def test_candidates_regenerate_the_committed_bugs():
 
 # ---------------------------------------------------------------- real containers
 
+@pytest.fixture(scope="module")
+def repo_images(docker_client) -> None:
+    """The per-repo images (a no-op when their content-hash tags exist)."""
+    from swe_aem.sandbox.images import build_base
+
+    build_base(docker_client)
+    gen.build_images(docker_client)
+
+
 def _pick(splits: dict[str, list[Instance]]) -> list[Instance]:
     """One train instance of each of two repos and one test instance (a handful, not all)."""
     seen: dict[str, Instance] = {}
@@ -131,7 +140,7 @@ def _pick(splits: dict[str, list[Instance]]) -> list[Instance]:
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_gold_resolves_and_buggy_tree_fails(splits):
+def test_gold_resolves_and_buggy_tree_fails(splits, repo_images):
     from swe_aem.reward import native
     from swe_aem.reward.grading import grade_patch
     from swe_aem.sandbox import SandboxPool
@@ -155,7 +164,7 @@ def test_gold_resolves_and_buggy_tree_fails(splits):
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_regenerating_a_few_reproduces_the_committed_rows():
+def test_regenerating_a_few_reproduces_the_committed_rows(repo_images):
     seed = json.loads((gen.GENERATED / "stats.json").read_text())["seed"]
     repo = "swe-aem/textkit"
     committed = sorted((r for s in gen.SPLITS for r in _committed_rows(s) if r["repo"] == repo),
