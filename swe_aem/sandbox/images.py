@@ -142,8 +142,9 @@ def _need_tool(tool: str, package: str) -> None:
         return
     console.print(f"[yellow]{tool} missing: apt-get install {package}")
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+    wait_lock = ["-o", "DPkg::Lock::Timeout=600"]  # wait for a dpkg lock another process holds
+    subprocess.run(["apt-get", *wait_lock, "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", *wait_lock, "install", "-y", "-qq", package], check=True, env=env)
 
 
 def build_base(client: docker.DockerClient, force: bool = False) -> str:
