@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                       "continue it or choose another run.name / --run-dir")
         return 2
 
+    from swe_aem.data.instances import DatasetError
     from swe_aem.sandbox import DockerUnavailableError
     from swe_aem.train.checkpoint import CheckpointError
     from swe_aem.train.loop import Trainer
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, run_dir, resume=args.resume)
         state = trainer.train()
-    except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError) as exc:
+    except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError,
+            DatasetError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
     console.print(f"done: {state.step} steps, {state.episodes_seen} episodes -> {run_dir}")

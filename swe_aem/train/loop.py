@@ -187,8 +187,10 @@ class Trainer:
             episodes, timings = self.source.collect([self.instances[i] for i in ids], step)
             m.update(timings)
             if not episodes:
+                first = self.source.dropped[0].reason if self.source.dropped else "unknown"
                 episodes = TrainingSetupError(
-                    f"step {step}: every episode failed; see {self.run_dir / 'dropped_episodes.jsonl'}")
+                    f"step {step}: every episode failed (first: {first}); all reasons in "
+                    f"{self.run_dir / 'dropped_episodes.jsonl'}")
             elif r.filter_groups:
                 episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
                 m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})

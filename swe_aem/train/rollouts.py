@@ -76,6 +76,7 @@ class LiveRollouts:
             raise TrainingSetupError(str(exc)) from exc
         self.loop = asyncio.new_event_loop()  # one loop for the run: the client's pool lives on it
         self.dropped_path = run_dir / "dropped_episodes.jsonl"
+        self.dropped: list = []  # the last step's dropped samples
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
         from swe_aem.agent.rollout import rollout
@@ -88,6 +89,7 @@ class LiveRollouts:
             max_retries=r.max_episode_retries, concurrency=r.concurrency, progress=True))
         timings = {"time_rollout_s": time.perf_counter() - t0,
                    "episodes_dropped": float(len(result.dropped))}
+        self.dropped = result.dropped
         if result.dropped:
             with self.dropped_path.open("a") as fh:
                 fh.writelines(json.dumps({"step": step, **d.to_json()}) + "\n" for d in result.dropped)
@@ -137,6 +139,7 @@ class ReplayRollouts:
         return sorted(self.by_task)
 
     pushes_weights = False
+    dropped: tuple = ()  # recorded episodes are never dropped
 
     def prefetch(self, instances: list) -> None:
         pass
