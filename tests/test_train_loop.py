@@ -189,7 +189,7 @@ def test_step_without_signal_skips_the_optimizer(small_model, tmp_path):
 
 def test_dynamic_sampling_trains_only_groups_with_signal(small_model, tmp_path):
     replay = tmp_path / "mixed.jsonl"
-    write_episodes(replay, _with_rewards({"task-0": [0, 0, 0, 0], "task-1": [1, 0, 0, 1],
+    write_episodes(replay, _with_rewards({"task-0": [1, 1, 1, 1], "task-1": [1, 0, 0, 1],
                                           "task-2": [1, 1, 1, 1]}))
     trainer = Trainer(_cfg(small_model, replay, "run.steps=1", "rollout.tasks_per_step=1",
                            "rollout.oversample=3", "rollout.filter_groups=true"), tmp_path / "run")
@@ -199,6 +199,7 @@ def test_dynamic_sampling_trains_only_groups_with_signal(small_model, tmp_path):
     assert row["groups_kept"] == 1.0 and row["groups_dropped"] == 2.0
     assert row["episodes"] == 4.0 and row["optimizer_step_skipped"] == 0.0
     assert row["reward_mean"] == 0.5  # only task-1 trained
+    assert row["reward_mean_sampled"] == 10 / 12  # every sampled episode, filtered or not
     after = _params(trainer)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 

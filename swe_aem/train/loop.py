@@ -192,6 +192,8 @@ class Trainer:
                     f"step {step}: every episode failed (first: {first}); all reasons in "
                     f"{self.run_dir / 'dropped_episodes.jsonl'}")
             elif r.filter_groups:
+                # reward of everything sampled (reward_mean below is of the kept groups only)
+                m["reward_mean_sampled"] = float(np.mean([e.reward for e in episodes]))
                 episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
                 m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
         else:
