@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data.instances import DatasetError, load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
+    from swe_aem.jsonl import write_jsonl
     from swe_aem.policy.models import ModelUnavailableError, resolve_model
     from swe_aem.policy.session import PolicySetupError, open_policy
     from swe_aem.reward import grade_patch
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         write_predictions(args.out / name_k, [
             Prediction(ep.instance_id, model_name, ep.patch) for ep in episodes if ep.sample_index == k
         ])
-    (args.out / "dropped.jsonl").write_text("".join(json.dumps(d.to_json()) + "\n" for d in result.dropped))
+    write_jsonl(args.out / "dropped.jsonl", (d.to_json() for d in result.dropped))
     graded = [ep.reward for ep in episodes if ep.reward is not None]
     summary = {
         "episodes": len(episodes),

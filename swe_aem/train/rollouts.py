@@ -9,7 +9,6 @@ Replay: recorded trajectories (deterministic; for tests and re-training).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import defaultdict
 from functools import partial
@@ -18,6 +17,7 @@ from typing import Any
 
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.config import Config
+from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
 
 
@@ -91,8 +91,8 @@ class LiveRollouts:
                    "episodes_dropped": float(len(result.dropped))}
         self.dropped = result.dropped
         if result.dropped:
-            with self.dropped_path.open("a") as fh:
-                fh.writelines(json.dumps({"step": step, **d.to_json()}) + "\n" for d in result.dropped)
+            write_jsonl(self.dropped_path, ({"step": step, **d.to_json()} for d in result.dropped),
+                        append=True)
         (self.run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
         write_episodes(self.run_dir / "trajectories" / f"step-{step:06d}.jsonl", result.episodes)
         return result.episodes, timings
