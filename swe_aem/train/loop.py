@@ -122,7 +122,9 @@ class Trainer:
         self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
         try:
             self.source = self._rollout_source()
-            if resume and self.state.step > 0 and self._pushes_weights():
+            # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
+            self.pushes_weights = bool(_broadcast(self.source.pushes_weights if self.is_main else None))
+            if resume and self.state.step > 0 and self.pushes_weights:
                 self._sync_weights()  # the server started from the base weights
         except BaseException:
             self.close()  # never leave a server or sandboxes behind
@@ -235,7 +237,7 @@ class Trainer:
             tokens = sum(len(samples[i].input_ids) for i in shard)
             m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
                 m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
-            if self._pushes_weights():
+            if self.pushes_weights:
                 m.update(self._sync_weights())
 
         rewards = [s.reward for s in samples]
@@ -268,10 +270,6 @@ class Trainer:
         if self.is_main:
             console.print(f"step {self.state.step + 1}: no group with reward signal; optimizer step skipped")
         return StepResult(m, 0)
-
-    def _pushes_weights(self) -> bool:
-        """Whether the rollout server takes the trainer's weights (rank 0 decides for all)."""
-        return bool(_broadcast(self.source.pushes_weights if self.is_main else None))
 
     def _sync_weights(self) -> dict[str, float]:
         """Publish the trainer's weights and check that the server took them."""
