@@ -43,7 +43,7 @@ class RolloutConfig:
     samples_per_task: int = 4
     max_turns: int = 4
     max_context_tokens: int = 3072
-    max_new_tokens: int = 192
+    max_new_tokens: int = 512  # the longest gold-edit call of the generated suite is ~430 tokens
     max_observation_chars: int = 2000
     tool_timeout_s: float = 60.0  # default limit of one tool command
     temperature: float = 1.0
@@ -82,10 +82,10 @@ class TrainerConfig:
 class RunConfig:
     name: str = ""  # default: MODEL-ALGO
     out_dir: str = "runs"
-    steps: int = 2
-    dataset: str = "local"
+    steps: int = 3
+    dataset: str = "generated"
     dataset_format: str | None = None  # swe-bench | swe-gym | swe-smith | r2e-gym; None: detected
-    split: str = "test"
+    split: str = "train"
     instance_ids: list[str] | None = None
     save_every: int = 1
     keep_checkpoints: int = 2
@@ -103,12 +103,41 @@ class RunConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """SFT on gold-patch demonstrations before RL, trained once per (model, tasks, settings)
+    and cached: the RL run starts from a model that writes patches."""
+
+    enabled: bool = True
+    dataset: str = "generated"
+    split: str = "train"
+    tasks: int | None = 24  # instances demonstrated (a seeded draw); None: the whole split
+    epochs: int = 4
+    lr: float = 1e-4
+    batch_episodes: int = 4
+    rl_on_demo_tasks: bool = True  # RL draws its tasks from the demonstrated ones
+    cache_dir: str = "~/.cache/swe-aem/warm-start"
+
+
+@dataclass
+class HeldoutConfig:
+    """Resolve rate on held-out tasks before the first RL step and after the last."""
+
+    split: str | None = "test"  # None: no held-out evaluation
+    dataset: str | None = None  # None: run.dataset
+    tasks: int | None = 32  # a seeded draw of this many; None: the whole split
+    runs: int = 1
+    temperature: float = 0.0
+
+
+@dataclass
 class Config:
     model: str = "tiny"  # a preset in configs/model/ or a local model folder
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
 
 class ConfigError(ValueError):
@@ -170,6 +199,11 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
         (cfg.algo.aem_min_range >= 0, "algo.aem_min_range must be >= 0"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
+        (cfg.warm_start.tasks is None or cfg.warm_start.tasks >= 1, "warm_start.tasks must be >= 1 or null"),
+        (cfg.warm_start.epochs >= 1 and cfg.warm_start.batch_episodes >= 1,
+         "warm_start.epochs and warm_start.batch_episodes must be >= 1"),
+        (cfg.heldout.tasks is None or cfg.heldout.tasks >= 1, "heldout.tasks must be >= 1 or null"),
+        (cfg.heldout.runs >= 1, "heldout.runs must be >= 1"),
         (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),

@@ -21,7 +21,7 @@ from swe_aem.sft.data import (
     select_episodes,
     sft_samples,
 )
-from swe_aem.sft.demos import demonstration_turns, edited_files, script_by_prompt
+from swe_aem.sft.demos import demonstration_turns, edited_spans, script_by_prompt
 from swe_aem.sft.trainer import SftConfig
 from swe_aem.train.batch import TurnLayout, collate
 
@@ -123,9 +123,12 @@ new file mode 100644
 def test_demonstration_looks_then_edits_then_finishes():
     from swe_aem.agent.toolcalls import parse_tool_call
 
-    assert edited_files(GOLD) == ["/testbed/pkg/mod.py"]  # a created file is not viewed
+    assert edited_spans(GOLD) == {"/testbed/pkg/mod.py": (1, 2)}  # a created file is not viewed
+    two_hunks = GOLD.split("diff --git a/pkg/new.py")[0] + "@@ -40,7 +40,7 @@\n x\n-y\n+z\n"
+    assert edited_spans(two_hunks) == {"/testbed/pkg/mod.py": (1, 46)}
     turns = demonstration_turns(GOLD, "xml")
     calls = [parse_tool_call(t, "xml") for t in turns]
+    assert calls[0].arguments["view_range"] == [1, 2]  # the lines it will change, not the file
     assert [(c.name, c.arguments.get("command")) for c in calls] == [
         ("str_replace_editor", "view"), ("str_replace_editor", "str_replace"),
         ("str_replace_editor", "create"), ("finish", None)]
@@ -269,8 +272,54 @@ def test_gold_demonstrations_resolve_and_hold_the_exact_tokens(tmp_path, local_i
 
     # a demonstration whose final patch does not resolve the issue is not kept
     inst = local_instances[0]
-    path = edited_files(inst.patch)[0].removeprefix("/testbed/")
+    path = next(iter(edited_spans(inst.patch))).removeprefix("/testbed/")
     wrong = dataclasses.replace(inst, patch=make_patch(inst, {path: lambda t: t + "# note\n"}, gold=False))
     report = make_demonstrations([wrong], "tiny", tmp_path / "wrong.jsonl", progress=False)
     assert report.kept == 0 and inst.instance_id in report.rejected
     assert (tmp_path / "wrong.jsonl").read_text() == ""
+
+
+def test_task_draws_are_seeded_and_order_free():
+    from swe_aem.sft.warm_start import draw_tasks
+
+    ids = [f"t{i}" for i in range(10)]
+    assert draw_tasks(ids, 4, 0) == draw_tasks(ids[::-1], 4, 0)
+    assert len(draw_tasks(ids, 4, 0)) == 4 and draw_tasks(ids, 4, 0) != draw_tasks(ids, 4, 1)
+    assert draw_tasks(ids, None, 0) == sorted(ids) == draw_tasks(ids, 50, 0)
+
+
+@pytest.mark.slow
+def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, local_instances, monkeypatch):
+    """Demonstrations in real containers -> SFT -> a cached folder that keeps its preset; a
+    second call with the same inputs reuses it; a run cut short leaves no cache entry."""
+    from swe_aem.config import WarmStartConfig
+    from swe_aem.policy.models import PRESET_FILE, load_preset, resolve_model
+    from swe_aem.sft import warm_start as ws_mod
+    from swe_aem.sft.trainer import SftTrainer
+
+    cfg = WarmStartConfig(dataset="local", split="test", tasks=2, epochs=1, batch_episodes=2,
+                          cache_dir=str(tmp_path / "cache"))
+    first = ws_mod.warm_start(cfg, str(small_model), seed=0, progress=False)
+    assert not first.cached and len(first.task_ids) == 2
+    assert set(first.task_ids) <= {i.instance_id for i in local_instances}
+    assert first.summary["sft"]["steps"] == 1 and (first.model_dir / "model.safetensors").is_file()
+    assert (first.model_dir / PRESET_FILE).read_text().strip() == "tiny"
+    preset, path = resolve_model(str(first.model_dir))
+    assert path == first.model_dir and preset.micro_batch_tokens == load_preset("tiny").micro_batch_tokens
+    stamp = (first.model_dir / "model.safetensors").stat().st_mtime_ns
+
+    second = ws_mod.warm_start(cfg, str(small_model), seed=0, progress=False)
+    assert second.cached and second.model_dir == first.model_dir and second.task_ids == first.task_ids
+    assert (second.model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # other settings are another entry; a warm start cut short mid-SFT leaves only a .partial folder
+    def cut_short(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SftTrainer, "fit", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        ws_mod.warm_start(dataclasses.replace(cfg, epochs=2), str(small_model), seed=0, progress=False)
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(entries) == 2 and first.model_dir.parent.name in entries
+    partial = next(e for e in entries if ".partial-" in e)
+    assert not (tmp_path / "cache" / partial / "warm_start.json").exists()

@@ -41,7 +41,8 @@ def _full_step(tmp_path, url):
     cfg = load_config("rloo_aem", overrides=[
         "model=tiny", "run.steps=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=2",
         "rollout.max_turns=2", "rollout.max_new_tokens=48", "rollout.concurrency=2",
-        "trainer.lr=1e-4", f"run.instance_ids=[{INSTANCE}]", f"run.vllm_url={url}"])
+        "trainer.lr=1e-4", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
+        f"run.vllm_url={url}"])
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer.source.policy.attached
     try:
@@ -114,22 +115,33 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
     overrides = [f"model={small_model}", "algo.aem_min_range=0.0", "run.steps=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=4",
                  "rollout.max_turns=8", "rollout.max_new_tokens=1024", "rollout.concurrency=4",
                  "trainer.lr=1e-4",
-                 f"run.instance_ids=[{INSTANCE}]", "rollout.filter_groups=true"]
+                 "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
+                 "rollout.filter_groups=true"]
     with ScriptedPolicyServer(tokenizer, respond) as server:
         # the stand-in has no weight-reload endpoint: refused at start-up, before any rollout
         with pytest.raises(TrainingSetupError, match="cannot take new weights"):
             Trainer(load_config("rloo_aem", overrides=[*overrides, f"run.vllm_url={server.base_url}"]),
                     tmp_path / "refused")
         assert not server.requests
+        # the whole run, as `make train` runs it: held-out evaluation before the first RL
+        # step and after the last, through the run's own server and pools
         cfg = load_config("rloo_aem", overrides=[*overrides, f"run.vllm_url={server.base_url}",
-                                                 "run.push_weights=false"])
+                                                 "run.push_weights=false", "heldout.split=test",
+                                                 "heldout.dataset=local", "heldout.tasks=2"])
         trainer = Trainer(cfg, tmp_path / "run")
         before = {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
-        try:
-            m = trainer.step().metrics
-        finally:
-            trainer.close()
-    assert sorted(chosen) == ["Plan A: the fix."] * 2 + ["Plan B: notes only."] * 2
+        trainer.train()
+    assert sorted(chosen[2:6]) == ["Plan A: the fix."] * 2 + ["Plan B: notes only."] * 2
+    assert len(chosen) == 8  # 2 held-out episodes before, 4 training, 2 held-out after
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("kind", "train") for r in rows] == ["heldout_before", "train", "heldout_after"]
+    assert [r["step"] for r in rows] == [0, 0, 1]
+    for r in (rows[0], rows[2]):
+        assert r["heldout_tasks"] == 2.0 and 0.0 <= r["heldout_resolve_rate"] <= 1.0
+    report = json.loads((tmp_path / "run" / "heldout" / "before-step-000000" / "eval.json").read_text())
+    assert len(report["runs"][0]) == 2 and report["meta"]["split"] == "test"
+    assert (tmp_path / "run" / "heldout" / "after-step-000001" / "eval.json").is_file()
+    m = rows[1]
     eps = [json.loads(x) for x in (tmp_path / "run" / "trajectories" / "step-000000.jsonl")
            .read_text().splitlines()]
     assert len(eps) == 4 and all(e["patch"].strip() for e in eps)  # every episode wrote a patch
@@ -139,4 +151,7 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
     assert m["alpha_max"] > 1.0 > m["alpha_min"]  # AEM acts on a group with signal
     after = trainer.engine.module.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    from swe_aem.train.metrics import plot_run
+
+    assert plot_run(tmp_path / "run").stat().st_size > 10_000
     assert "time_weight_sync_s" not in m  # the stand-in keeps its weights

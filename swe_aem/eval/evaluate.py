@@ -54,9 +54,6 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.agent.rollout import rollout
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data.instances import load_instances
-    from swe_aem.eval.predictions import Prediction, write_predictions
-    from swe_aem.eval.report import write_eval_result
-    from swe_aem.eval.runs import runs_from_samples
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.session import open_policy
     from swe_aem.reward import grade_patch
@@ -82,24 +79,38 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
             grade=partial(grade_patch, strict=False, timeout=s.grade_timeout_s, pool=grade_pool),
             max_retries=s.retries, concurrency=s.concurrency,
             on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
-    name = str(model)
-    for r in range(s.runs):
+    meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature}
+    return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
+                                title=f"{model} on {dataset}")
+
+
+def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, model_name: str,
+                         meta: dict, title: str) -> dict[str, Path]:
+    """Predictions per run and the eval report (eval.json/md/png) of a graded rollout.
+
+    Shared by `swe-aem eval` and the trainer's held-out evaluation, so both count the
+    same way: an instance that lost a sample to infrastructure failures is left out of
+    every run (runs stay paired), never scored 0.
+    """
+    from swe_aem.eval.predictions import Prediction, write_predictions
+    from swe_aem.eval.report import write_eval_result
+    from swe_aem.eval.runs import runs_from_samples
+
+    for r in range(runs):
         write_predictions(out_dir / f"run-{r}" / "predictions.jsonl",
-                          [Prediction(e.instance_id, name, e.patch or "")
+                          [Prediction(e.instance_id, model_name, e.patch or "")
                            for e in result.episodes if e.sample_index == r])
     lost = sorted({d.instance_id for d in result.dropped})
     kept = [i.instance_id for i in instances if i.instance_id not in set(lost)]
     if not kept:
         raise EvalError(f"every instance lost a sample to infrastructure failures: "
-                           f"{[d.reason for d in result.dropped][:3]}")
-    runs = runs_from_samples([e for e in result.episodes if e.instance_id in set(kept)], kept, s.runs)
-    meta = {"model": name, "dataset": dataset, "split": split, "runs": s.runs,
-            "max_turns": s.max_turns, "temperature": s.temperature,
-            "instances_excluded": lost,
+                        f"{[d.reason for d in result.dropped][:3]}")
+    graded = runs_from_samples([e for e in result.episodes if e.instance_id in set(kept)], kept, runs)
+    meta = {"model": model_name, **meta, "runs": runs, "instances_excluded": lost,
             "dropped_samples": [d.to_json() for d in result.dropped][:50],
             "note": "an instance with a sample lost to infrastructure failures (after retries) "
                     "is excluded from every run, never counted as unresolved"}
-    return write_eval_result(out_dir, runs, meta=meta, title=f"{name} on {dataset}")
+    return write_eval_result(out_dir, graded, meta=meta, title=title)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

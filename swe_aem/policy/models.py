@@ -94,10 +94,24 @@ def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
     )
 
 
+# A fine-tuned folder (e.g. a warm start) names the preset it was trained from here, so it
+# keeps that preset's trainer and serving settings.
+PRESET_FILE = "swe-aem-preset.txt"
+
+
+def base_preset_name(spec: str) -> str:
+    """The preset whose settings `--model` spec runs with: its name, the one a fine-tuned
+    folder records, or tiny's for any other folder."""
+    marker = Path(spec).expanduser() / PRESET_FILE
+    if marker.is_file():
+        return marker.read_text().strip()
+    return "tiny" if Path(spec).expanduser().is_dir() else spec
+
+
 def resolve_model(spec: str) -> tuple[ModelPreset, Path]:
     """`--model` value -> (preset, prepared folder). Accepts a preset name or a folder."""
     if Path(spec).expanduser().is_dir():
-        preset = preset_for_folder(spec)
+        preset = preset_for_folder(spec, base=base_preset_name(spec))
         return preset, Path(preset.local_path)
     preset = load_preset(spec)
     return preset, prepare_model(preset)

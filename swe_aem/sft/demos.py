@@ -13,6 +13,7 @@ model's: they are SFT data, not on-policy RL data.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,30 +25,43 @@ from swe_aem.agent.trajectory import Episode, write_episodes
 from swe_aem.policy.scripted import editor_calls_for_patch, tool_call_text
 
 DEMO_MODEL_NAME = "gold-demonstration"
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
 
 
-def edited_files(patch: str) -> list[str]:
-    """Container paths of the files a unified diff modifies (not the ones it creates)."""
-    out: list[str] = []
-    old = ""
+def edited_spans(patch: str) -> dict[str, tuple[int, int]]:
+    """Container path -> (first, last) line of the current file that a unified diff's hunks
+    cover (context included), for each file it modifies (not the ones it creates)."""
+    spans: dict[str, tuple[int, int]] = {}
+    old, path = "", ""
     for line in patch.splitlines():
         if line.startswith("--- "):
             old = line[4:].strip()
-        elif line.startswith("+++ ") and old != "/dev/null":
-            path = "/testbed/" + line[4:].strip().removeprefix("b/")
-            if path not in out:
-                out.append(path)
-    return out
+        elif line.startswith("+++ "):
+            path = "" if old == "/dev/null" else "/testbed/" + line[4:].strip().removeprefix("b/")
+        elif line.startswith("@@") and path:
+            m = _HUNK.match(line)
+            if m is None:
+                raise ValueError(f"bad hunk header in the gold patch: {line!r}")
+            first = int(m.group(1))
+            last = first + max(int(m.group(2) or 1), 1) - 1
+            lo, hi = spans.get(path, (first, last))
+            spans[path] = (min(lo, first), max(hi, last))
+    return spans
 
 
 def demonstration_turns(patch: str, fmt: str) -> list[str]:
-    """The assistant texts of one demonstration: look, edit, finish."""
+    """The assistant texts of one demonstration: look at the lines to change, edit, finish.
+
+    The look is a `view` of the hunks' span, not of the whole file: it shows what the
+    edit needs and keeps a demonstration (and so SFT on CPU) short.
+    """
     edits = editor_calls_for_patch(patch, fmt)
     if not edits:
         raise ValueError("the gold patch makes no edit (empty or not a unified diff)")
-    turns = [f"Let me read {path} first.\n"
-             + tool_call_text(fmt, "str_replace_editor", command="view", path=path)
-             for path in edited_files(patch)]
+    turns = [f"Let me read the code in {path}.\n"
+             + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
+                              view_range=f"[{first}, {last}]")
+             for path, (first, last) in edited_spans(patch).items()]
     turns += [f"Now I make the change.\n{call}" for call in edits]
     turns.append("The issue is fixed.\n" + tool_call_text(fmt, "finish", message="Fixed the issue."))
     return turns

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from swe_aem.config import ConfigError, load_config
+    from swe_aem.policy.models import ModelUnavailableError
 
     console = Console(stderr=True)
     overrides = list(args.overrides)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    from swe_aem.policy.models import ModelUnavailableError, load_preset, preset_names
+    from swe_aem.policy.models import load_preset, preset_names
 
     preset = None
     if cfg.model in preset_names():
@@ -97,6 +98,23 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
         return 2
+    if cfg.warm_start.enabled and not cfg.run.replay and "LOCAL_RANK" not in os.environ:
+        # before any launch: the ranks all start from the warm-started folder
+        from swe_aem.data.instances import DatasetError
+        from swe_aem.sandbox import DockerUnavailableError
+        from swe_aem.train.loop import check_hardware
+        from swe_aem.train.rollouts import TrainingSetupError
+
+        try:
+            if preset is not None:
+                check_hardware(preset)
+            cfg = _warm_start(cfg, args, console)
+        except (TrainingSetupError, DatasetError, DockerUnavailableError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 1
+        except (ConfigError, ModelUnavailableError, RuntimeError, ValueError, KeyError) as exc:
+            console.print(f"[red]error:[/red] warm start: {exc.args[0] if exc.args else exc}")
+            return 1
     gpus = args.num_gpus or (preset.num_gpus if preset else 0)
     per_node = processes_per_node(args, gpus)
     launched = "LOCAL_RANK" in os.environ
@@ -112,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"launching: {' '.join(cmd)}")
         os.execvp(cmd[0], cmd)
 
-    name = cfg.run.name or f"{Path(cfg.model).name}-{args.recipe or args.algo or 'default'}"
+    name = cfg.run.name or f"{preset.name if preset else Path(cfg.model).name}-{args.recipe or args.algo or 'default'}"
     run_dir = args.run_dir or Path(cfg.run.out_dir) / name
     ckpts = run_dir / "checkpoints"
     if not args.resume and ckpts.is_dir() and any(ckpts.glob("step-*")):
@@ -142,6 +160,25 @@ def run(args: argparse.Namespace) -> int:
 
         console.print(f"curves: {plot_run(run_dir)}")
     return 0
+
+
+def _warm_start(cfg, args: argparse.Namespace, console):
+    """Run (or reuse) the SFT warm start; the run then trains from its model folder and,
+    with warm_start.rl_on_demo_tasks, on the tasks it demonstrated."""
+    from swe_aem.config import load_config
+    from swe_aem.sft.warm_start import warm_start
+
+    ws = warm_start(cfg.warm_start, cfg.model, seed=cfg.trainer.seed)
+    console.print(f"warm start {'(cached) ' if ws.cached else ''}{ws.model_dir}: SFT on "
+                  f"{len(ws.task_ids)} demonstrations, loss {ws.summary['sft']['first_loss']:.3f} -> "
+                  f"{ws.summary['sft']['last_loss']:.3f}")
+    args.model = str(ws.model_dir)
+    extra = [f"model={ws.model_dir}"]
+    if cfg.warm_start.rl_on_demo_tasks:
+        extra += [f"run.dataset={cfg.warm_start.dataset}", f"run.split={cfg.warm_start.split}",
+                  f"run.instance_ids=[{','.join(ws.task_ids)}]"]
+    args.overrides = [*args.overrides, *extra]
+    return load_config(args.algo, args.recipe, [*args.overrides])
 
 
 def main() -> int:  # entry for launchers (`python -m swe_aem.train.cli ...`)

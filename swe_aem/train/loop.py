@@ -152,6 +152,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:
         try:
+            if self.state.step == 0:
+                self.heldout_eval("before")
             while self.state.step < self.cfg.run.steps:
                 result = self.step()
                 self.state.episodes_seen += result.episodes
@@ -169,9 +171,38 @@ class Trainer:
                         f"{m.get('alpha_max', 1):.2f}] loss={m.get('loss', 0):.4f} "
                         f"time={m.get('time_step_s', 0):.1f}s")
             self.export(self.run_dir / "final_model")
+            self.heldout_eval("after")
         finally:
             self.close()
         return self.state
+
+    def heldout_eval(self, phase: str) -> None:
+        """Resolve rate on the held-out split with the server's current weights: before the
+        first RL step (the warm start) and after the last. Live runs only; rank 0 rolls out,
+        the other ranks wait."""
+        h = self.cfg.heldout
+        if h.split is None or self.cfg.run.replay:
+            return
+        if self.is_main:
+            from swe_aem.data.instances import load_instances
+            from swe_aem.sft.warm_start import draw_tasks
+
+            dataset = h.dataset or self.cfg.run.dataset
+            every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
+                                                                dataset_format=self.cfg.run.dataset_format)}
+            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed)
+            out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
+            t0 = time.perf_counter()
+            summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
+                                           out_dir=out, model_name=f"{Path(self.cfg.model).name}@step{self.state.step}")
+            row = {"heldout_resolve_rate": summary["pass1_mean"], "heldout_tasks": float(summary["n_instances"]),
+                   "heldout_excluded": float(len(ids) - summary["n_instances"]),
+                   "time_heldout_s": time.perf_counter() - t0}
+            self.metrics.log(self.state.step, row, kind=f"heldout_{phase}")
+            console.print(f"held-out ({phase} RL, step {self.state.step}): resolve rate "
+                          f"{row['heldout_resolve_rate']:.3f} on {summary['n_instances']} {dataset}/{h.split} "
+                          f"tasks -> {out}")
+        _broadcast(None)  # the other ranks wait here, not in the next collective
 
     def export(self, folder: Path) -> None:
         """A complete HF model folder (weights, config, tokenizer) for eval and serving."""

@@ -19,10 +19,13 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        """One row of metrics.jsonl; rows other than a training step's carry their `kind`
+        (e.g. `heldout_before`), so a step can have a training row and an evaluation row."""
         if not self.enabled:
             return
-        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        row = {"step": step, **({} if kind == "train" else {"kind": kind}),
+               **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         for key, value in metrics.items():
@@ -35,14 +38,16 @@ class MetricsLogger:
             self._tb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Rows of metrics.jsonl; a step logged twice (a resumed run) keeps its last row."""
+def read_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    """Rows of metrics.jsonl of one kind (training steps by default, or e.g.
+    `heldout_before`); a step logged twice (a resumed run) keeps its last row."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
     rows: dict[int, dict] = {}
     for _, row in read_jsonl(path):
-        rows[int(row["step"])] = row
+        if row.get("kind", "train") == kind:
+            rows[int(row["step"])] = row
     return [rows[k] for k in sorted(rows)]
 
 
@@ -52,7 +57,9 @@ PLOTS = [
     ("clip_frac", "clip fraction"), ("rollout_trainer_kl", "KL rollout vs trainer"),
     ("tokens_per_s", "trainer tokens/s"), ("time_rollout_s", "time split (s)"),
     ("groups_kept", "groups with signal kept / dropped, step skipped"),
+    ("loss", "policy loss"), ("task_any_resolved", "tasks with a resolved sample"),
 ]
+HELDOUT_KINDS = ("heldout_before", "heldout_after")
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -64,7 +71,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 11))
     for ax, (key, title) in zip(axes.flat, PLOTS):
         pairs = {"alpha_max": ["alpha_max", "alpha_min", "alpha_mean"],
                  "drift_base": ["drift_base", "drift_aem"],
@@ -78,6 +85,14 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         ax.set_xlabel("step")
         if len(pairs) > 1:
             ax.legend(fontsize=7)
+    ax = axes.flat[-1]  # held-out resolve rate: the warm start (before RL) and after the last step
+    for kind in HELDOUT_KINDS:
+        pts = read_metrics(run_dir, kind)
+        ax.plot([r["step"] for r in pts], [r["heldout_resolve_rate"] for r in pts], marker="s",
+                linestyle="", markersize=9, label=kind.removeprefix("heldout_") + " RL")
+    ax.set_title("held-out resolve rate")
+    ax.set_xlabel("RL steps done")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out = out or Path(run_dir) / "metrics.png"
     fig.savefig(out, dpi=90)

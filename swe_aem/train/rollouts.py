@@ -9,6 +9,8 @@ Replay: recorded trajectories (deterministic; for tests and re-training).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from collections import defaultdict
 from functools import partial
@@ -96,6 +98,31 @@ class LiveRollouts:
         (self.run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
         write_episodes(self.run_dir / "trajectories" / f"step-{step:06d}.jsonl", result.episodes)
         return result.episodes, timings
+
+    def evaluate(self, instances: list, *, runs: int, temperature: float, out_dir: Path,
+                 model_name: str) -> dict:
+        """Resolve rate of the server's current weights on `instances`: the eval report of
+        `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
+        out_dir; returns its summary. Uses the run's server and pools (no second model)."""
+        from swe_aem.agent.rollout import rollout
+        from swe_aem.eval.evaluate import write_rollout_report
+        from swe_aem.reward import grade_patch
+
+        r = self.cfg.rollout
+        out_dir.mkdir(parents=True, exist_ok=True)
+        traj = out_dir / "trajectories.jsonl"
+        traj.write_text("")
+        result = self.loop.run_until_complete(rollout(
+            instances, runs, policy=self.policy.client, tokenizer=self.tokenizer, pool=self.pool,
+            config=dataclasses.replace(self.agent_cfg, temperature=temperature), progress=True,
+            grade=partial(grade_patch, strict=False, timeout=self.cfg.run.grade_timeout_s, pool=self.grade_pool),
+            max_retries=r.max_episode_retries, concurrency=r.concurrency,
+            on_episode=lambda ep: write_episodes(traj, [ep], append=True)))
+        meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
+                "max_turns": r.max_turns, "temperature": temperature}
+        paths = write_rollout_report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
+                                     title=f"held-out: {model_name}")
+        return json.loads(paths["json"].read_text())["summary"]
 
     def prefetch(self, instances: list) -> None:
         """Pull the images of the next step's tasks in the background."""

@@ -1,0 +1,113 @@
+"""The SFT warm start of a training run: demonstrations -> SFT -> a cached model folder.
+
+RL from a model that never writes a patch has no reward to learn from; the field
+trains SFT-then-RL. `warm_start` demonstrates a seeded draw of tasks (gold patches
+run as tool calls in real containers, kept when graded resolved), fine-tunes the
+model on them and caches the result under a key of everything that shapes it: the
+base weights, the prompts and tool schemas, the tasks, the SFT settings. A second run
+with the same inputs reuses the folder; a run cut short leaves only a `.partial`
+folder, never a cache entry.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from swe_aem.config import WarmStartConfig
+
+FORMAT_VERSION = 2  # bump when demonstrations or SFT change in a way the key cannot see
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    model_dir: Path
+    task_ids: list[str]  # the demonstrated (resolved) instances
+    cached: bool
+    summary: dict
+
+
+def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
+    """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
+    ids = sorted(instance_ids)
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(random.Random(seed).sample(ids, n))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(model_dir: Path, instances: list, cfg: WarmStartConfig, seed: int) -> str:
+    """Hash of the base weights, the prompt files, the tasks and the SFT settings."""
+    from swe_aem.agent.toolcalls import PROMPT_DIR
+
+    h = hashlib.sha256(f"warm-start v{FORMAT_VERSION}\n".encode())
+    for f in sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]:
+        h.update(f.name.encode() + _file_digest(f).encode())
+    for f in sorted(PROMPT_DIR.iterdir()):
+        h.update(f.name.encode() + f.read_bytes())
+    for inst in sorted(instances, key=lambda i: i.instance_id):
+        h.update(json.dumps([inst.instance_id, inst.patch, inst.problem_statement, inst.image]).encode())
+    sft = {k: v for k, v in asdict(cfg).items() if k in ("epochs", "lr", "batch_episodes")}
+    h.update(json.dumps({**sft, "seed": seed}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: bool = True) -> WarmStart:
+    """The warm-started model folder for `model`: from the cache, or demonstrated and trained now."""
+    from swe_aem.agent.trajectory import read_episodes
+    from swe_aem.data.instances import load_instances
+    from swe_aem.policy.models import PRESET_FILE, base_preset_name, resolve_model
+    from swe_aem.sft.demos import make_demonstrations
+    from swe_aem.sft.trainer import SftConfig, SftTrainer
+
+    base, (_, base_dir) = base_preset_name(model), resolve_model(model)
+    every = load_instances(cfg.dataset, split=cfg.split)
+    chosen = set(draw_tasks([i.instance_id for i in every], cfg.tasks, seed))
+    instances = [i for i in every if i.instance_id in chosen]
+    root = Path(cfg.cache_dir).expanduser()
+    folder = root / f"{base}-{cache_key(base_dir, instances, cfg, seed)}"
+    done = folder / "warm_start.json"
+    if done.is_file():
+        summary = json.loads(done.read_text())
+        return WarmStart(folder / "model", summary["task_ids"], cached=True, summary=summary)
+
+    work = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.monotonic()
+    report = make_demonstrations(instances, model, work / "demos.jsonl", progress=progress)
+    if not report.kept:
+        raise RuntimeError(f"warm start: no demonstration of {len(instances)} tasks was resolved "
+                           f"(first: {next(iter({**report.rejected, **report.dropped}.items()), None)})")
+    demo_s = time.monotonic() - t0
+    episodes = list(read_episodes(work / "demos.jsonl"))
+    trainer = SftTrainer(SftConfig(model=model, lr=cfg.lr, epochs=cfg.epochs,
+                                   batch_episodes=cfg.batch_episodes, seed=seed), work)
+    fit = trainer.fit(episodes, progress=progress)
+    del trainer  # the RL trainer builds its own engine next
+    gc.collect()
+    (work / "model" / PRESET_FILE).write_text(base + "\n")
+    summary = {"base_model": str(base_dir), "preset": base, "tasks": len(instances),
+               "task_ids": sorted(ep.instance_id for ep in episodes), "rejected": report.rejected,
+               "dropped": report.dropped, "demo_s": demo_s, "sft": fit,
+               "settings": {**asdict(cfg), "seed": seed}}
+    (work / "warm_start.json").write_text(json.dumps(summary, indent=1))
+    if folder.exists():  # another run finished the same warm start meanwhile
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        os.replace(work, folder)
+    return WarmStart(folder / "model", summary["task_ids"], cached=False, summary=summary)
