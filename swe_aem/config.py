@@ -127,6 +127,8 @@ class HeldoutConfig:
     tasks: int | None = 32  # a seeded draw of this many; None: the whole split
     runs: int = 1
     temperature: float = 0.0
+    seed: int | None = None  # seed of the task draw; None: trainer.seed (pin it to compare seeds)
+    before: bool = True  # evaluate before the first RL step (runs from one checkpoint need it once)
 
 
 @dataclass

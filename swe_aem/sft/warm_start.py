@@ -34,6 +34,16 @@ class WarmStart:
     summary: dict
 
 
+def run_overrides(cfg: WarmStartConfig, ws: WarmStart) -> list[str]:
+    """Config overrides that make an RL run start from the warm start's model folder and,
+    with rl_on_demo_tasks, train on the tasks it demonstrated (so RL has reward to learn from)."""
+    extra = [f"model={ws.model_dir}"]
+    if cfg.rl_on_demo_tasks:
+        extra += [f"run.dataset={cfg.dataset}", f"run.split={cfg.split}",
+                  f"run.instance_ids=[{','.join(ws.task_ids)}]"]
+    return extra
+
+
 def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
     """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
     ids = sorted(instance_ids)

@@ -166,18 +166,14 @@ def _warm_start(cfg, args: argparse.Namespace, console):
     """Run (or reuse) the SFT warm start; the run then trains from its model folder and,
     with warm_start.rl_on_demo_tasks, on the tasks it demonstrated."""
     from swe_aem.config import load_config
-    from swe_aem.sft.warm_start import warm_start
+    from swe_aem.sft.warm_start import run_overrides, warm_start
 
     ws = warm_start(cfg.warm_start, cfg.model, seed=cfg.trainer.seed)
     console.print(f"warm start {'(cached) ' if ws.cached else ''}{ws.model_dir}: SFT on "
                   f"{len(ws.task_ids)} demonstrations, loss {ws.summary['sft']['first_loss']:.3f} -> "
                   f"{ws.summary['sft']['last_loss']:.3f}")
     args.model = str(ws.model_dir)
-    extra = [f"model={ws.model_dir}"]
-    if cfg.warm_start.rl_on_demo_tasks:
-        extra += [f"run.dataset={cfg.warm_start.dataset}", f"run.split={cfg.warm_start.split}",
-                  f"run.instance_ids=[{','.join(ws.task_ids)}]"]
-    args.overrides = [*args.overrides, *extra]
+    args.overrides = [*args.overrides, *run_overrides(cfg.warm_start, ws)]
     return load_config(args.algo, args.recipe, [*args.overrides])
 
 

@@ -152,7 +152,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:
         try:
-            if self.state.step == 0:
+            if self.state.step == 0 and self.cfg.heldout.before:
                 self.heldout_eval("before")
             while self.state.step < self.cfg.run.steps:
                 result = self.step()
@@ -190,7 +190,7 @@ class Trainer:
             dataset = h.dataset or self.cfg.run.dataset
             every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
                                                                 dataset_format=self.cfg.run.dataset_format)}
-            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed)
+            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
             out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
             t0 = time.perf_counter()
             summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,

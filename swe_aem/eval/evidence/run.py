@@ -2,7 +2,8 @@
 
 Both arms use the same seeds, hence the same initial weights and the same targets at
 every step; they differ only in lam (0 = GRPO). Writes evidence.json (every step of every
-run, the summary and the theory check), evidence.md and two PNG plots.
+run, the summary and the theory check), evidence.md and two PNG plots. `--llm` runs the
+LLM arm instead (swe_aem/eval/evidence/llm.py).
 """
 
 from __future__ import annotations
@@ -348,26 +349,51 @@ def run_evidence(cfg: EvidenceConfig, out_dir: str | Path, workers: int = 1) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/evidence"), help="output folder")
+    parser.add_argument("--llm", action="store_true",
+                        help="the LLM arm: the real trainer from one SFT warm start, held-out resolve rates")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default runs/evidence, with --llm runs/evidence-llm)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds per arm (>= 3)")
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="the game: number of seeds per arm (>= 3); --llm: the seeds (default 0 1 2)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run")
     parser.add_argument("--lam", type=float, default=None, help="AEM lambda of the AEM arm")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="parallel runs (processes)")
+    parser.add_argument("overrides", nargs="*", help="--llm: training config overrides for both arms, key=value "
+                             "(after `--` when they follow --seeds)")
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options for the arm asked for, if anything."""
+    if args.steps is not None and args.steps < 1:
+        return f"--steps must be >= 1, got {args.steps}"
+    if args.llm:
+        if args.quick or args.lam is not None:
+            return "--quick and --lam are options of the game, not of --llm"
+        if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+            return f"--seeds must be distinct, got {args.seeds}"
+        return None
+    if args.overrides:
+        return f"config overrides need --llm, got {args.overrides}"
+    if args.seeds is not None and (len(args.seeds) != 1 or args.seeds[0] < 3):
+        return f"need one number of seeds per arm, at least 3, got {args.seeds}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
+    if (error := _usage_error(args)) is not None:
+        print(f"swe-aem evidence: {error}", file=sys.stderr)
+        return 2
+    if args.llm:
+        from swe_aem.eval.evidence.llm import run as run_llm
+
+        return run_llm(args)
+    args.out = args.out or Path("runs/evidence")
     cfg = quick_config() if args.quick else EvidenceConfig()
     if args.seeds is not None:
-        if args.seeds < 3:
-            print(f"swe-aem evidence: need at least 3 seeds per arm, got {args.seeds}", file=sys.stderr)
-            return 2
-        cfg = replace(cfg, seeds=tuple(range(args.seeds)))
+        cfg = replace(cfg, seeds=tuple(range(args.seeds[0])))
     if args.steps is not None:
-        if args.steps < 1:
-            print(f"swe-aem evidence: --steps must be >= 1, got {args.steps}", file=sys.stderr)
-            return 2
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     if args.lam is not None:
         cfg = replace(cfg, lam=args.lam)
