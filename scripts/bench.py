@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ON_REQUEST = {"default_run"}  # as long as the run it times: only when named
 
 
 def main() -> int:
@@ -23,6 +24,8 @@ def main() -> int:
     scripts = sorted(HERE.glob("bench_*.py"))
     if a.only:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in a.only]
+    else:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") not in ON_REQUEST]
     a.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for script in scripts:
