@@ -82,7 +82,7 @@ class TrainerConfig:
 class RunConfig:
     name: str = ""  # default: MODEL-ALGO
     out_dir: str = "runs"
-    steps: int = 3
+    steps: int = 2
     dataset: str = "generated"
     dataset_format: str | None = None  # swe-bench | swe-gym | swe-smith | r2e-gym; None: detected
     split: str = "train"
@@ -124,7 +124,7 @@ class HeldoutConfig:
 
     split: str | None = "test"  # None: no held-out evaluation
     dataset: str | None = None  # None: run.dataset
-    tasks: int | None = 32  # a seeded draw of this many; None: the whole split
+    tasks: int | None = 8  # a seeded draw of this many; None: the whole split
     runs: int = 1
     temperature: float = 0.0
     seed: int | None = None  # seed of the task draw; None: trainer.seed (pin it to compare seeds)

@@ -113,7 +113,7 @@ def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: boo
     (work / "model" / PRESET_FILE).write_text(base + "\n")
     summary = {"base_model": str(base_dir), "preset": base, "tasks": len(instances),
                "task_ids": sorted(ep.instance_id for ep in episodes), "rejected": report.rejected,
-               "dropped": report.dropped, "demo_s": demo_s, "sft": fit,
+               "dropped": report.dropped, "demo_s": demo_s, "sft": {**fit, "model": str(folder / "model")},
                "settings": {**asdict(cfg), "seed": seed}}
     (work / "warm_start.json").write_text(json.dumps(summary, indent=1))
     if folder.exists():  # another run finished the same warm start meanwhile
