@@ -45,10 +45,10 @@ def main() -> int:
         "warm_start": warm, "warm_start_cached": "(cached)" in warm,
         "time_rl_steps_s": round(step_s, 1), "time_heldout_s": {k: round(v, 1) for k, v in held_s.items()},
         "time_other_s": round(wall - step_s - sum(held_s.values()), 1),
-        "per_step": [{k: round(r.get(k, float("nan")), 4) for k in (
+        "per_step": [{k: round(r[k], 4) for k in (
             "time_step_s", "time_rollout_s", "time_forward_s", "time_update_s", "time_weight_sync_s",
-            "reward_mean", "groups_kept", "task_any_resolved", "alpha_min", "alpha_max",
-            "response_entropy_mean", "optimizer_step_skipped")} for r in steps],
+            "reward_mean", "groups_with_signal", "task_any_resolved", "alpha_min", "alpha_max",
+            "response_entropy_mean", "optimizer_step_skipped") if k in r} for r in steps],
         "heldout_resolve_rate": {k: [r["heldout_resolve_rate"] for r in v] for k, v in held.items()},
         "run_dir": str(out),
     }

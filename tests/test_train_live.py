@@ -146,7 +146,7 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
            .read_text().splitlines()]
     assert len(eps) == 4 and all(e["patch"].strip() for e in eps)  # every episode wrote a patch
     assert sorted(e["reward"] for e in eps) == [0.0, 0.0, 1.0, 1.0], [e["grade_reason"] for e in eps]
-    assert m["groups_kept"] == 1.0 and m["optimizer_step_skipped"] == 0.0
+    assert m["groups_kept"] == 1.0 and m["groups_with_signal"] == 1.0 and m["optimizer_step_skipped"] == 0.0
     assert m["reward_mean"] == 0.5 and m["episodes_dropped"] == 0.0
     assert m["alpha_max"] > 1.0 > m["alpha_min"]  # AEM acts on a group with signal
     after = trainer.engine.module.state_dict()

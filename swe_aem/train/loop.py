@@ -281,6 +281,7 @@ class Trainer:
             "reward_mean": float(np.mean(rewards)),
             "resolve_rate": float(np.mean([r == 1.0 for r in rewards])),
             "task_any_resolved": float(np.mean([max(v) == 1.0 for v in by_task.values()])),
+            "groups_with_signal": float(sum(max(v) > min(v) for v in by_task.values())),
             "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
             "rollout_trainer_kl": fwd.rollout_kl,
             "episodes": float(len(episodes)),

@@ -56,7 +56,7 @@ PLOTS = [
     ("alpha_max", "AEM alpha max / min"), ("drift_base", "predicted entropy drift"),
     ("clip_frac", "clip fraction"), ("rollout_trainer_kl", "KL rollout vs trainer"),
     ("tokens_per_s", "trainer tokens/s"), ("time_rollout_s", "time split (s)"),
-    ("groups_kept", "groups with signal kept / dropped, step skipped"),
+    ("groups_kept", "groups with signal (trained / kept / dropped), step skipped"),
     ("loss", "policy loss"), ("task_any_resolved", "tasks with a resolved sample"),
 ]
 HELDOUT_KINDS = ("heldout_before", "heldout_after")
@@ -75,7 +75,8 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     for ax, (key, title) in zip(axes.flat, PLOTS):
         pairs = {"alpha_max": ["alpha_max", "alpha_min", "alpha_mean"],
                  "drift_base": ["drift_base", "drift_aem"],
-                 "groups_kept": ["groups_kept", "groups_dropped", "optimizer_step_skipped"],
+                 "groups_kept": ["groups_with_signal", "groups_kept", "groups_dropped",
+                                 "optimizer_step_skipped"],
                  "time_rollout_s": ["time_rollout_s", "time_forward_s",
                                     "time_update_s", "time_weight_sync_s"]}.get(key, [key])
         for k in pairs:

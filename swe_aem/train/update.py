@@ -67,13 +67,13 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     empty = torch.empty(0)
     ent_t, lp_t, roll_t = (torch.cat(x or [empty]) for x in (ent_flat, lp_flat, roll_flat))
     turn_t = torch.cat(turn_flat or [empty.long()])
-    delta = (roll_t - lp_t).clamp(-20, 20)
+    delta = (roll_t.double() - lp_t.double()).clamp(-20, 20)  # float32 rounds k3 of ~1e-5 gaps to 0
     # per-turn sums, then one all-reduce: [entropy sum, token count, surprisal] x R, plus KL sum
     sums = torch.zeros(3 * r + 1, dtype=torch.float64)
     sums[:r].index_add_(0, turn_t, ent_t.double())
     sums[r:2 * r].index_add_(0, turn_t, torch.ones_like(ent_t, dtype=torch.float64))
     sums[2 * r:3 * r].index_add_(0, turn_t, -lp_t.double())
-    sums[3 * r] = (delta.exp() - delta - 1).clamp(min=0).double().sum()  # >= 0 up to rounding
+    sums[3 * r] = (delta.exp() - delta - 1).clamp(min=0).sum()  # >= 0 up to rounding
     sums = _all_reduce_tensor(sums, dev)
     lengths = sums[r:2 * r].float()
     tokens = float(lengths.sum())
