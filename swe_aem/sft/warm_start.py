@@ -84,7 +84,8 @@ def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: boo
     from swe_aem.sft.demos import make_demonstrations
     from swe_aem.sft.trainer import SftConfig, SftTrainer
 
-    base, (_, base_dir) = base_preset_name(model), resolve_model(model)
+    base = base_preset_name(model)
+    _, base_dir = resolve_model(model)
     every = load_instances(cfg.dataset, split=cfg.split)
     chosen = set(draw_tasks([i.instance_id for i in every], cfg.tasks, seed))
     instances = [i for i in every if i.instance_id in chosen]

@@ -81,14 +81,8 @@ class LiveRollouts:
         self.dropped: list = []  # the last step's dropped samples
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
-        from swe_aem.agent.rollout import rollout
-
-        r = self.cfg.rollout
         t0 = time.perf_counter()
-        result = self.loop.run_until_complete(rollout(
-            instances, r.samples_per_task, policy=self.policy.client, tokenizer=self.tokenizer,
-            pool=self.pool, config=self.agent_cfg, grade=self.grade,
-            max_retries=r.max_episode_retries, concurrency=r.concurrency, progress=True))
+        result = self._rollout(instances, self.cfg.rollout.samples_per_task, self.agent_cfg, self.grade)
         timings = {"time_rollout_s": time.perf_counter() - t0,
                    "episodes_dropped": float(len(result.dropped))}
         self.dropped = result.dropped
@@ -104,25 +98,32 @@ class LiveRollouts:
         """Resolve rate of the server's current weights on `instances`: the eval report of
         `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
         out_dir; returns its summary. Uses the run's server and pools (no second model)."""
-        from swe_aem.agent.rollout import rollout
         from swe_aem.eval.evaluate import write_rollout_report
         from swe_aem.reward import grade_patch
 
-        r = self.cfg.rollout
         out_dir.mkdir(parents=True, exist_ok=True)
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
-        result = self.loop.run_until_complete(rollout(
-            instances, runs, policy=self.policy.client, tokenizer=self.tokenizer, pool=self.pool,
-            config=dataclasses.replace(self.agent_cfg, temperature=temperature), progress=True,
-            grade=partial(grade_patch, strict=False, timeout=self.cfg.run.grade_timeout_s, pool=self.grade_pool),
-            max_retries=r.max_episode_retries, concurrency=r.concurrency,
-            on_episode=lambda ep: write_episodes(traj, [ep], append=True)))
+        result = self._rollout(
+            instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature),
+            partial(grade_patch, strict=False, timeout=self.cfg.run.grade_timeout_s, pool=self.grade_pool),
+            on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
-                "max_turns": r.max_turns, "temperature": temperature}
+                "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
         paths = write_rollout_report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
                                      title=f"held-out: {model_name}")
         return json.loads(paths["json"].read_text())["summary"]
+
+    def _rollout(self, instances: list, samples: int, config, grade, **kw):
+        """Agents on the run's server and pool, graded by `grade`, with the run's retries and
+        concurrency: a training step's rollout and a held-out evaluation differ only in these."""
+        from swe_aem.agent.rollout import rollout
+
+        r = self.cfg.rollout
+        return self.loop.run_until_complete(rollout(
+            instances, samples, policy=self.policy.client, tokenizer=self.tokenizer, pool=self.pool,
+            config=config, grade=grade, max_retries=r.max_episode_retries, concurrency=r.concurrency,
+            progress=True, **kw))
 
     def prefetch(self, instances: list) -> None:
         """Pull the images of the next step's tasks in the background."""
