@@ -156,6 +156,22 @@ def test_diff_against_base_commit(sandbox, local_instance):
         assert fresh.read_file("textkit/extra.py") == "X = 1\nY = 2\n"
 
 
+
+
+def test_diff_sees_a_same_size_edit_made_in_the_second_the_index_was_written(sandbox):
+    """Racy git: a generated task's set-up writes the buggy file and the index in one second;
+    an edit that keeps the file's size in that same second leaves every stat field git keeps
+    (seconds) unchanged. Git then trusts the stat only if the index looks older than the
+    file, which a copy of the index with a fresh mtime did (empty patches of gold demos)."""
+    sandbox.exec("git config core.trustctime false")  # the ctime of a same-second edit matches too
+    fixed = 1_700_000_000
+    sandbox.exec(f"touch -d @{fixed} textkit/slug.py && git update-index --refresh -q; "
+                 f"touch -d @{fixed} .git/index")  # file and index in one second, as after set-up
+    sandbox.exec("python3 -c \"p='textkit/slug.py'; s=open(p).read(); "
+                 "open(p,'r+').write(s.replace('[^a-z0-9]', '[^a-z0-8]'))\" && "
+                 f"touch -d @{fixed} textkit/slug.py")  # in place: same size, inode and mtime
+    patch = sandbox.diff()
+    assert "-    slug = re.sub(r\"[^a-z0-9]\"" in patch and "+    slug = re.sub(r\"[^a-z0-8]\"" in patch
 @pytest.mark.parametrize("use_runner", [True, False], ids=["runner", "exec-per-command"])
 def test_container_killed_mid_exec_is_a_clear_error(docker_client, local_instance, use_runner):
     sb = _small(docker_client, local_instance, use_runner=use_runner)

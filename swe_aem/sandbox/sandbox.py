@@ -403,12 +403,15 @@ class Sandbox:
     def diff(self) -> str:
         """`git diff` of the work tree against base_commit, new untracked files included.
 
-        Uses a throwaway index so the agent's own staging area is left alone.
+        Uses a throwaway copy of the index so the agent's own staging area is left alone.
+        The copy keeps the index's mtime (`cp -p`): git re-reads a file whose stat matches
+        its entry only when the entry is as new as the index ("racy git"), and a fresh
+        mtime would hide a same-size edit made in the second the index was written.
         """
         base = self.base_commit or "HEAD"
         script = (
             "set -e; idx=/tmp/.swe-aem-index-$$; trap 'rm -f $idx' EXIT; "
-            'cp "$(git rev-parse --git-dir)/index" $idx 2>/dev/null || true; '
+            'cp -p "$(git rev-parse --git-dir)/index" $idx 2>/dev/null || true; '
             "export GIT_INDEX_FILE=$idx; git add -A; "
             f"git -c core.fileMode=false diff --cached --no-color --no-ext-diff {base}"
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from swe_aem.config import WarmStartConfig
 
-FORMAT_VERSION = 2  # bump when demonstrations or SFT change in a way the key cannot see
+FORMAT_VERSION = 3  # 3: demos graded on a diff that sees same-second edits; bump when demonstrations or SFT change in a way the key cannot see
 
 
 @dataclass(frozen=True)
