@@ -323,3 +323,24 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     assert len(entries) == 2 and first.model_dir.parent.name in entries
     partial = next(e for e in entries if ".partial-" in e)
     assert not (tmp_path / "cache" / partial / "warm_start.json").exists()
+
+
+def test_warm_start_failures_say_which_part_failed(tmp_path, small_model, monkeypatch):
+    """A failure inside the warm start's own parts comes back as a WarmStartError named
+    "warm start: ..."; errors that already name their problem (a dataset) pass unchanged."""
+    from swe_aem.config import WarmStartConfig
+    from swe_aem.data.instances import DatasetError
+    from swe_aem.sft import demos
+    from swe_aem.sft.warm_start import WarmStartError, warm_start
+
+    cfg = WarmStartConfig(dataset="local", split="test", tasks=2, cache_dir=str(tmp_path / "cache"))
+
+    def bad_patch(*_a, **_k):
+        raise ValueError("bad hunk header in the gold patch: '@@ x'")
+
+    monkeypatch.setattr(demos, "make_demonstrations", bad_patch)
+    with pytest.raises(WarmStartError, match=r"^warm start: bad hunk header"):
+        warm_start(cfg, str(small_model), progress=False)
+    with pytest.raises(DatasetError):
+        warm_start(dataclasses.replace(cfg, dataset="no-such-dataset"), str(small_model), progress=False)
+    assert not any(p.name.endswith(".json") for p in (tmp_path / "cache").rglob("*"))

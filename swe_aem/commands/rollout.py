@@ -10,9 +10,7 @@ DIR/summary.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from functools import partial
 from pathlib import Path
 
 from swe_aem.data.families import FORMATS
@@ -45,16 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from swe_aem.agent.harness import open_harness
     from swe_aem.agent.loop import AgentConfig
-    from swe_aem.agent.rollout import rollout
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data.instances import DatasetError, load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.jsonl import write_jsonl
     from swe_aem.policy.models import ModelUnavailableError, resolve_model
-    from swe_aem.policy.session import PolicySetupError, open_policy
-    from swe_aem.reward import grade_patch
-    from swe_aem.sandbox import DockerUnavailableError, SandboxPool
+    from swe_aem.policy.session import PolicySetupError
+    from swe_aem.sandbox import DockerUnavailableError
 
     if args.samples < 1 or args.max_turns < 1 or args.concurrency < 1 or args.retries < 0:
         print("error: --samples, --max-turns and --concurrency must be at least 1, --retries at least 0")
@@ -74,17 +71,13 @@ def run(args: argparse.Namespace) -> int:
         preset, max_context_tokens=args.max_context, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, episode_timeout_s=args.episode_timeout)
     try:
-        with SandboxPool(max_concurrency=args.concurrency) as pool, \
-                SandboxPool(max_concurrency=args.concurrency, run_id=pool.run_id) as grade_pool:
-            pool.check()
-            grade = None if args.no_grade else partial(grade_patch, timeout=args.grade_timeout,
-                                                       pool=grade_pool)
-            with open_policy(model_path, preset, url=args.server_url, served_name=args.served_name,
-                             concurrency=args.concurrency) as policy:
-                result = asyncio.run(rollout(
-                    instances, args.samples, policy=policy.client, tokenizer=tokenizer, pool=pool,
-                    config=config, grade=grade, max_retries=args.retries, concurrency=args.concurrency,
-                    on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
+        with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
+                          served_name=args.served_name) as h:
+            result = h.rollout(
+                instances, args.samples, tokenizer=tokenizer, config=config,
+                grade=None if args.no_grade else h.grader(timeout=args.grade_timeout),
+                max_retries=args.retries, concurrency=args.concurrency,
+                on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     except (PolicySetupError, DockerUnavailableError) as exc:
         print(f"error: {exc}")
         return 1

@@ -10,7 +10,6 @@ interval, Pass@k with the unbiased estimator.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +45,13 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     instance leaves the statistics of every run (so runs stay paired) and is listed in
     the report's meta with the reason.
     """
-    from functools import partial
-
     from transformers import AutoTokenizer
 
+    from swe_aem.agent.harness import open_harness
     from swe_aem.agent.loop import AgentConfig
-    from swe_aem.agent.rollout import rollout
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data.instances import load_instances
     from swe_aem.policy.models import resolve_model
-    from swe_aem.policy.session import open_policy
-    from swe_aem.reward import grade_patch
-    from swe_aem.sandbox import SandboxPool
 
     preset, model_path = resolve_model(model)
     instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
@@ -69,16 +63,12 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
         episode_timeout_s=s.episode_timeout_s)
     traj_path = out_dir / "trajectories.jsonl"
     traj_path.write_text("")
-    with SandboxPool(max_concurrency=s.concurrency) as pool, \
-            SandboxPool(max_concurrency=s.concurrency, run_id=pool.run_id) as grade_pool, \
-            open_policy(model_path, preset, url=server_url, concurrency=s.concurrency,
-                        log_path=out_dir / "vllm.log") as policy:
-        pool.check()
-        result = asyncio.run(rollout(
-            instances, s.runs, policy=policy.client, tokenizer=tokenizer, pool=pool, config=agent,
-            grade=partial(grade_patch, strict=False, timeout=s.grade_timeout_s, pool=grade_pool),
-            max_retries=s.retries, concurrency=s.concurrency,
-            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True)))
+    with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
+                      log_path=out_dir / "vllm.log") as h:
+        result = h.rollout(instances, s.runs, tokenizer=tokenizer, config=agent,
+                           grade=h.grader(timeout=s.grade_timeout_s, strict=False),
+                           max_retries=s.retries, concurrency=s.concurrency,
+                           on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature}
     return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
                                 title=f"{model} on {dataset}")

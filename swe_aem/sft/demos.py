@@ -12,12 +12,10 @@ model's: they are SFT data, not on-policy RL data.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +98,11 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     from transformers import AutoTokenizer
 
     from swe_aem.agent.chat import ChatTokens
+    from swe_aem.agent.harness import open_harness
     from swe_aem.agent.loop import AgentConfig
-    from swe_aem.agent.rollout import rollout
     from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.scripted import ScriptedPolicyServer
-    from swe_aem.reward import grade_patch
-    from swe_aem.sandbox import SandboxPool
 
     if not instances:
         raise ValueError("no instances to demonstrate")
@@ -138,15 +134,12 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
             report.rejected[ep.instance_id] = f"{ep.termination}, {ep.grade_status}: {ep.grade_reason}"
 
     start = time.monotonic()
-    with SandboxPool(max_concurrency=concurrency) as pool, \
-            SandboxPool(max_concurrency=concurrency, run_id=pool.run_id) as grade_pool, \
-            ScriptedPolicyServer(tokenizer, respond) as server:
-        pool.check()
-        client = PolicyClient(server.base_url, model=DEMO_MODEL_NAME)
-        result = asyncio.run(rollout(
-            instances, 1, policy=client, tokenizer=tokenizer, pool=pool, config=config,
-            grade=partial(grade_patch, timeout=grade_timeout_s, pool=grade_pool),
-            concurrency=concurrency, progress=progress, on_episode=keep))
+    with ScriptedPolicyServer(tokenizer, respond) as server, \
+            open_harness(model_path, preset, concurrency=concurrency,
+                         client=PolicyClient(server.base_url, model=DEMO_MODEL_NAME)) as h:
+        result = h.rollout(instances, 1, tokenizer=tokenizer, config=config,
+                           grade=h.grader(timeout=grade_timeout_s), concurrency=concurrency,
+                           progress=progress, on_episode=keep)
     report.dropped = {d.instance_id: d.reason for d in result.dropped}
     report.seconds = time.monotonic() - start
     return report

@@ -23,7 +23,23 @@ from pathlib import Path
 
 from swe_aem.config import WarmStartConfig
 
-FORMAT_VERSION = 3  # 3: demos graded on a diff that sees same-second edits; bump when demonstrations or SFT change in a way the key cannot see
+# bump when demonstrations or SFT change in a way the key cannot see
+# (3: demonstrations graded on a diff that sees same-second edits)
+FORMAT_VERSION = 3
+
+
+class WarmStartError(RuntimeError):
+    """The warm start could not be built; the message says which part failed."""
+
+
+def warm_start_errors() -> tuple[type[Exception], ...]:
+    """What `warm_start` raises for bad input or infrastructure: a caller reports these and
+    stops (each names its problem); anything else is a bug."""
+    from swe_aem.data.instances import DatasetError
+    from swe_aem.policy.models import ModelUnavailableError
+    from swe_aem.sandbox import SandboxError
+
+    return WarmStartError, DatasetError, SandboxError, ModelUnavailableError
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,18 @@ def cache_key(model_dir: Path, instances: list, cfg: WarmStartConfig, seed: int)
 
 
 def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: bool = True) -> WarmStart:
-    """The warm-started model folder for `model`: from the cache, or demonstrated and trained now."""
+    """The warm-started model folder for `model`: from the cache, or demonstrated and trained now.
+    A failure of its own parts (a patch, the tokenizer, the SFT engine) is a WarmStartError."""
+    known = warm_start_errors()
+    try:
+        return _warm_start(cfg, model, seed=seed, progress=progress)
+    except known:
+        raise
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise WarmStartError(f"warm start: {exc.args[0] if exc.args else exc}") from exc
+
+
+def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) -> WarmStart:
     from swe_aem.agent.trajectory import read_episodes
     from swe_aem.data.instances import load_instances
     from swe_aem.policy.models import PRESET_FILE, base_preset_name, resolve_model
@@ -102,7 +129,7 @@ def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: boo
     t0 = time.monotonic()
     report = make_demonstrations(instances, model, work / "demos.jsonl", progress=progress)
     if not report.kept:
-        raise RuntimeError(f"warm start: no demonstration of {len(instances)} tasks was resolved "
+        raise WarmStartError(f"warm start: no demonstration of {len(instances)} tasks was resolved "
                            f"(first: {next(iter({**report.rejected, **report.dropped}.items()), None)})")
     demo_s = time.monotonic() - t0
     episodes = list(read_episodes(work / "demos.jsonl"))

@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if cfg.warm_start.enabled and not cfg.run.replay and "LOCAL_RANK" not in os.environ:
         # before any launch: the ranks all start from the warm-started folder
-        from swe_aem.data.instances import DatasetError
-        from swe_aem.sandbox import DockerUnavailableError
+        from swe_aem.sft.warm_start import warm_start_errors
         from swe_aem.train.loop import check_hardware
         from swe_aem.train.rollouts import TrainingSetupError
 
@@ -109,11 +108,8 @@ def run(args: argparse.Namespace) -> int:
             if preset is not None:
                 check_hardware(preset)
             cfg = _warm_start(cfg, args, console)
-        except (TrainingSetupError, DatasetError, DockerUnavailableError) as exc:
+        except (TrainingSetupError, ConfigError, *warm_start_errors()) as exc:
             console.print(f"[red]error:[/red] {exc}")
-            return 1
-        except (ConfigError, ModelUnavailableError, RuntimeError, ValueError, KeyError) as exc:
-            console.print(f"[red]error:[/red] warm start: {exc.args[0] if exc.args else exc}")
             return 1
     gpus = args.num_gpus or (preset.num_gpus if preset else 0)
     per_node = processes_per_node(args, gpus)

@@ -8,12 +8,11 @@ Replay: recorded trajectories (deterministic; for tests and re-training).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
 from collections import defaultdict
-from functools import partial
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,10 @@ class LiveRollouts:
 
     def __init__(self, cfg: Config, preset: ModelPreset, model_path: Path, tokenizer: Any,
                  run_dir: Path, run_id: str):
+        from swe_aem.agent.harness import open_harness
         from swe_aem.agent.loop import AgentConfig
-        from swe_aem.policy.session import PolicySetupError, open_policy
-        from swe_aem.reward import grade_patch
-        from swe_aem.sandbox import SandboxConfig, SandboxPool, reap
+        from swe_aem.policy.session import PolicySetupError
+        from swe_aem.sandbox import SandboxConfig, reap
         from swe_aem.sandbox.images import ImageStore, parse_size
 
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id
@@ -52,31 +51,24 @@ class LiveRollouts:
             tool_timeout_s=r.tool_timeout_s,
             temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             max_malformed_calls=r.max_malformed_calls)
-        hosts = cfg.run.docker_hosts or None
-        sandbox_cfg = SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory)
-        # one image store for both pools: pulls on demand (through run.registry), prefetches
-        # the next step's images, keeps image disk under run.max_image_disk
-        self.images = ImageStore(registry=cfg.run.registry, max_disk_bytes=parse_size(cfg.run.max_image_disk),
-                                 state_file=run_dir / "image_use.json")
-        self.pool = SandboxPool(hosts, max_concurrency=r.concurrency, config=sandbox_cfg, run_id=run_id,
-                                images=self.images)
-        self.pool.check()  # a dead daemon fails here, clearly, before any model work
-        self.grade_pool = SandboxPool(hosts, max_concurrency=r.concurrency, config=sandbox_cfg,
-                                      run_id=run_id, images=self.images)
         for host in cfg.run.docker_hosts or [None]:
             reap(docker_host=host)  # containers of crashed earlier runs (their owner is gone)
-        self.grade = partial(grade_patch, strict=True, timeout=cfg.run.grade_timeout_s,
-                             pool=self.grade_pool)
-        try:
-            self.policy = open_policy(model_path, preset, url=cfg.run.vllm_url,
-                                      concurrency=r.concurrency, log_path=run_dir / "vllm.log",
-                                      weight_updates=cfg.run.push_weights)
-        except PolicySetupError as exc:
-            self.pool.close()
-            self.grade_pool.close()
-            self.images.close()
-            raise TrainingSetupError(str(exc)) from exc
-        self.loop = asyncio.new_event_loop()  # one loop for the run: the client's pool lives on it
+        with ExitStack() as stack:
+            # one image store for both pools: pulls on demand (through run.registry), prefetches
+            # the next step's images, keeps image disk under run.max_image_disk
+            images = ImageStore(registry=cfg.run.registry, max_disk_bytes=parse_size(cfg.run.max_image_disk),
+                                state_file=run_dir / "image_use.json")
+            stack.callback(images.close)
+            try:
+                self.harness = stack.enter_context(open_harness(
+                    model_path, preset, concurrency=r.concurrency, server_url=cfg.run.vllm_url,
+                    log_path=run_dir / "vllm.log", weight_updates=cfg.run.push_weights,
+                    docker_hosts=cfg.run.docker_hosts or None, images=images, run_id=run_id,
+                    sandbox=SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory)))
+            except PolicySetupError as exc:
+                raise TrainingSetupError(str(exc)) from exc
+            self._open = stack.pop_all()
+        self.grade = self.harness.grader(timeout=cfg.run.grade_timeout_s)
         self.dropped_path = run_dir / "dropped_episodes.jsonl"
         self.dropped: list = []  # the last step's dropped samples
 
@@ -99,14 +91,13 @@ class LiveRollouts:
         `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
         out_dir; returns its summary. Uses the run's server and pools (no second model)."""
         from swe_aem.eval.evaluate import write_rollout_report
-        from swe_aem.reward import grade_patch
 
         out_dir.mkdir(parents=True, exist_ok=True)
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
         result = self._rollout(
             instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature),
-            partial(grade_patch, strict=False, timeout=self.cfg.run.grade_timeout_s, pool=self.grade_pool),
+            self.harness.grader(timeout=self.cfg.run.grade_timeout_s, strict=False),
             on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
                 "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
@@ -115,39 +106,31 @@ class LiveRollouts:
         return json.loads(paths["json"].read_text())["summary"]
 
     def _rollout(self, instances: list, samples: int, config, grade, **kw):
-        """Agents on the run's server and pool, graded by `grade`, with the run's retries and
-        concurrency: a training step's rollout and a held-out evaluation differ only in these."""
-        from swe_aem.agent.rollout import rollout
-
+        """Agents on the run's server and pool with the run's retries and concurrency: a
+        training step's rollout and a held-out evaluation differ only in these arguments."""
         r = self.cfg.rollout
-        return self.loop.run_until_complete(rollout(
-            instances, samples, policy=self.policy.client, tokenizer=self.tokenizer, pool=self.pool,
-            config=config, grade=grade, max_retries=r.max_episode_retries, concurrency=r.concurrency,
-            progress=True, **kw))
+        return self.harness.rollout(instances, samples, tokenizer=self.tokenizer, config=config, grade=grade,
+                                    max_retries=r.max_episode_retries, concurrency=r.concurrency,
+                                    progress=True, **kw)
 
     def prefetch(self, instances: list) -> None:
         """Pull the images of the next step's tasks in the background."""
-        self.pool.prefetch(sorted({inst.image for inst in instances}))
+        self.harness.pool.prefetch(sorted({inst.image for inst in instances}))
 
     @property
     def pushes_weights(self) -> bool:
         return self.cfg.run.push_weights
 
     def push_weights(self, weights_dir: Path) -> float:
-        return self.policy.push_weights(weights_dir)
+        return self.harness.policy.push_weights(weights_dir)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
-        return self.loop.run_until_complete(self.policy.client.score(token_ids))
+        return self.harness.run(self.harness.client.score(token_ids))
 
     def close(self) -> None:
         from swe_aem.sandbox import reap
 
-        self.loop.run_until_complete(self.policy.client.aclose())
-        self.loop.close()
-        self.policy.close()
-        self.pool.close()
-        self.grade_pool.close()
-        self.images.close()
+        self._open.close()
         for host in self.cfg.run.docker_hosts or [None]:
             reap(self.run_id, docker_host=host)  # whatever a crash mid-step left behind
 

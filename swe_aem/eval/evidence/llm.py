@@ -218,7 +218,8 @@ def arm_summary(records: list[dict], arm: str, seeds: Sequence[int], steps: int)
 
 
 def run_llm_evidence(out: str | Path, seeds: Sequence[int], steps: int | None = None,
-                     overrides: Sequence[str] = (), ws: WarmStart | None = None) -> dict:
+                     overrides: Sequence[str] = (), ws: WarmStart | None = None,
+                     base: Config | None = None) -> dict:
     """Train both arms on every seed from the shared warm start (`ws`, else the real one),
     then write evidence_llm.{json,md,png} and one combined held-out eval per arm."""
     from swe_aem.eval.metrics import paired_compare
@@ -227,7 +228,7 @@ def run_llm_evidence(out: str | Path, seeds: Sequence[int], steps: int | None = 
 
     t0 = time.monotonic()
     out, overrides = Path(out), list(overrides)
-    base = base_config(overrides)
+    base = base or base_config(overrides)
     ws = ws or shared_warm_start(base)
     if ws is not None:
         console.print(f"warm start {'(cached) ' if ws.cached else ''}{ws.model_dir}: "
@@ -276,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
     from swe_aem.eval.evaluate import EvalError
     from swe_aem.policy.models import ModelUnavailableError
     from swe_aem.sandbox import DockerUnavailableError
+    from swe_aem.sft.warm_start import warm_start_errors
     from swe_aem.train.checkpoint import CheckpointError
     from swe_aem.train.rollouts import TrainingSetupError
 
@@ -289,14 +291,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         ws = shared_warm_start(base)
-    except failures as exc:
+    except warm_start_errors() as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    except (RuntimeError, ValueError, KeyError) as exc:
-        console.print(f"[red]error:[/red] warm start: {exc.args[0] if exc.args else exc}")
-        return 1
     try:
-        run_llm_evidence(out, args.seeds or (0, 1, 2), args.steps, args.overrides, ws=ws)
+        run_llm_evidence(out, args.seeds or (0, 1, 2), args.steps, args.overrides, ws=ws, base=base)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

@@ -1,0 +1,91 @@
+"""The set-up every rollout shares: a sandbox pool for the agents, a grading pool under
+the same run id, and the policy server (started or attached), on one event loop.
+
+`swe-aem rollout`, `swe-aem eval`, the trainer's live rollouts and the SFT demonstrations
+all open one of these; they differ only in the agent config and the grader they pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swe_aem.agent.loop import AgentConfig
+from swe_aem.agent.rollout import RolloutResult, rollout
+from swe_aem.policy.client import PolicyClient
+from swe_aem.policy.models import ModelPreset
+from swe_aem.sandbox import SandboxConfig, SandboxPool
+from swe_aem.sandbox.images import ImageStore
+
+if TYPE_CHECKING:
+    from swe_aem.policy.session import PolicySession
+
+
+@dataclass
+class Harness:
+    """Both pools share the run id (the reaper's handle) and one image store, but each removes
+    only its own containers, so graders never reap the agents' sandboxes or each other's."""
+
+    pool: SandboxPool
+    grade_pool: SandboxPool
+    client: PolicyClient
+    policy: PolicySession | None = None  # when the harness opened the server (push_weights lives there)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+
+    def grader(self, *, timeout: float, strict: bool = True) -> Callable:
+        """Official grading in fresh containers of the grading pool; `strict` also rejects a
+        patch that edits the instance's tests (training does; an evaluation grades as the
+        SWE-bench harness would)."""
+        from swe_aem.reward import grade_patch
+
+        return partial(grade_patch, strict=strict, timeout=timeout, pool=self.grade_pool)
+
+    def rollout(self, instances: Sequence[Any], samples: int, *, tokenizer: Any, config: AgentConfig,
+                grade: Callable | None, max_retries: int = 1, concurrency: int = 4,
+                **kw: Any) -> RolloutResult:
+        """`samples` episodes of every instance on the harness's server and pool, graded by `grade`."""
+        return self.loop.run_until_complete(rollout(
+            instances, samples, policy=self.client, tokenizer=tokenizer, pool=self.pool, config=config,
+            grade=grade, max_retries=max_retries, concurrency=concurrency, **kw))
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine that uses the client on the harness's loop (where its connections live)."""
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(self.client.aclose())
+            self.loop.close()
+
+
+@contextmanager
+def open_harness(model_path: str | Path | None, preset: ModelPreset | None, *, concurrency: int,
+                 server_url: str | None = None, served_name: str = "policy", log_path: Path | None = None,
+                 weight_updates: bool = False, client: PolicyClient | None = None,
+                 docker_hosts: list[str] | None = None, sandbox: SandboxConfig | None = None,
+                 images: ImageStore | None = None, run_id: str | None = None) -> Iterator[Harness]:
+    """Pools first (a dead daemon fails before any model work), then the policy: `client` as
+    given (a stand-in server), else vLLM attached at `server_url` or started for `model_path`.
+    Everything opened is closed on exit or on a failure half way."""
+    from swe_aem.policy.session import open_policy
+
+    with ExitStack() as stack:
+        pool = stack.enter_context(SandboxPool(docker_hosts, max_concurrency=concurrency, config=sandbox,
+                                               run_id=run_id, images=images))
+        pool.check()
+        grade_pool = stack.enter_context(SandboxPool(docker_hosts, max_concurrency=concurrency, config=sandbox,
+                                                     run_id=pool.run_id, images=pool.images))
+        policy = None
+        if client is None:
+            policy = stack.enter_context(open_policy(
+                model_path, preset, url=server_url, served_name=served_name, concurrency=concurrency,
+                log_path=log_path, weight_updates=weight_updates))
+            client = policy.client
+        harness = Harness(pool, grade_pool, client, policy)
+        stack.callback(harness.close)
+        yield harness
