@@ -13,7 +13,7 @@ from test_train_live import _patch_writing_policy
 
 from swe_aem.cli import main
 from swe_aem.config import ConfigError
-from swe_aem.eval.evidence.llm import ARMS, paired_heldout, run_llm_evidence
+from swe_aem.eval.evidence.llm import ARMS, paired_heldout, run_dir, run_llm_evidence
 from swe_aem.eval.report import write_eval_result
 from swe_aem.sft.warm_start import WarmStart
 from swe_aem.train.loop import task_batch
@@ -77,8 +77,19 @@ def test_llm_evidence_end_to_end(tmp_path: Path, local_instances, small_model) -
     with ScriptedPolicyServer(AutoTokenizer.from_pretrained(small_model), respond) as server:
         overrides.append(f"run.vllm_url={server.base_url}")
         rec = run_llm_evidence(out, SEEDS, steps=1, overrides=overrides, ws=ws)
-        with pytest.raises(ConfigError, match="already exists"):
-            run_llm_evidence(out, SEEDS, steps=1, overrides=overrides, ws=ws)
+        with pytest.raises(ConfigError, match="already exists with other settings"):
+            run_llm_evidence(out, SEEDS, steps=2, overrides=overrides, ws=ws)
+        # cut short in the last run's held-out evaluation: a rerun reuses the finished runs and
+        # resumes that one from its checkpoint (no second RL step, the evaluation again)
+        last = run_dir(out, ARMS[-1], SEEDS[-1]) / "metrics.jsonl"
+        rows = last.read_text().splitlines()
+        last.write_text("\n".join(rows[:-1]) + "\n")
+        stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.jsonl") if p != last}
+        again = run_llm_evidence(out, SEEDS, steps=1, overrides=overrides, ws=ws)
+        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+        assert [json.loads(x).get("kind", "train") for x in last.read_text().splitlines()] == \
+            ["train", "heldout_after"]
+        assert again["comparison"]["n_instances"] == rec["comparison"]["n_instances"]
 
     runs = {(r["arm"], r["seed"]): r for r in rec["runs"]}
     assert sorted(runs) == [(arm, seed) for arm in ARMS for seed in SEEDS]

@@ -6,7 +6,8 @@ demonstrated. Both arms of a seed share trainer.seed, hence the same task batche
 (`task_batch` is a function of step and seed), and every run evaluates the same held-out
 draw (heldout.seed is pinned). The "before" evaluation depends on the checkpoint only, so
 only the first run does it. Each arm's seeds are its k held-out runs, compared paired over
-instances with `swe-aem compare`'s code.
+instances with `swe-aem compare`'s code. Run again with the same settings, it reuses the
+finished runs and resumes a cut-short one from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -192,21 +193,38 @@ def evidence_markdown(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def run_state(rd: Path, cfg: Config) -> str:
+    """"new", "done" (its held-out evaluation after RL is logged) or "cut short", for a run
+    folder that must hold this very config: a two-hour comparison that stops half way goes on
+    where it stopped, never mixing runs of other settings."""
+    from swe_aem.config import to_yaml
+    from swe_aem.train.metrics import read_metrics
+
+    if not rd.exists():
+        return "new"
+    saved = rd / "config.yaml"
+    if not saved.is_file() or saved.read_text() != to_yaml(cfg):
+        raise ConfigError(f"{rd} already exists with other settings; choose another --out")
+    done = (rd / "metrics.jsonl").is_file() and read_metrics(rd, "heldout_after")
+    return "done" if done else "cut short"
+
+
 def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: list[str], base: Config,
               ws: WarmStart | None) -> Config:
-    """Train every (seed, arm), seed by seed; returns the first run's config (the shared settings)."""
+    """Train every (seed, arm), seed by seed, reusing finished runs and resuming cut-short
+    ones (from their last checkpoint); returns the first run's config (the shared settings)."""
     from swe_aem.train.loop import Trainer
 
     jobs = [(seed, arm) for seed in seeds for arm in ARMS]
-    taken = [rd for seed, arm in jobs if (rd := run_dir(out, arm, seed)).exists()]
-    if taken:
-        raise ConfigError(f"{taken[0]} already exists; choose another --out")
     cfgs = [load_config(arm, None, [*overrides, *per_run_overrides(base, ws, seed, steps, first=n == 0)])
             for n, (seed, arm) in enumerate(jobs)]
-    for n, ((seed, arm), cfg) in enumerate(zip(jobs, cfgs, strict=True)):
+    states = [run_state(run_dir(out, arm, seed), cfg) for (seed, arm), cfg in zip(jobs, cfgs, strict=True)]
+    for n, ((seed, arm), cfg, state) in enumerate(zip(jobs, cfgs, states, strict=True)):
         rd = run_dir(out, arm, seed)
-        console.print(f"[bold]evidence --llm[/bold] run {n + 1}/{len(jobs)}: {arm}, seed {seed} -> {rd}")
-        Trainer(cfg, rd).train()
+        what = {"new": "", "done": " (done: reused)", "cut short": " (cut short: resumed)"}[state]
+        console.print(f"[bold]evidence --llm[/bold] run {n + 1}/{len(jobs)}: {arm}, seed {seed} -> {rd}{what}")
+        if state != "done":
+            Trainer(cfg, rd, resume=state == "cut short").train()
     return cfgs[0]
 
 
