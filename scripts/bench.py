@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ON_REQUEST = {"default_run"}  # as long as the run it times: only when named
+ON_REQUEST = {"default_run", "model_cost"}  # long, or a download: only when named
 
 
 def main() -> int:

@@ -100,6 +100,9 @@ class RunConfig:
     sandbox_memory: str = "1g"
     grade_timeout_s: float = 300.0
     replay: str | None = None  # trajectories.jsonl to train on instead of live rollouts
+    # how long ranks wait in a collective while rank 0 rolls out or evaluates: longer than
+    # a step's rollout (DeepSpeed's 10-minute default is shorter than one DeepSWE episode)
+    collective_timeout_s: float = 86400.0
 
 
 @dataclass

@@ -129,3 +129,38 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert moved > 1e-2, moved  # the step changed the weights
     assert diff < 1e-5, (diff, moved)
+
+
+_WAIT = """
+import sys, time
+from swe_aem.train.engine import init_distributed
+from swe_aem.train.loop import _broadcast
+rank, _ = init_distributed(float(sys.argv[1]))
+if rank == 0:
+    time.sleep(float(sys.argv[2]))  # rank 0 rolling out
+try:
+    print("got", _broadcast("episodes" if rank == 0 else None), flush=True)
+except Exception as exc:
+    print("failed:", type(exc).__name__, flush=True)
+"""
+
+
+def _ranks_waiting(timeout_s: float, rank0_busy_s: float) -> list[str]:
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "DS_ACCELERATOR": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", _WAIT, str(timeout_s), str(rank0_busy_s)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    try:
+        return [p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def test_ranks_wait_for_rank0_as_long_as_the_collective_timeout():
+    """Ranks 1..N wait in a collective while rank 0 rolls out and evaluates: DeepSpeed's
+    10-minute default would end a multi-rank run at its first long step; the trainer passes
+    run.collective_timeout_s (here scaled down to seconds)."""
+    assert _ranks_waiting(timeout_s=3, rank0_busy_s=8)[1].startswith("failed")
+    assert _ranks_waiting(timeout_s=60, rank0_busy_s=8) == ["got episodes", "got episodes"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 from torch import Tensor, nn
@@ -80,8 +81,12 @@ def deepspeed_config(s: EngineSettings) -> dict:
     }
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed (gloo on CPU, nccl on GPU); works without a launcher."""
+def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
+    """Initialise torch.distributed (gloo on CPU, nccl on GPU); works without a launcher.
+
+    `timeout_s` bounds a collective: ranks wait in one while rank 0 rolls out and
+    evaluates, so it must outlast a step's rollout (DeepSpeed's default is 10 minutes).
+    """
     import deepspeed
 
     os.environ.setdefault("RANK", "0")
@@ -91,7 +96,8 @@ def init_distributed() -> tuple[int, int]:
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, **extra)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

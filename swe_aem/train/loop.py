@@ -87,7 +87,7 @@ class Trainer:
         from swe_aem.policy.models import resolve_model
 
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.rank, self.world = init_distributed()
+        self.rank, self.world = init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
         try:
@@ -179,30 +179,43 @@ class Trainer:
     def heldout_eval(self, phase: str) -> None:
         """Resolve rate on the held-out split with the server's current weights: before the
         first RL step (the warm start) and after the last. Live runs only; rank 0 rolls out,
-        the other ranks wait."""
+        the other ranks wait, and a failure on rank 0 stops them all."""
         h = self.cfg.heldout
         if h.split is None or self.cfg.run.replay:
             return
+        error: Exception | None = None
         if self.is_main:
-            from swe_aem.data.instances import load_instances
-            from swe_aem.sft.warm_start import draw_tasks
+            try:
+                self._heldout_eval_on_rank0(phase)
+            except Exception as exc:  # noqa: BLE001 - re-raised below; the other ranks must not wait for it
+                error = exc
+        shared = _broadcast(None if error is None else TrainingSetupError(
+            f"held-out evaluation ({phase}) failed on rank 0: {error}"))  # the others wait here
+        if error is not None:
+            raise error
+        if shared is not None:
+            raise shared
 
-            dataset = h.dataset or self.cfg.run.dataset
-            every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
-                                                                dataset_format=self.cfg.run.dataset_format)}
-            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
-            out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
-            t0 = time.perf_counter()
-            summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
-                                           out_dir=out, model_name=f"{Path(self.cfg.model).name}@step{self.state.step}")
-            row = {"heldout_resolve_rate": summary["pass1_mean"], "heldout_tasks": float(summary["n_instances"]),
-                   "heldout_excluded": float(len(ids) - summary["n_instances"]),
-                   "time_heldout_s": time.perf_counter() - t0}
-            self.metrics.log(self.state.step, row, kind=f"heldout_{phase}")
-            console.print(f"held-out ({phase} RL, step {self.state.step}): resolve rate "
-                          f"{row['heldout_resolve_rate']:.3f} on {summary['n_instances']} {dataset}/{h.split} "
-                          f"tasks -> {out}")
-        _broadcast(None)  # the other ranks wait here, not in the next collective
+    def _heldout_eval_on_rank0(self, phase: str) -> None:
+        from swe_aem.data.instances import load_instances
+        from swe_aem.sft.warm_start import draw_tasks
+
+        h = self.cfg.heldout
+        dataset = h.dataset or self.cfg.run.dataset
+        every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
+                                                            dataset_format=self.cfg.run.dataset_format)}
+        ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
+        out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
+        t0 = time.perf_counter()
+        summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
+                                       out_dir=out, model_name=f"{Path(self.cfg.model).name}@step{self.state.step}")
+        row = {"heldout_resolve_rate": summary["pass1_mean"], "heldout_tasks": float(summary["n_instances"]),
+               "heldout_excluded": float(len(ids) - summary["n_instances"]),
+               "time_heldout_s": time.perf_counter() - t0}
+        self.metrics.log(self.state.step, row, kind=f"heldout_{phase}")
+        console.print(f"held-out ({phase} RL, step {self.state.step}): resolve rate "
+                      f"{row['heldout_resolve_rate']:.3f} on {summary['n_instances']} {dataset}/{h.split} "
+                      f"tasks -> {out}")
 
     def export(self, folder: Path) -> None:
         """A complete HF model folder (weights, config, tokenizer) for eval and serving."""
