@@ -44,7 +44,7 @@ def _full_step(tmp_path, url):
         "trainer.lr=1e-4", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
         f"run.vllm_url={url}"])
     trainer = Trainer(cfg, tmp_path / "run")
-    assert trainer.source.policy.attached
+    assert trainer.source.harness.policy.attached
     try:
         result = trainer.step()
         m = result.metrics

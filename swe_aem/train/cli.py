@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
         return 2
+    if args.launcher == "none" and "LOCAL_RANK" not in os.environ and (args.nproc or 1) > 1:
+        console.print(f"[red]error:[/red] --nproc {args.nproc} needs a launcher; drop --launcher none")
+        return 2
     if cfg.warm_start.enabled and not cfg.run.replay and "LOCAL_RANK" not in os.environ:
         # before any launch: the ranks all start from the warm-started folder
         from swe_aem.sft.warm_start import warm_start_errors
@@ -114,9 +117,6 @@ def run(args: argparse.Namespace) -> int:
     gpus = args.num_gpus or (preset.num_gpus if preset else 0)
     per_node = processes_per_node(args, gpus)
     launched = "LOCAL_RANK" in os.environ
-    if args.launcher == "none" and not launched and (args.nproc or 1) > 1:
-        console.print(f"[red]error:[/red] --nproc {args.nproc} needs a launcher; drop --launcher none")
-        return 2
     if args.launcher != "none" and not launched and (per_node > 1 or args.hostfile):
         cmd = _launch_command(args, per_node)
         import torch
