@@ -78,11 +78,24 @@ def tool_call_text(fmt: str, name: str, **params: object) -> str:
     return f"<function={name}>\n{body}</function>"
 
 
+def generation_prompt(tokenizer: Any) -> str:
+    """What the tokenizer's chat template appends to ask for an assistant turn
+    ("<|im_start|>assistant" for ChatML, "<start_of_turn>model" for Gemma's turns)."""
+    msgs = [{"role": "user", "content": "u"}]
+    with_prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    marker = with_prompt.removeprefix(without).strip()
+    if not marker or not with_prompt.startswith(without):
+        raise ValueError("the tokenizer's chat template adds no generation prompt of its own; "
+                         "pass turn_marker= to ScriptedPolicyServer")
+    return marker
+
+
 class ScriptedPolicyServer:
     """`with ScriptedPolicyServer(tokenizer, respond) as srv: PolicyClient(srv.base_url)`.
 
-    The turn number is the count of `turn_marker` in the decoded prompt minus one
-    (the chat template's generation prompt appears once per assistant turn).
+    The turn number is the count of `turn_marker` (default: the chat template's
+    generation prompt, which appears once per assistant turn) in the decoded prompt minus one.
     die_after=N makes the server stop answering after N completions (a crash).
     """
 
@@ -91,13 +104,13 @@ class ScriptedPolicyServer:
         tokenizer: Any,
         respond: Responder,
         *,
-        turn_marker: str = "<|im_start|>assistant",
+        turn_marker: str | None = None,
         end_with_eos: bool = True,
         die_after: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.respond = respond
-        self.turn_marker = turn_marker
+        self.turn_marker = turn_marker or generation_prompt(tokenizer)
         self.end_with_eos = end_with_eos
         self.die_after = die_after
         self.requests: list[dict[str, Any]] = []  # every request body received
