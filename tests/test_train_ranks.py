@@ -144,15 +144,33 @@ except Exception as exc:
     print("failed:", type(exc).__name__, flush=True)
 """
 
+_EVAL_ON_RANK0 = """
+import sys, time
+from swe_aem.train.engine import init_distributed
+from swe_aem.train.loop import on_rank0
+rank, _ = init_distributed(60.0)
+def evaluate():
+    time.sleep(2)
+    if sys.argv[1] == "fail":
+        raise ValueError("no held-out instance was graded")
+    print("evaluated on rank", rank, flush=True)
+try:
+    on_rank0(evaluate, "held-out evaluation (after)")
+    print("went on", flush=True)
+except Exception as exc:
+    print("failed:", type(exc).__name__, exc, flush=True)
+"""
 
-def _ranks_waiting(timeout_s: float, rank0_busy_s: float) -> list[str]:
+
+def _ranks_waiting(timeout_s: float, rank0_busy_s: float, script: str = _WAIT) -> list[str]:
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "DS_ACCELERATOR": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", _WAIT, str(timeout_s), str(rank0_busy_s)], text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(timeout_s), str(rank0_busy_s)], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
     try:
-        return [p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs]
+        said = ("got", "failed", "evaluated", "went")  # not DeepSpeed's own prints
+        return [[x for x in p.communicate(timeout=180)[0].splitlines() if x.startswith(said)] for p in procs]
     finally:
         for p in procs:
             p.kill()
@@ -162,5 +180,16 @@ def test_ranks_wait_for_rank0_as_long_as_the_collective_timeout():
     """Ranks 1..N wait in a collective while rank 0 rolls out and evaluates: DeepSpeed's
     10-minute default would end a multi-rank run at its first long step; the trainer passes
     run.collective_timeout_s (here scaled down to seconds)."""
-    assert _ranks_waiting(timeout_s=3, rank0_busy_s=8)[1].startswith("failed")
-    assert _ranks_waiting(timeout_s=60, rank0_busy_s=8) == ["got episodes", "got episodes"]
+    assert _ranks_waiting(timeout_s=3, rank0_busy_s=8)[1][-1].startswith("failed")
+    assert _ranks_waiting(timeout_s=60, rank0_busy_s=8) == [["got episodes"], ["got episodes"]]
+
+
+def test_heldout_evaluation_runs_on_rank0_and_its_failure_stops_every_rank():
+    """Two gloo ranks: the evaluation runs on rank 0 only while rank 1 waits, and when it
+    fails, rank 0 raises its error and rank 1 an error naming it (instead of waiting)."""
+    ok = _ranks_waiting(0, 0, _EVAL_ON_RANK0.replace("sys.argv[1]", '"pass"'))
+    assert ok == [["evaluated on rank 0", "went on"], ["went on"]]
+    r0, r1 = _ranks_waiting(0, 0, _EVAL_ON_RANK0.replace("sys.argv[1]", '"fail"'))
+    assert r0 == ["failed: ValueError no held-out instance was graded"]
+    assert r1 == [("failed: TrainingSetupError held-out evaluation (after) failed on rank 0: "
+                   "no held-out instance was graded")]

