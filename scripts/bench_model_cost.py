@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 
+
 def step_seconds(model, vocab: int, tokens: int, repeats: int) -> float:
     """Median wall time of forward + mean token loss + backward on one sequence."""
     import torch
