@@ -295,7 +295,6 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     from swe_aem.config import WarmStartConfig
     from swe_aem.policy.models import PRESET_FILE, load_preset, resolve_model
     from swe_aem.sft import warm_start as ws_mod
-    from swe_aem.sft.trainer import SftTrainer
 
     cfg = WarmStartConfig(dataset="local", split="test", tasks=2, epochs=1, batch_episodes=2,
                           cache_dir=str(tmp_path / "cache"))
@@ -316,7 +315,7 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     def cut_short(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(SftTrainer, "fit", cut_short)
+    monkeypatch.setattr(ws_mod, "call_in_child", cut_short)  # the SFT runs in a process of its own
     with pytest.raises(KeyboardInterrupt):
         ws_mod.warm_start(dataclasses.replace(cfg, epochs=2), str(small_model), seed=0, progress=False)
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())

@@ -11,7 +11,6 @@ folder, never a cache entry.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from swe_aem.config import WarmStartConfig
+from swe_aem.isolate import call_in_child
 
 # bump when demonstrations or SFT change in a way the key cannot see
 # (3: demonstrations graded on a diff that sees same-second edits)
@@ -104,12 +104,20 @@ def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: boo
         raise WarmStartError(f"warm start: {exc.args[0] if exc.args else exc}") from exc
 
 
+def _fit(sft, work: Path, progress: bool) -> dict:
+    """SFT on work/demos.jsonl into work/model (called in a process of its own)."""
+    from swe_aem.agent.trajectory import read_episodes
+    from swe_aem.sft.trainer import SftTrainer
+
+    return SftTrainer(sft, work).fit(list(read_episodes(work / "demos.jsonl")), progress=progress)
+
+
 def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) -> WarmStart:
     from swe_aem.agent.trajectory import read_episodes
     from swe_aem.data.instances import load_instances
     from swe_aem.policy.models import PRESET_FILE, base_preset_name, resolve_model
     from swe_aem.sft.demos import make_demonstrations
-    from swe_aem.sft.trainer import SftConfig, SftTrainer
+    from swe_aem.sft.trainer import SftConfig
 
     base = base_preset_name(model)
     _, base_dir = resolve_model(model)
@@ -133,11 +141,10 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
                            f"(first: {next(iter({**report.rejected, **report.dropped}.items()), None)})")
     demo_s = time.monotonic() - t0
     episodes = list(read_episodes(work / "demos.jsonl"))
-    trainer = SftTrainer(SftConfig(model=model, lr=cfg.lr, epochs=cfg.epochs,
-                                   batch_episodes=cfg.batch_episodes, seed=seed), work)
-    fit = trainer.fit(episodes, progress=progress)
-    del trainer  # the RL trainer builds its own engine next
-    gc.collect()
+    sft = SftConfig(model=model, lr=cfg.lr, epochs=cfg.epochs, batch_episodes=cfg.batch_episodes, seed=seed)
+    # its own process: the RL trainer builds its engine next, and the SFT engine's memory
+    # is not given back while this process lives
+    fit = call_in_child(_fit, sft, work, progress, name="the warm start's SFT")
     (work / "model" / PRESET_FILE).write_text(base + "\n")
     summary = {"base_model": str(base_dir), "preset": base, "tasks": len(instances),
                "task_ids": sorted(ep.instance_id for ep in episodes), "rejected": report.rejected,

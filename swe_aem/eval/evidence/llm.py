@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import pickle
 import time
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from rich.console import Console
 
 from swe_aem.config import Config, ConfigError, load_config
 from swe_aem.eval.metrics import Run
+from swe_aem.isolate import ChildDiedError, call_in_child
 from swe_aem.sft.warm_start import WarmStart
 
 ARMS = ("grpo", "grpo_aem")  # configs/algo/NAME.yaml; the first is the baseline
@@ -213,49 +211,6 @@ def run_state(rd: Path, cfg: Config) -> str:
     return "done" if done else "cut short"
 
 
-class RunDiedError(RuntimeError):
-    """A run's process ended without finishing or raising (killed: out of memory, a signal)."""
-
-
-def _child(fn: Callable[..., object], args: tuple, conn: Connection) -> None:
-    try:
-        fn(*args)
-    except BaseException as exc:
-        try:
-            conn.send(exc)
-        except (pickle.PicklingError, TypeError, AttributeError):  # still say what it was
-            conn.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
-        raise
-    conn.send(None)
-
-
-def call_in_child(fn: Callable[..., object], *args: object, name: str = "run") -> None:
-    """fn(*args) in a fresh (spawned) process; its exception is raised here.
-
-    Each training run gets its own process because a run's DeepSpeed engine, optimizer
-    state and allocator caches are not given back when the Trainer goes away: six runs
-    in one process grew to 15 GB and the fifth was OOM-killed on a 24 GB machine.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, args, send), name=name)
-    proc.start()
-    send.close()
-    try:
-        err = receive.recv()
-    except EOFError:  # it died before it could say anything
-        err = None
-    except (pickle.UnpicklingError, TypeError, AttributeError, ImportError) as exc:  # unreadable here
-        err = RuntimeError(f"{name} failed ({type(exc).__name__} reading its error)")
-    proc.join()
-    if err is not None:
-        raise err
-    if proc.exitcode != 0:
-        how = (f"was killed by signal {-proc.exitcode} (SIGKILL is what the kernel's OOM killer sends)"
-               if proc.exitcode < 0 else f"exited with status {proc.exitcode}")
-        raise RunDiedError(f"{name} {how} before it finished; rerun the same command to resume it")
-
-
 def _train(cfg: Config, rd: Path, resume: bool) -> None:
     from swe_aem.train.loop import Trainer
 
@@ -265,8 +220,8 @@ def _train(cfg: Config, rd: Path, resume: bool) -> None:
 def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: list[str], base: Config,
               ws: WarmStart | None) -> Config:
     """Train every (seed, arm), seed by seed, reusing finished runs and resuming cut-short
-    ones (from their last checkpoint), each in a process of its own; returns the first run's
-    config (the shared settings)."""
+    ones (from their last checkpoint), each in a process of its own (six runs in one process
+    grew to 15 GB and the fifth was OOM-killed); returns the first run's config."""
     jobs = [(seed, arm) for seed in seeds for arm in ARMS]
     cfgs = [load_config(arm, None, [*overrides, *per_run_overrides(base, ws, seed, steps, first=n == 0)])
             for n, (seed, arm) in enumerate(jobs)]
@@ -276,7 +231,10 @@ def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: lis
         what = {"new": "", "done": " (done: reused)", "cut short": " (cut short: resumed)"}[state]
         console.print(f"[bold]evidence --llm[/bold] run {n + 1}/{len(jobs)}: {arm}, seed {seed} -> {rd}{what}")
         if state != "done":
-            call_in_child(_train, cfg, rd, state == "cut short", name=f"run {arm}, seed {seed}")
+            try:
+                call_in_child(_train, cfg, rd, state == "cut short", name=f"run {arm}, seed {seed}")
+            except ChildDiedError as exc:
+                raise ChildDiedError(f"{exc}; rerun the same command to resume it") from None
     return cfgs[0]
 
 
@@ -353,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs/evidence-llm")
     failures = (TrainingSetupError, DatasetError, DockerUnavailableError, ModelUnavailableError,
-                CheckpointError, EvalError, RunDiedError)
+                CheckpointError, EvalError, ChildDiedError)
     try:
         base = base_config(args.overrides)
     except ConfigError as exc:
