@@ -42,7 +42,6 @@ class ModelPreset:
     offload_params: bool = False
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = True
-    chat_format: str = "chatml"
     tool_call_format: str = "qwen"  # "qwen" (<tool_call>{json}</tool_call>) or "xml"
 
     def __post_init__(self) -> None:
