@@ -95,6 +95,12 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     if not torch.distributed.is_initialized():
+        if os.environ["WORLD_SIZE"] == "1":
+            # a world of one hosts its own store: take a free port, never the one a parent
+            # process (whose environment this inherited) is still listening on
+            from swe_aem.policy.server import free_port
+
+            os.environ["MASTER_PORT"] = str(free_port())
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
         deepspeed.init_distributed(dist_backend=backend, verbose=False, **extra)
