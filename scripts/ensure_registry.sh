@@ -3,7 +3,7 @@
 # distribution 2.8). Tests push official-looking image names to it and pull them back
 # through swe-aem's own pull code; Docker trusts registries on 127.0.0.0/8 without TLS.
 #
-# 1. install the package with apt when the binary is missing (retrying while dpkg is locked);
+# 1. install the package with apt when the binary is missing (waiting for the dpkg lock, retrying);
 # 2. start it with its own config and storage folder (REGISTRY_DIR) when nothing answers;
 # 3. wait for /v2/ (REGISTRY_WAIT_S, default 30 s) and say plainly what failed.
 # It listens on loopback only: never reachable from another machine.
@@ -29,20 +29,9 @@ if answering; then
   exit 0
 fi
 
-apt_retry() {  # apt-get with retries while another process holds the dpkg/apt lock
-  local i err
-  err=$(mktemp)
-  for i in $(seq 1 30); do
-    if apt-get "$@" 2>"$err"; then rm -f "$err"; return 0; fi
-    if ! grep -qiE "could not get lock|unable to acquire the dpkg|lock-frontend|is held by process" "$err"; then
-      cat "$err" >&2; rm -f "$err"; return 1  # failed for another reason than the lock
-    fi
-    say "dpkg/apt is locked by another process; retry $i/30 in 10 s"
-    sleep 10
-  done
-  cat "$err" >&2; rm -f "$err"
-  return 1
-}
+# apt waits for a dpkg/apt lock another process holds (up to 10 min) and retries downloads;
+# retry.sh reruns a command that still fails (a mirror that drops out for a moment)
+apt_retry() { bash "$(dirname "$0")/retry.sh" 4 apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5 "$@"; }
 
 if ! command -v docker-registry >/dev/null 2>&1; then
   [[ $(id -u) -eq 0 ]] || fail "docker-registry is not installed and we are not root; run: sudo apt-get install docker-registry"

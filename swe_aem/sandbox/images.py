@@ -142,9 +142,30 @@ def _need_tool(tool: str, package: str) -> None:
         return
     console.print(f"[yellow]{tool} missing: apt-get install {package}")
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    wait_lock = ["-o", "DPkg::Lock::Timeout=600"]  # wait for a dpkg lock another process holds
-    subprocess.run(["apt-get", *wait_lock, "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", *wait_lock, "install", "-y", "-qq", package], check=True, env=env)
+    # wait for a dpkg lock another process holds; retry downloads a flaky mirror drops
+    opts = ["-o", "DPkg::Lock::Timeout=600", "-o", "Acquire::Retries=5"]
+    subprocess.run(["apt-get", *opts, "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", *opts, "install", "-y", "-qq", package], check=True, env=env)
+
+
+def _debootstrap(cmd: list[str], rootfs: Path, status: Steps, attempts: int = 3) -> None:
+    """Run debootstrap, again from scratch (its package cache kept) when a download fails:
+    a mirror that drops out for a moment must not fail the set-up."""
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(rootfs, ignore_errors=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            tail = (tail + [line.rstrip()])[-20:]
+            if line.startswith("I: "):
+                status.update(f"debootstrap: {line[3:].strip()[:90]}")
+        if proc.wait() == 0:
+            return
+        if attempt < attempts:
+            console.print(f"[yellow]debootstrap failed (try {attempt}/{attempts}), retrying in "
+                          f"{15 * attempt} s: {tail[-1] if tail else ''}")
+            time.sleep(15 * attempt)
+    raise RuntimeError(f"debootstrap failed {attempts} times; last output:\n" + "\n".join(tail))
 
 
 def build_base(client: docker.DockerClient, force: bool = False) -> str:
@@ -162,14 +183,7 @@ def build_base(client: docker.DockerClient, force: bool = False) -> str:
         cmd = ["debootstrap", "--variant=minbase", f"--cache-dir={cache}",
                f"--include={','.join(base_packages())}", SUITE, str(rootfs), mirror]
         with Steps(f"base image {tag}: debootstrap {SUITE} from {mirror} (a few minutes)") as status:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            tail: list[str] = []
-            for line in proc.stdout:  # type: ignore[union-attr]
-                tail = (tail + [line.rstrip()])[-20:]
-                if line.startswith("I: "):
-                    status.update(f"debootstrap: {line[3:].strip()[:90]}")
-            if proc.wait() != 0:
-                raise RuntimeError("debootstrap failed:\n" + "\n".join(tail))
+            _debootstrap(cmd, rootfs, status)
             status.update("setting up the rootfs (user swe, git config)")
             shutil.copy(BASE_DIR / "setup.sh", rootfs / "tmp" / "setup.sh")
             subprocess.run(["chroot", str(rootfs), "/bin/sh", "/tmp/setup.sh"], check=True)
