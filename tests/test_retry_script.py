@@ -14,8 +14,8 @@ def _run(attempts: int, fail_times: int, tmp_path: Path) -> tuple[subprocess.Com
     counter.write_text("0")
     cmd = (f'n=$(($(cat {counter}) + 1)); echo $n > {counter}; '
            f'[ $n -gt {fail_times} ] || exit 7')
-    got = subprocess.run(["bash", str(SCRIPT), str(attempts), "bash", "-c", cmd], capture_output=True,
-                         text=True, env={**os.environ, "RETRY_WAIT_S": "0"}, timeout=60)
+    got = subprocess.run(["bash", str(SCRIPT), str(attempts), "bash", "-c", cmd], check=False,
+                         capture_output=True, text=True, env={**os.environ, "RETRY_WAIT_S": "0"}, timeout=60)
     return got, int(counter.read_text())
 
 

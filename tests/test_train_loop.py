@@ -210,3 +210,22 @@ def test_dynamic_sampling_trains_only_groups_with_signal(small_model, tmp_path):
     t2.train()
     row = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["groups_kept"] == 0.0 and row["optimizer_step_skipped"] == 1.0 and row["episodes"] == 0.0
+
+
+def test_a_rollout_that_fails_ends_the_step_with_its_reason(small_model, replay_file, tmp_path):
+    """Rank 0's rollout goes through on_rank0: an error inside it, or a step whose every
+    episode failed, is raised (on rank 0 as itself; tests/test_train_ranks.py shows the
+    other ranks' side) instead of training on nothing."""
+    from swe_aem.train.rollouts import TrainingSetupError
+
+    trainer = Trainer(_cfg(small_model, replay_file, "run.steps=1"), tmp_path / "run")
+    trainer.source.collect = lambda instances, step: ([], {})
+    with pytest.raises(TrainingSetupError, match="step 0: every episode failed"):
+        trainer.step()
+
+    def docker_down(instances, step):
+        raise ConnectionError("Docker daemon is not answering")
+
+    trainer.source.collect = docker_down
+    with pytest.raises(ConnectionError, match="not answering"):
+        trainer.step()

@@ -154,9 +154,10 @@ def evaluate():
     if sys.argv[1] == "fail":
         raise ValueError("no held-out instance was graded")
     print("evaluated on rank", rank, flush=True)
+    return {"resolve_rate": 0.25}
 try:
-    on_rank0(evaluate, "held-out evaluation (after)")
-    print("went on", flush=True)
+    got = on_rank0(evaluate, "held-out evaluation (after)")
+    print("went on with", got, flush=True)
 except Exception as exc:
     print("failed:", type(exc).__name__, exc, flush=True)
 """
@@ -184,11 +185,13 @@ def test_ranks_wait_for_rank0_as_long_as_the_collective_timeout():
     assert _ranks_waiting(timeout_s=60, rank0_busy_s=8) == [["got episodes"], ["got episodes"]]
 
 
-def test_heldout_evaluation_runs_on_rank0_and_its_failure_stops_every_rank():
-    """Two gloo ranks: the evaluation runs on rank 0 only while rank 1 waits, and when it
-    fails, rank 0 raises its error and rank 1 an error naming it (instead of waiting)."""
+def test_work_on_rank0_gives_its_result_to_every_rank_and_its_failure_stops_every_rank():
+    """Two gloo ranks: the work (a held-out evaluation, a step's rollout) runs on rank 0 only
+    while rank 1 waits and gets its result; when it fails, rank 0 raises its error and rank 1
+    an error naming it (instead of waiting)."""
     ok = _ranks_waiting(0, 0, _EVAL_ON_RANK0.replace("sys.argv[1]", '"pass"'))
-    assert ok == [["evaluated on rank 0", "went on"], ["went on"]]
+    went = "went on with {'resolve_rate': 0.25}"
+    assert ok == [["evaluated on rank 0", went], [went]]
     r0, r1 = _ranks_waiting(0, 0, _EVAL_ON_RANK0.replace("sys.argv[1]", '"fail"'))
     assert r0 == ["failed: ValueError no held-out instance was graded"]
     assert r1 == [("failed: TrainingSetupError held-out evaluation (after) failed on rank 0: "

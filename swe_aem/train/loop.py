@@ -8,15 +8,18 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
 
+from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, to_yaml
 from swe_aem.train.batch import TurnLayout, groups_with_signal, samples_from_episodes
@@ -27,6 +30,8 @@ from swe_aem.train.metrics import MetricsLogger
 from swe_aem.train.rollouts import LiveRollouts, ReplayRollouts, TrainingSetupError
 from swe_aem.train.update import forward_old, ppo_update
 from swe_aem.train.weights import WeightPublisher, WeightSyncError
+
+T = TypeVar("T")
 
 console = Console()
 
@@ -215,27 +220,8 @@ class Trainer:
         t_start = time.perf_counter()
         r = cfg.rollout
         ids = task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), cfg.trainer.seed)
-        m: dict[str, float] = {}
-        if self.is_main:
-            upcoming = task_batch(self.task_ids, step + 1, len(ids), cfg.trainer.seed)
-            self.source.prefetch([self.instances[i] for i in upcoming])  # pulls overlap this step
-            episodes, timings = self.source.collect([self.instances[i] for i in ids], step)
-            m.update(timings)
-            if not episodes:
-                first = self.source.dropped[0].reason if self.source.dropped else "unknown"
-                episodes = TrainingSetupError(
-                    f"step {step}: every episode failed (first: {first}); all reasons in "
-                    f"{self.run_dir / 'dropped_episodes.jsonl'}")
-            elif r.filter_groups:
-                # reward of everything sampled (reward_mean below is of the kept groups only)
-                m["reward_mean_sampled"] = float(np.mean([e.reward for e in episodes]))
-                episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
-                m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
-        else:
-            episodes = None
-        episodes = _broadcast(episodes)
-        if isinstance(episodes, TrainingSetupError):
-            raise episodes  # on every rank, so none waits in a collective
+        # rank 0 rolls out; an error there (every episode failed, Docker down) ends every rank
+        episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
         if not episodes:  # dynamic sampling found no group with signal
             return self._skipped_step(m, t_start)
         samples = samples_from_episodes(
@@ -297,6 +283,24 @@ class Trainer:
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
         return StepResult(m, len(episodes))
 
+    def _collect(self, ids: list[str], step: int) -> tuple[list[Episode], dict[str, float]]:
+        """Rank 0's rollout of the step's tasks: graded episodes (only groups with signal
+        under dynamic sampling; none when no group has any) and the rollout's metrics."""
+        r = self.cfg.rollout
+        upcoming = task_batch(self.task_ids, step + 1, len(ids), self.cfg.trainer.seed)
+        self.source.prefetch([self.instances[i] for i in upcoming])  # pulls overlap this step
+        episodes, m = self.source.collect([self.instances[i] for i in ids], step)
+        if not episodes:
+            first = self.source.dropped[0].reason if self.source.dropped else "unknown"
+            raise TrainingSetupError(f"step {step}: every episode failed (first: {first}); all reasons in "
+                                     f"{self.run_dir / 'dropped_episodes.jsonl'}")
+        if r.filter_groups:
+            # reward of everything sampled (reward_mean of the step is of the kept groups only)
+            m["reward_mean_sampled"] = float(np.mean([e.reward for e in episodes]))
+            episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
+            m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
+        return episodes, m
+
     def _skipped_step(self, m: dict[str, float], t_start: float) -> StepResult:
         """A step whose rollouts left no group with signal: logged, nothing trained."""
         m.update({"optimizer_step_skipped": 1.0, "episodes": 0.0,
@@ -333,20 +337,24 @@ class Trainer:
             self.source = None
 
 
-def on_rank0(fn, what: str) -> None:
-    """fn() on rank 0 while the other ranks wait; if it fails, every rank raises (rank 0 its
-    own error, the others a TrainingSetupError naming it) instead of waiting for ever."""
+def on_rank0(fn: Callable[[], T], what: str) -> T:
+    """fn() on rank 0 while the other ranks wait, its result given to every rank; if it
+    fails, every rank raises (rank 0 its own error, the others a TrainingSetupError naming
+    it) instead of waiting in a collective for ever."""
+    result: T | None = None
     error: Exception | None = None
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         try:
-            fn()
+            result = fn()
         except Exception as exc:  # noqa: BLE001 - re-raised below; the other ranks must not wait for it
             error = exc
-    shared = _broadcast(None if error is None else TrainingSetupError(f"{what} failed on rank 0: {error}"))
+    failed, shared = _broadcast((True, f"{what} failed on rank 0: {error}") if error is not None
+                                else (False, result))
     if error is not None:
         raise error
-    if shared is not None:
-        raise shared
+    if failed:
+        raise TrainingSetupError(shared)
+    return shared
 
 
 def _broadcast(obj):
