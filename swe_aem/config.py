@@ -41,7 +41,7 @@ class AlgoConfig:
 class RolloutConfig:
     tasks_per_step: int = 2
     samples_per_task: int = 4
-    max_turns: int = 4
+    max_turns: int = 6
     max_context_tokens: int = 3072
     max_new_tokens: int = 512  # the longest gold-edit call of the generated suite is ~430 tokens
     max_observation_chars: int = 2000

@@ -175,3 +175,43 @@ def test_regenerating_a_few_reproduces_the_committed_rows(repo_images):
     for cand, row in zip(cands, committed, strict=True):
         f2p, p2p = gen.classify(clean, outcomes[cand.instance_id])
         assert gen.make_row(cand, f2p, p2p, outcomes[cand.instance_id].messages, seed) == row
+
+
+def _changed_lines(patch: str) -> list[int]:
+    """Lines of the current file a one-file patch removes, or inserts after (not its context)."""
+    out, old = [], 0
+    for text in patch.splitlines():
+        if text.startswith("@@"):
+            old = int(text.split()[1].lstrip("-").split(",")[0]) - 1
+        elif text.startswith("-") and not text.startswith("---"):
+            old += 1
+            out.append(old)
+        elif text.startswith("+") and not text.startswith("+++"):
+            out.append(max(old, 1))
+        elif text.startswith(" "):
+            old += 1
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_demonstrations_locate_the_function_from_the_failing_test(splits, repo_images, tmp_path):
+    """The warm start's demonstrations of generated tasks, run in real containers with the
+    tiny model's tokenizer: the failing test's output, the `def` grep found, a view from
+    that line that covers the lines the gold patch changes, the edit, and a resolved grade."""
+    from swe_aem.agent.trajectory import read_episodes
+    from swe_aem.sft.demos import make_demonstrations
+
+    picked = _pick(splits)
+    report = make_demonstrations(picked, "tiny", tmp_path / "demos.jsonl", progress=False)
+    assert report.kept == len(picked), (report.rejected, report.dropped)
+    for ep in read_episodes(tmp_path / "demos.jsonl"):
+        inst = next(i for i in picked if i.instance_id == ep.instance_id)
+        run, grep, view = ep.turns[:3]
+        assert "failed" in run.observation and inst.FAIL_TO_PASS[0].split("[")[0] in run.observation
+        line = int(grep.observation.split(f"{inst.extra['file']}:")[1].split(":")[0])
+        first, last = view.tool_call.arguments["view_range"]
+        changed = _changed_lines(inst.patch)
+        assert first == line and first <= min(changed) and max(changed) <= last, (first, last, changed)
+        assert [t.tool_call.name for t in ep.turns[3:]][-1] == "finish"
+        assert ep.reward == 1.0

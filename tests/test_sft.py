@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,13 +121,18 @@ new file mode 100644
 """
 
 
+def _inst(patch: str, instance_id: str = "a", prompt: str = "p", **extra):
+    return SimpleNamespace(instance_id=instance_id, patch=patch, prompt=prompt,
+                           FAIL_TO_PASS=("tests/test_mod.py::test_f[1-2]",), extra=extra)
+
+
 def test_demonstration_looks_then_edits_then_finishes():
     from swe_aem.agent.toolcalls import parse_tool_call
 
     assert edited_spans(GOLD) == {"/testbed/pkg/mod.py": (1, 2)}  # a created file is not viewed
     two_hunks = GOLD.split("diff --git a/pkg/new.py")[0] + "@@ -40,7 +40,7 @@\n x\n-y\n+z\n"
     assert edited_spans(two_hunks) == {"/testbed/pkg/mod.py": (1, 46)}
-    turns = demonstration_turns(GOLD, "xml")
+    turns = demonstration_turns(_inst(GOLD), "xml")  # no buggy function named: view the span
     calls = [parse_tool_call(t, "xml") for t in turns]
     assert calls[0].arguments["view_range"] == [1, 2]  # the lines it will change, not the file
     assert [(c.name, c.arguments.get("command")) for c in calls] == [
@@ -135,13 +141,33 @@ def test_demonstration_looks_then_edits_then_finishes():
     assert calls[1].arguments["old_str"] == "def f():\n    return 1\n"
     assert calls[1].arguments["new_str"] == "def f():\n    return 2\n"
     with pytest.raises(ValueError, match="makes no edit"):
-        demonstration_turns("", "xml")
+        demonstration_turns(_inst(""), "xml")
 
-    one = dataclasses.make_dataclass("I", ["instance_id", "patch", "prompt"])
     with pytest.raises(ValueError, match="a and b have the same prompt"):
-        script_by_prompt([one("a", GOLD, "p"), one("b", GOLD.replace("return 2", "return 3"), "p")],
+        script_by_prompt([_inst(GOLD, "a"), _inst(GOLD.replace("return 2", "return 3"), "b")],
                          lambda i: i.prompt, "xml")
-    assert len(script_by_prompt([one("a", GOLD, "p"), one("b", GOLD, "p")], lambda i: i.prompt, "xml")) == 1
+    assert len(script_by_prompt([_inst(GOLD, "a"), _inst(GOLD, "b")], lambda i: i.prompt, "xml")) == 1
+
+
+def test_a_generated_task_is_located_from_its_failing_test():
+    """Run the failing test, grep the package for the function's def, view from the line
+    grep printed: every step derived from what the agent sees, none from the gold patch."""
+    from swe_aem.agent.toolcalls import parse_tool_call
+    from swe_aem.sft.demos import VIEW_LINES
+
+    turns = demonstration_turns(_inst(GOLD, file="pkg/mod.py", function="f"), "xml")
+    run, grep, view = (parse_tool_call(turns[0], "xml"), parse_tool_call(turns[1], "xml"), turns[2])
+    assert run.name == "execute_bash" and "pytest" in run.arguments["command"]
+    assert "'tests/test_mod.py::test_f'" in run.arguments["command"]  # every parametrisation
+    assert run.arguments["command"].count("[") == 0
+    assert grep.arguments["command"] == 'grep -rn "def f(" pkg/'
+    seen = "pkg/other.py:3:def f(x):\npkg/mod.py:12:def f():\n"
+    call = parse_tool_call(view(f"...{seen}..."), "xml")
+    assert call.arguments["path"] == "/testbed/pkg/mod.py"
+    assert call.arguments["view_range"] == [12, 12 + VIEW_LINES - 1]
+    with pytest.raises(RuntimeError, match="grep printed no `def f\\(` in pkg/mod.py"):
+        view("pkg/other.py:3:def f(x):")
+    assert [parse_tool_call(t, "xml").name for t in turns[3:]] == ["str_replace_editor"] * 2 + ["finish"]
 
 
 def test_train_command_refuses_when_nothing_passes_the_filter(tmp_path, capsys):
@@ -256,7 +282,7 @@ def test_gold_demonstrations_resolve_and_hold_the_exact_tokens(tmp_path, local_i
     for inst in local_instances:
         ep = eps[inst.instance_id]
         assert ep.reward == 1.0 and ep.termination == "finished" and ep.model == DEMO_MODEL_NAME
-        script = demonstration_turns(inst.patch, fmt)
+        script = demonstration_turns(inst, fmt)
         assert len(ep.turns) == len(script)
         assert ep.turns[0].tool_call.arguments["command"] == "view"  # it looks before it edits
         expected: list[int] = []

@@ -1,13 +1,16 @@
 """Demonstrations from gold patches: tool-call episodes run in real containers.
 
 For each instance a scripted policy (ScriptedPolicyServer, the stand-in for vLLM at
-the HTTP boundary) answers with the target model's own token ids of: a `view` of each
-file the gold patch edits, the `str_replace` / `create` calls that make the gold
-edits, and `finish`. The agent loop runs those calls in the instance's container,
-the final `git diff` is graded in a fresh one, and only resolved episodes are kept:
-they hold exactly the tokens (prompt, observations, template glue) a rollout of the
-same behaviour would hold. Their log-probs are the stand-in's placeholder, not a
-model's: they are SFT data, not on-policy RL data.
+the HTTP boundary) answers with the target model's own token ids of: steps that find
+the code to change from what the agent can see, the `str_replace` / `create` calls
+that make the gold edits, and `finish`. For a generated instance (it names its buggy
+function) the finding is derived, not given: run a failing test, grep the package for
+the function the test calls, view it from the line grep printed. For any other
+instance it is a `view` of the lines the gold patch changes. The agent loop runs the
+calls in the instance's container, the final `git diff` is graded in a fresh one, and
+only resolved episodes are kept: they hold exactly the tokens (prompt, observations,
+template glue) a rollout of the same behaviour would hold. Their log-probs are the
+stand-in's placeholder, not a model's: they are SFT data, not on-policy RL data.
 """
 
 from __future__ import annotations
@@ -47,36 +50,77 @@ def edited_spans(patch: str) -> dict[str, tuple[int, int]]:
     return spans
 
 
-def demonstration_turns(patch: str, fmt: str) -> list[str]:
-    """The assistant texts of one demonstration: look at the lines to change, edit, finish.
+# A turn is its text, or a function of the prompt so far when it reads an observation
+# (the line `grep -n` printed) the way the agent would have to.
+Turn = str | Callable[[str], str]
+VIEW_LINES = 20  # a function is viewed from its `def` line, this many lines (the generated suite's are short)
 
-    The look is a `view` of the hunks' span, not of the whole file: it shows what the
-    edit needs and keeps a demonstration (and so SFT on CPU) short.
-    """
-    edits = editor_calls_for_patch(patch, fmt)
+
+def demonstration_turns(inst: Any, fmt: str) -> list[Turn]:
+    """The assistant turns of one demonstration: find the code, edit, finish."""
+    edits = editor_calls_for_patch(inst.patch, fmt)
     if not edits:
         raise ValueError("the gold patch makes no edit (empty or not a unified diff)")
-    turns = [f"Let me read the code in {path}.\n"
-             + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
-                              view_range=f"[{first}, {last}]")
-             for path, (first, last) in edited_spans(patch).items()]
+    extra = getattr(inst, "extra", {}) or {}
+    spans = edited_spans(inst.patch)
+    if extra.get("function") and extra.get("file") and inst.FAIL_TO_PASS:
+        test = inst.FAIL_TO_PASS[0].split("[")[0]  # every parametrisation: ids may hold spaces
+        turns = locating_turns(test, extra["file"], extra["function"], spans, fmt)
+    else:
+        # the look is a `view` of the hunks' span, not of the whole file: it shows what the
+        # edit needs and keeps a demonstration (and so SFT on CPU) short
+        turns = [f"Let me read the code in {path}.\n"
+                 + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
+                                  view_range=f"[{first}, {last}]")
+                 for path, (first, last) in spans.items()]
     turns += [f"Now I make the change.\n{call}" for call in edits]
     turns.append("The issue is fixed.\n" + tool_call_text(fmt, "finish", message="Fixed the issue."))
     return turns
 
 
+def locating_turns(test: str, file: str, function: str, spans: dict[str, tuple[int, int]], fmt: str
+                   ) -> list[Turn]:
+    """Run the failing test (its traceback shows the call), grep the package for the
+    function's `def`, view VIEW_LINES lines from the line grep printed (further only when
+    the gold edit reaches past them)."""
+    package = file.split("/")[0]
+    name = function.split(".")[-1]
+    path = "/testbed/" + file
+    _, last = spans.get(path, (0, 0))
+    found = re.compile(rf"^{re.escape(file)}:(\d+):\s*def {re.escape(name)}\(", re.MULTILINE)
+
+    def view(prompt: str) -> str:
+        lines = [int(m.group(1)) for m in found.finditer(prompt)]
+        if not lines:
+            raise RuntimeError(f"grep printed no `def {name}(` in {file}")
+        start = lines[-1]
+        end = max(start + VIEW_LINES - 1, last)
+        return (f"The function is at line {start} of {file}. Let me read it.\n"
+                + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
+                                 view_range=f"[{start}, {end}]"))
+
+    return [
+        "Let me run a failing test to see where it breaks.\n"
+        + tool_call_text(fmt, "execute_bash", command=f"python -m pytest -x -q --tb=short '{test}' 2>&1 | tail -n 15"),
+        f"The test calls `{name}`. Let me find where it is defined.\n"
+        + tool_call_text(fmt, "execute_bash", command=f'grep -rn "def {name}(" {package}/'),
+        view,
+    ]
+
+
 def script_by_prompt(instances: Sequence[Any], user_text: Callable[[Any], str], fmt: str
-                     ) -> dict[str, list[str]]:
+                     ) -> dict[str, list[Turn]]:
     """Each instance's demonstration keyed by its first user message (what the scripted
     server can see); two instances with one prompt but different gold patches are an error."""
-    scripts: dict[str, list[str]] = {}
+    scripts: dict[str, list[Turn]] = {}
     owner: dict[str, str] = {}
+    patches: dict[str, str] = {}
     for inst in instances:
-        key, turns = user_text(inst), demonstration_turns(inst.patch, fmt)
-        if key in scripts and scripts[key] != turns:
+        key = user_text(inst)
+        if key in scripts and patches[key] != inst.patch:
             raise ValueError(f"instances {owner[key]} and {inst.instance_id} have the same prompt but "
                              "different gold patches: a demonstration cannot tell them apart")
-        scripts[key], owner[key] = turns, inst.instance_id
+        scripts[key], owner[key], patches[key] = demonstration_turns(inst, fmt), inst.instance_id, inst.patch
     return scripts
 
 
@@ -116,9 +160,12 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
         turns = next((t for key, t in scripts.items() if key in prompt), None)
         if turns is None:
             raise RuntimeError("scripted demonstration got a prompt of no known instance")
-        return turns[min(turn, len(turns) - 1)]
+        step = turns[min(turn, len(turns) - 1)]
+        return step if isinstance(step, str) else step(prompt)
 
-    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for ts in scripts.values() for t in ts)
+    # a turn computed from the prompt is a short view call: 64 tokens bound it
+    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) if isinstance(t, str) else 64
+                  for ts in scripts.values() for t in ts)
     config = AgentConfig.for_preset(preset, max_new_tokens=longest + 8, temperature=0.0,
                                     max_turns=max(len(t) for t in scripts.values()) + 1)
     out = Path(out)

@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from swe_aem.sft.trainer import SftConfig
 
 # bump when demonstrations or SFT change in a way the key cannot see
-# (3: demonstrations graded on a diff that sees same-second edits)
-FORMAT_VERSION = 3
+# (3: demonstrations graded on a diff that sees same-second edits; 4: generated tasks
+# are located from a failing test: run it, grep the def, view from there)
+FORMAT_VERSION = 4
 
 
 class WarmStartError(RuntimeError):
