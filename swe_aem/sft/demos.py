@@ -113,14 +113,13 @@ def script_by_prompt(instances: Sequence[Any], user_text: Callable[[Any], str], 
     """Each instance's demonstration keyed by its first user message (what the scripted
     server can see); two instances with one prompt but different gold patches are an error."""
     scripts: dict[str, list[Turn]] = {}
-    owner: dict[str, str] = {}
-    patches: dict[str, str] = {}
+    first: dict[str, Any] = {}  # prompt -> the instance that scripted it
     for inst in instances:
         key = user_text(inst)
-        if key in scripts and patches[key] != inst.patch:
-            raise ValueError(f"instances {owner[key]} and {inst.instance_id} have the same prompt but "
-                             "different gold patches: a demonstration cannot tell them apart")
-        scripts[key], owner[key], patches[key] = demonstration_turns(inst, fmt), inst.instance_id, inst.patch
+        if key in first and first[key].patch != inst.patch:
+            raise ValueError(f"instances {first[key].instance_id} and {inst.instance_id} have the same prompt "
+                             "but different gold patches: a demonstration cannot tell them apart")
+        scripts[key], first[key] = demonstration_turns(inst, fmt), inst
     return scripts
 
 
