@@ -40,9 +40,8 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; 
   command -v apt-get >/dev/null 2>&1 || fail "dockerd is not installed and apt-get is missing (not Debian?)"
   say "installing Debian docker.io"
   export DEBIAN_FRONTEND=noninteractive
-  # apt waits (up to 10 min) for a dpkg/apt lock another process holds instead of failing,
-  # and retry.sh reruns a download that a moment's network trouble broke
-  apt_retry() { bash "$(dirname "$0")/retry.sh" 4 apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5 "$@"; }
+  # apt.sh: waits for another process's dpkg lock, retries downloads and the command
+  apt_retry() { bash "$(dirname "$0")/apt.sh" "$@"; }
   apt_retry update -qq || fail "apt-get update failed (no network to the Debian mirror?)"
   apt_retry install -y -qq --no-install-recommends docker.io iptables ca-certificates >/dev/null \
     || fail "apt-get install docker.io failed"

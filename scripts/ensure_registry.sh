@@ -29,9 +29,8 @@ if answering; then
   exit 0
 fi
 
-# apt waits for a dpkg/apt lock another process holds (up to 10 min) and retries downloads;
-# retry.sh reruns a command that still fails (a mirror that drops out for a moment)
-apt_retry() { bash "$(dirname "$0")/retry.sh" 4 apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=5 "$@"; }
+# apt.sh: waits for another process's dpkg lock, retries downloads and the command
+apt_retry() { bash "$(dirname "$0")/apt.sh" "$@"; }
 
 if ! command -v docker-registry >/dev/null 2>&1; then
   [[ $(id -u) -eq 0 ]] || fail "docker-registry is not installed and we are not root; run: sudo apt-get install docker-registry"

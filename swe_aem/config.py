@@ -114,7 +114,7 @@ class WarmStartConfig:
     dataset: str = "generated"
     split: str = "train"
     tasks: int | None = 24  # instances demonstrated (a seeded draw); None: the whole split
-    epochs: int = 4
+    epochs: int = 2
     lr: float = 1e-4
     batch_episodes: int = 4
     rl_on_demo_tasks: bool = True  # RL draws its tasks from the demonstrated ones

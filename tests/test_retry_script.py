@@ -34,3 +34,17 @@ def test_a_command_that_keeps_failing_gives_up_with_its_exit_code(tmp_path: Path
 def test_a_command_that_succeeds_runs_once(tmp_path: Path) -> None:
     got, calls = _run(attempts=4, fail_times=0, tmp_path=tmp_path)
     assert got.returncode == 0 and calls == 1 and got.stderr == ""
+
+
+def test_apt_waits_for_the_lock_and_retries(tmp_path: Path) -> None:
+    """scripts/apt.sh gives apt-get the lock wait and download retries, and reruns it on failure
+    (apt-get itself is stood in for by a script that records its arguments and fails once)."""
+    (tmp_path / "apt-get").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n[ $(wc -l < {tmp_path}/args) -gt 1 ]\n')
+    (tmp_path / "apt-get").chmod(0o755)
+    got = subprocess.run(["bash", str(SCRIPT.parent / "apt.sh"), "install", "-y", "make"], check=False,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RETRY_WAIT_S": "0", "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    calls = (tmp_path / "args").read_text().splitlines()
+    assert got.returncode == 0 and len(calls) == 2
+    assert calls[0] == "-o DPkg::Lock::Timeout=600 -o Acquire::Retries=5 install -y make"
