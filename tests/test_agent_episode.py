@@ -224,6 +224,9 @@ def test_editor_commands_and_their_errors_in_the_container(pool, instances) -> N
         assert "no edit" in edit(command="undo_edit", path=path).output
         view = edit(command="view", path=path, view_range=[2, 3])
         assert view.output == "     2\tb = 2\n     3\ta = 1"
+        past_end = edit(command="view", path=path, view_range=[3, 40])  # shows up to the last line
+        assert not past_end.error and past_end.output.startswith("     3\ta = 1")
+        assert "outside the file's lines 1..4" in edit(command="view", path=path, view_range=[9, 12]).output
         assert "does not exist" in edit(command="view", path="/testbed/missing.py").output
         for outside in ("/etc/passwd", "/testbed/../etc/passwd", "relative.py"):
             assert edit(command="view", path=outside).error

@@ -211,6 +211,7 @@ def test_demonstrations_locate_the_function_from_the_failing_test(splits, repo_i
         assert "failed" in run.observation and inst.FAIL_TO_PASS[0].split("[")[0] in run.observation
         line = int(grep.observation.split(f"{inst.extra['file']}:")[1].split(":")[0])
         first, last = view.tool_call.arguments["view_range"]
+        assert view.tool_error is None and f"{first}\t" in view.observation  # the view showed the code
         changed = _changed_lines(inst.patch)
         assert first == line and first <= min(changed) and max(changed) <= last, (first, last, changed)
         assert [t.tool_call.name for t in ep.turns[3:]][-1] == "finish"

@@ -170,6 +170,22 @@ def test_a_generated_task_is_located_from_its_failing_test():
     assert [parse_tool_call(t, "xml").name for t in turns[3:]] == ["str_replace_editor"] * 2 + ["finish"]
 
 
+def test_a_demonstration_is_kept_only_resolved_and_without_a_failed_call():
+    from swe_aem.sft.demos import rejection
+
+    def ep(reward: float, termination: str = "finished", error: str | None = None) -> Episode:
+        turns = [Turn([1], [2], [0.0], "stop"),
+                 Turn([3], [4], [0.0], "stop", tool_error=error)]
+        return Episode("i", 0, turns, termination=termination, reward=reward,
+                       grade_status="resolved" if reward else "unresolved", grade_reason="r")
+
+    assert rejection(ep(1.0)) is None
+    assert rejection(ep(0.0)) == "finished, unresolved: r"
+    assert rejection(ep(1.0, "max_turns")).startswith("max_turns")
+    why = rejection(ep(1.0, error="ERROR: view_range [8, 27] is outside the file's lines 1..5"))
+    assert why == "a tool call failed: ERROR: view_range [8, 27] is outside the file's lines 1..5"
+
+
 def test_train_command_refuses_when_nothing_passes_the_filter(tmp_path, capsys):
     from swe_aem.cli import main
 

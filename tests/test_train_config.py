@@ -17,6 +17,23 @@ def test_yaml_defaults_mirror_the_dataclasses():
     assert from_yaml == asdict(Config())
 
 
+def test_the_rollout_section_reaches_the_agent():
+    """Every agent setting the rollout section names is the one its episodes run with
+    (rollout.max_turns once never reached them: episodes ran on to their timeout)."""
+    from dataclasses import fields
+
+    from swe_aem.train.rollouts import agent_config
+
+    cfg = load_config(overrides=["rollout.max_turns=5", "rollout.max_context_tokens=2000",
+                                 "rollout.episode_timeout_s=77", "rollout.max_malformed_calls=2",
+                                 "rollout.temperature=0.5", "rollout.tool_timeout_s=9"])
+    agent = agent_config(load_preset("tiny"), cfg.rollout)
+    named = [f.name for f in fields(agent) if hasattr(cfg.rollout, f.name)]
+    assert {"max_turns", "max_context_tokens", "episode_timeout_s", "max_new_tokens"} <= set(named)
+    assert {n: getattr(agent, n) for n in named} == {n: getattr(cfg.rollout, n) for n in named}
+    assert agent.max_turns == 5 and agent.tool_call_format == load_preset("tiny").tool_call_format
+
+
 def test_layers_and_overrides():
     cfg = load_config("grpo_aem", "deepswe_aem", ["rollout.max_turns=7", "algo.aem_lambda=0.5"])
     assert cfg.model == "qwen3-32b" and cfg.algo.aem and cfg.algo.aem_lambda == 0.5

@@ -99,8 +99,10 @@ def view(path, view_range=None):
     if len(view_range) != 2:
         raise EditorError("view_range must be [first, last]")
     first, last = view_range
-    last = len(lines) if last == -1 else last
-    if not 1 <= first <= last <= len(lines):
+    # an end past the file (or -1) shows up to its last line: a function near the end of a
+    # file is viewed by the same "N lines from its def" as any other
+    last = len(lines) if last == -1 or last > len(lines) else last
+    if not 1 <= first <= last:
         raise EditorError(f"view_range {view_range} is outside the file's lines 1..{len(lines)}")
     return _numbered("\n".join(lines[first - 1:last]), first)
 

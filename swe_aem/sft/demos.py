@@ -135,6 +135,18 @@ class DemoReport:
         return 60.0 * self.kept / self.seconds if self.seconds > 0 else 0.0
 
 
+def rejection(ep: Episode) -> str | None:
+    """Why a demonstration episode is not kept (None: kept). It must finish resolved, and
+    without a failed tool call: a demonstration teaches every turn it shows (a view past
+    the end of the file once failed in 11 of 24, and taught the failure too)."""
+    failed = next((t.tool_error for t in ep.turns if t.tool_error), None)
+    if failed is not None:
+        return f"a tool call failed: {failed[:200]}"
+    if ep.reward != 1.0 or ep.termination != "finished":
+        return f"{ep.termination}, {ep.grade_status}: {ep.grade_reason}"
+    return None
+
+
 def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *, concurrency: int = 2,
                         grade_timeout_s: float = 300.0, progress: bool = True) -> DemoReport:
     """Run one gold demonstration per instance, grade it, write the resolved ones to `out`."""
@@ -173,11 +185,12 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     report = DemoReport(kept=0)
 
     def keep(ep: Episode) -> None:
-        if ep.reward == 1.0 and ep.termination == "finished":
+        why = rejection(ep)
+        if why is None:
             write_episodes(out, [ep], append=True)
             report.kept += 1
         else:
-            report.rejected[ep.instance_id] = f"{ep.termination}, {ep.grade_status}: {ep.grade_reason}"
+            report.rejected[ep.instance_id] = why
 
     start = time.monotonic()
     with ScriptedPolicyServer(tokenizer, respond) as server, \

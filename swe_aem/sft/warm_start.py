@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 # bump when demonstrations or SFT change in a way the key cannot see
 # (3: demonstrations graded on a diff that sees same-second edits; 4: generated tasks
-# are located from a failing test: run it, grep the def, view from there)
-FORMAT_VERSION = 4
+# are located from a failing test: run it, grep the def, view from there; 5: a view
+# past the end of the file shows up to its last line instead of failing, and a
+# demonstration with a failed tool call is not kept)
+FORMAT_VERSION = 5
 
 
 class WarmStartError(RuntimeError):

@@ -16,14 +16,23 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
-from swe_aem.config import Config
+from swe_aem.config import Config, RolloutConfig
 from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
 
 
 class TrainingSetupError(RuntimeError):
     """Something the run needs is missing (GPU, vLLM, Docker, model)."""
+
+
+def agent_config(preset: ModelPreset, rollout: RolloutConfig) -> AgentConfig:
+    """The agent settings of a run's episodes: every AgentConfig field that the `rollout`
+    section also names, taken from it (a field passed by hand once went missing: max_turns,
+    and episodes ran on to their timeout)."""
+    shared = {f.name for f in dataclasses.fields(AgentConfig)} & {f.name for f in dataclasses.fields(rollout)}
+    return AgentConfig.for_preset(preset, **{name: getattr(rollout, name) for name in shared})
 
 
 class LiveRollouts:
@@ -37,20 +46,13 @@ class LiveRollouts:
     def __init__(self, cfg: Config, preset: ModelPreset, model_path: Path, tokenizer: Any,
                  run_dir: Path, run_id: str):
         from swe_aem.agent.harness import open_harness
-        from swe_aem.agent.loop import AgentConfig
         from swe_aem.policy.session import PolicySetupError
         from swe_aem.sandbox import SandboxConfig, reap
         from swe_aem.sandbox.images import ImageStore, parse_size
 
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id
         self.tokenizer = tokenizer
-        r = cfg.rollout
-        self.agent_cfg = AgentConfig.for_preset(
-            preset, max_context_tokens=r.max_context_tokens,
-            max_observation_chars=r.max_observation_chars, episode_timeout_s=r.episode_timeout_s,
-            tool_timeout_s=r.tool_timeout_s,
-            temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-            max_malformed_calls=r.max_malformed_calls)
+        self.agent_cfg = agent_config(preset, cfg.rollout)
         for host in cfg.run.docker_hosts or [None]:
             reap(docker_host=host)  # containers of crashed earlier runs (their owner is gone)
         with ExitStack() as stack:
@@ -61,7 +63,7 @@ class LiveRollouts:
             stack.callback(images.close)
             try:
                 self.harness = stack.enter_context(open_harness(
-                    model_path, preset, concurrency=r.concurrency, server_url=cfg.run.vllm_url,
+                    model_path, preset, concurrency=cfg.rollout.concurrency, server_url=cfg.run.vllm_url,
                     log_path=run_dir / "vllm.log", weight_updates=cfg.run.push_weights,
                     docker_hosts=cfg.run.docker_hosts or None, images=images, run_id=run_id,
                     sandbox=SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory)))
