@@ -64,3 +64,18 @@ def test_rollout_command_rejects_bad_arguments(tmp_path, capsys, monkeypatch) ->
     assert "at least 1" in capsys.readouterr().out
     assert cli_main(["rollout", "--model", "7b", "--out", str(tmp_path)]) == 1
     assert "hub is unreachable" in capsys.readouterr().out
+
+
+def test_every_agent_flag_reaches_the_episodes() -> None:
+    """--max-turns once reached no episode (it kept the agent's default of 30)."""
+    import argparse
+
+    from swe_aem.commands.rollout import add_arguments, agent_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--max-turns", "6", "--max-context", "2000", "--max-new-tokens", "99",
+                              "--temperature", "0.3", "--top-p", "0.9", "--episode-timeout", "77"])
+    got = agent_config(args, load_preset("tiny"))
+    assert (got.max_turns, got.max_context_tokens, got.max_new_tokens) == (6, 2000, 99)
+    assert (got.temperature, got.top_p, got.episode_timeout_s) == (0.3, 0.9, 77.0)

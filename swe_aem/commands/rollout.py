@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from swe_aem.agent.loop import AgentConfig
 from swe_aem.data.families import FORMATS
 
 
@@ -40,11 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
 
 
+def agent_config(args: argparse.Namespace, preset) -> AgentConfig:
+    """The agent settings the flags give (each flag here: --max-turns once reached no episode)."""
+    return AgentConfig.for_preset(
+        preset, max_context_tokens=args.max_context, max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        episode_timeout_s=args.episode_timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from swe_aem.agent.harness import open_harness
-    from swe_aem.agent.loop import AgentConfig
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data.instances import DatasetError, load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
@@ -67,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
     traj_path = args.out / "trajectories.jsonl"
     traj_path.write_text("")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = AgentConfig.for_preset(
-        preset, max_context_tokens=args.max_context, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, episode_timeout_s=args.episode_timeout)
+    config = agent_config(args, preset)
     try:
         with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
                           served_name=args.served_name) as h:
