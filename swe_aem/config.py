@@ -8,6 +8,7 @@ trainer settings left at None come from the model preset (configs/model/).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class RolloutConfig:
     max_new_tokens: int = 512  # the longest gold-edit call of the generated suite is ~430 tokens
     max_observation_chars: int = 2000
     tool_timeout_s: float = 60.0  # default limit of one tool command
-    temperature: float = 1.0
+    temperature: float = 0.6  # sampling; the trainer's log-probs and entropies use it too
     top_p: float = 1.0
     episode_timeout_s: float = 300.0
     concurrency: int = 8
@@ -114,6 +115,10 @@ class WarmStartConfig:
     dataset: str = "generated"
     split: str = "train"
     tasks: int | None = 24  # instances demonstrated (a seeded draw); None: the whole split
+    # a regex searched in instance ids: draw only from the matching ones (None: all). The
+    # default keeps the generated bug kinds whose fix is one operator or constant
+    # (op_change, op_change_const, op_swap): a 135M model learns those from 24 demonstrations
+    instances_matching: str | None = r"\.func_pm_op_"
     epochs: int = 2
     lr: float = 1e-4
     batch_episodes: int = 4
@@ -128,6 +133,7 @@ class HeldoutConfig:
     split: str | None = "test"  # None: no held-out evaluation
     dataset: str | None = None  # None: run.dataset
     tasks: int | None = 8  # a seeded draw of this many; None: the whole split
+    instances_matching: str | None = r"\.func_pm_op_"  # as warm_start.instances_matching
     runs: int = 1
     temperature: float = 0.0
     seed: int | None = None  # seed of the task draw; None: trainer.seed (pin it to compare seeds)
@@ -209,6 +215,10 @@ def validate(cfg: Config) -> None:
          "warm_start.epochs and warm_start.batch_episodes must be >= 1"),
         (cfg.heldout.tasks is None or cfg.heldout.tasks >= 1, "heldout.tasks must be >= 1 or null"),
         (cfg.heldout.runs >= 1, "heldout.runs must be >= 1"),
+        (_is_regex(cfg.warm_start.instances_matching),
+         f"warm_start.instances_matching {cfg.warm_start.instances_matching!r} is not a regex"),
+        (_is_regex(cfg.heldout.instances_matching),
+         f"heldout.instances_matching {cfg.heldout.instances_matching!r} is not a regex"),
         (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
@@ -216,6 +226,16 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _is_regex(pattern: str | None) -> bool:
+    if pattern is None:
+        return True
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def to_yaml(cfg: Config) -> str:

@@ -110,6 +110,8 @@ def test_server_command_cpu_vs_gpu(tiny_path) -> None:
     cmd = cpu.command()
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert "--enforce-eager" in cmd and "--gpu-memory-utilization" not in cmd
+    # sampled log-probs after temperature: what the trainer computes (tests/test_train_live.py)
+    assert cmd[cmd.index("--logprobs-mode") + 1] == "processed_logprobs"
     env = cpu.environment()
     assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     assert "VLLM_CPU_KVCACHE_SPACE" in env and "VLLM_CPU_OMP_THREADS_BIND" in env

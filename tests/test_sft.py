@@ -328,6 +328,11 @@ def test_task_draws_are_seeded_and_order_free():
     assert draw_tasks(ids, 4, 0) == draw_tasks(ids[::-1], 4, 0)
     assert len(draw_tasks(ids, 4, 0)) == 4 and draw_tasks(ids, 4, 0) != draw_tasks(ids, 4, 1)
     assert draw_tasks(ids, None, 0) == sorted(ids) == draw_tasks(ids, 50, 0)
+    # a regex narrows the pool first (the default keeps one-operator bugs); no match is an error
+    assert draw_tasks(ids, None, 0, r"^t[0-4]$") == [f"t{i}" for i in range(5)]
+    assert set(draw_tasks(ids, 3, 0, r"^t[0-4]$")) < {f"t{i}" for i in range(5)}
+    with pytest.raises(ValueError, match="no instance id of 10 matches"):
+        draw_tasks(ids, 3, 0, "func_pm_op_")
 
 
 @pytest.mark.slow
@@ -339,10 +344,11 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     from swe_aem.sft import warm_start as ws_mod
 
     cfg = WarmStartConfig(dataset="local", split="test", tasks=2, epochs=1, batch_episodes=2,
-                          cache_dir=str(tmp_path / "cache"))
+                          instances_matching="pyledger|textkit", cache_dir=str(tmp_path / "cache"))
     first = ws_mod.warm_start(cfg, str(small_model), seed=0, progress=False)
     assert not first.cached and len(first.task_ids) == 2
-    assert set(first.task_ids) <= {i.instance_id for i in local_instances}
+    assert set(first.task_ids) <= {i.instance_id for i in local_instances
+                                   if "confmerge" not in i.instance_id}
     assert first.summary["sft"]["steps"] == 1 and (first.model_dir / "model.safetensors").is_file()
     assert (first.model_dir / PRESET_FILE).read_text().strip() == "tiny"
     preset, path = resolve_model(str(first.model_dir))
@@ -374,7 +380,8 @@ def test_warm_start_failures_say_which_part_failed(tmp_path, small_model, monkey
     from swe_aem.sft import demos
     from swe_aem.sft.warm_start import WarmStartError, warm_start
 
-    cfg = WarmStartConfig(dataset="local", split="test", tasks=2, cache_dir=str(tmp_path / "cache"))
+    cfg = WarmStartConfig(dataset="local", split="test", tasks=2, instances_matching=None,
+                          cache_dir=str(tmp_path / "cache"))
 
     def bad_patch(*_a, **_k):
         raise ValueError("bad hunk header in the gold patch: '@@ x'")

@@ -52,6 +52,7 @@ def test_layers_and_overrides():
     (["algo.advantage=ppo"], "algo.advantage"),
     (["rollout.samples_per_task=1"], "samples_per_task"),
     (["steps"], "key=value"),
+    (["heldout.instances_matching=op_(change"], "heldout.instances_matching"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):

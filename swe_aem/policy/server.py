@@ -128,6 +128,9 @@ class VLLMServer:
             "--max-num-seqs", str(o.max_num_seqs),
             "--tensor-parallel-size", str(o.tensor_parallel_size),
             "--max-logprobs", "20",
+            # a sampled token's log-prob under the distribution it was drawn from (after
+            # temperature), which is what the trainer computes; prompt log-probs stay raw
+            "--logprobs-mode", "processed_logprobs",
             "--disable-uvicorn-access-log",
         ]
         if self.gpu:

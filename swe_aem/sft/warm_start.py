@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -67,9 +68,15 @@ def run_overrides(cfg: WarmStartConfig, ws: WarmStart) -> list[str]:
     return extra
 
 
-def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
-    """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
+def draw_tasks(instance_ids: list[str], n: int | None, seed: int, matching: str | None = None) -> list[str]:
+    """A seeded, order-independent draw of n instance ids (all of them when n is None),
+    from the ids in which the regex `matching` is found (every id when it is None)."""
     ids = sorted(instance_ids)
+    if matching is not None:
+        pattern = re.compile(matching)
+        ids = [i for i in ids if pattern.search(i)]
+        if not ids:
+            raise ValueError(f"no instance id of {len(instance_ids)} matches {matching!r}")
     if n is None or n >= len(ids):
         return ids
     return sorted(random.Random(seed).sample(ids, n))
@@ -128,7 +135,7 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
     base = base_preset_name(model)
     _, base_dir = resolve_model(model)
     every = load_instances(cfg.dataset, split=cfg.split)
-    chosen = set(draw_tasks([i.instance_id for i in every], cfg.tasks, seed))
+    chosen = set(draw_tasks([i.instance_id for i in every], cfg.tasks, seed, cfg.instances_matching))
     instances = [i for i in every if i.instance_id in chosen]
     root = Path(cfg.cache_dir).expanduser()
     folder = root / f"{base}-{cache_key(base_dir, instances, cfg, seed)}"

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
-from swe_aem.config import Config, to_yaml
+from swe_aem.config import Config, ConfigError, to_yaml
 from swe_aem.train.batch import TurnLayout, groups_with_signal, samples_from_episodes
 from swe_aem.train.checkpoint import CheckpointManager, TrainState
 from swe_aem.train.credit import assign_credit
@@ -198,7 +198,11 @@ class Trainer:
         dataset = h.dataset or self.cfg.run.dataset
         every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
                                                             dataset_format=self.cfg.run.dataset_format)}
-        ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
+        try:
+            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed,
+                             h.instances_matching)
+        except ValueError as exc:
+            raise ConfigError(f"heldout.instances_matching on {dataset}/{h.split}: {exc}") from None
         out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
         t0 = time.perf_counter()
         summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
@@ -231,7 +235,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
-                          indices=shard)
+                          indices=shard, temperature=cfg.rollout.temperature)
         m["time_forward_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -251,7 +255,7 @@ class Trainer:
             stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
                                self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
                                mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                               generator=gen, indices=shard)
+                               generator=gen, indices=shard, temperature=cfg.rollout.temperature)
             m["time_update_s"] = time.perf_counter() - t0
             tokens = sum(len(samples[i].input_ids) for i in shard)
             m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(

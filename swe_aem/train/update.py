@@ -36,8 +36,10 @@ def _device(engine) -> torch.device:
 
 @torch.no_grad()
 def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tokens: int,
-                pad_id: int, indices: Sequence[int] | None = None) -> ForwardStats:
-    """Old log-probs and token entropies on the exact rollout tokens.
+                pad_id: int, indices: Sequence[int] | None = None,
+                temperature: float = 1.0) -> ForwardStats:
+    """Old log-probs and token entropies on the exact rollout tokens, at the rollout's
+    sampling `temperature`.
 
     Each data-parallel rank passes its shard as `indices`; per-turn statistics
     are summed over ranks (each turn lives on exactly one rank), so every rank
@@ -52,7 +54,8 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     for k in range(int(_all_reduce(len(micro), dev, op="max"))):
         idx = micro[k] if k < len(micro) else [shard[0] if shard else 0]
         b = collate(samples, idx, layout, pad_id)
-        lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev))
+        lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev),
+                         temperature)
         if k >= len(micro):
             continue  # a padding forward for ZeRO-3's collectives
         lp, ent = lp.float().cpu(), ent.float().cpu()
@@ -110,6 +113,7 @@ def ppo_update(
     epochs: int = 1,
     generator: torch.Generator | None = None,
     indices: Sequence[int] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """The policy loss named by `loss_cfg.name` (PPO-clip by default) over `epochs` x
     `mini_batches` optimizer steps; returns stats of the whole batch (every rank's).
@@ -118,7 +122,8 @@ def ppo_update(
     sequences, summed over data-parallel ranks) and are scaled by the world size
     because DeepSpeed averages gradients over ranks; so micro-batching and data
     parallelism leave the gradient unchanged. `grad_norm` is the global gradient
-    norm before clipping, averaged over optimizer steps.
+    norm before clipping, averaged over optimizer steps. Log-probs are taken at the
+    rollout's sampling `temperature`, as in `forward_old`.
     """
     loss_fn = get_policy_loss(loss_cfg.name)
     dev = _device(engine)
@@ -152,7 +157,7 @@ def ppo_update(
                 turn = b["turn"]
                 adv = torch.where(turn >= 0, turn_advantages[turn.clamp(min=0)], 0.0)
                 lp, _ = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev),
-                               b["targets"].to(dev))
+                               b["targets"].to(dev), temperature)
                 loss, stats = loss_fn(
                     lp.float(), old.to(dev), adv.to(dev), b["loss_mask"].to(dev), loss_cfg,
                     rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
