@@ -115,10 +115,11 @@ class WarmStartConfig:
     dataset: str = "generated"
     split: str = "train"
     tasks: int | None = 24  # instances demonstrated (a seeded draw); None: the whole split
-    # a regex searched in instance ids: draw only from the matching ones (None: all). The
-    # default keeps the generated bug kinds whose fix is one operator or constant
-    # (op_change, op_change_const, op_swap): a 135M model learns those from 24 demonstrations
+    # Which tasks to draw from: ids in which the regex is found, gold patches that change at
+    # most max_fix_lines lines (None: no condition). The default keeps the generated bugs
+    # whose fix is one operator or constant on one line (op_change, op_change_const, op_swap)
     instances_matching: str | None = r"\.func_pm_op_"
+    max_fix_lines: int | None = 1
     epochs: int = 2
     lr: float = 1e-4
     batch_episodes: int = 4
@@ -133,7 +134,8 @@ class HeldoutConfig:
     split: str | None = "test"  # None: no held-out evaluation
     dataset: str | None = None  # None: run.dataset
     tasks: int | None = 8  # a seeded draw of this many; None: the whole split
-    instances_matching: str | None = r"\.func_pm_op_"  # as warm_start.instances_matching
+    instances_matching: str | None = r"\.func_pm_op_"  # as in warm_start
+    max_fix_lines: int | None = 1
     runs: int = 1
     temperature: float = 0.0
     seed: int | None = None  # seed of the task draw; None: trainer.seed (pin it to compare seeds)
@@ -215,6 +217,8 @@ def validate(cfg: Config) -> None:
          "warm_start.epochs and warm_start.batch_episodes must be >= 1"),
         (cfg.heldout.tasks is None or cfg.heldout.tasks >= 1, "heldout.tasks must be >= 1 or null"),
         (cfg.heldout.runs >= 1, "heldout.runs must be >= 1"),
+        (all(n is None or n >= 1 for n in (cfg.warm_start.max_fix_lines, cfg.heldout.max_fix_lines)),
+         "warm_start.max_fix_lines and heldout.max_fix_lines must be >= 1 or null"),
         (_is_regex(cfg.warm_start.instances_matching),
          f"warm_start.instances_matching {cfg.warm_start.instances_matching!r} is not a regex"),
         (_is_regex(cfg.heldout.instances_matching),

@@ -328,11 +328,33 @@ def test_task_draws_are_seeded_and_order_free():
     assert draw_tasks(ids, 4, 0) == draw_tasks(ids[::-1], 4, 0)
     assert len(draw_tasks(ids, 4, 0)) == 4 and draw_tasks(ids, 4, 0) != draw_tasks(ids, 4, 1)
     assert draw_tasks(ids, None, 0) == sorted(ids) == draw_tasks(ids, 50, 0)
-    # a regex narrows the pool first (the default keeps one-operator bugs); no match is an error
-    assert draw_tasks(ids, None, 0, r"^t[0-4]$") == [f"t{i}" for i in range(5)]
-    assert set(draw_tasks(ids, 3, 0, r"^t[0-4]$")) < {f"t{i}" for i in range(5)}
-    with pytest.raises(ValueError, match="no instance id of 10 matches"):
-        draw_tasks(ids, 3, 0, "func_pm_op_")
+
+
+def test_task_pool_keeps_matching_ids_and_small_fixes():
+    """The default run draws one-line operator bugs: the id regex and the gold patch size."""
+    from swe_aem.data.instances import fix_lines
+    from swe_aem.sft.warm_start import task_pool
+
+    one = "--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,3 @@\n x = 1\n-y = x + 1\n+y = x - 1\n z = 2\n"
+    two = one.replace("+y = x - 1\n", "+y = x - 1\n+w = 0\n")
+    assert (fix_lines(one), fix_lines(two), fix_lines("")) == (1, 2, 0)
+    tasks = [SimpleNamespace(instance_id=f"r.func_pm_{kind}__{n}", patch=patch)
+             for n, (kind, patch) in enumerate([("op_change", one), ("op_swap", two),
+                                                ("remove_loop", one), ("op_change_const", one)])]
+    assert task_pool(tasks, r"\.func_pm_op_", 1) == ["r.func_pm_op_change__0", "r.func_pm_op_change_const__3"]
+    assert len(task_pool(tasks, None, None)) == 4 and len(task_pool(tasks, None, 1)) == 3
+    with pytest.raises(ValueError, match="none of 4 instances has an id matching 'ctrl_'"):
+        task_pool(tasks, "ctrl_", None)
+    # the committed generated suite has enough of them for the default's draws (24 and 8)
+    from swe_aem.config import load_config
+    from swe_aem.data.instances import load_instances
+
+    cfg = load_config()
+    for section, n in ((cfg.warm_start, cfg.warm_start.tasks), (cfg.heldout, cfg.heldout.tasks)):
+        split = section.split
+        pool = task_pool(load_instances("generated", split=split), section.instances_matching,
+                         section.max_fix_lines)
+        assert len(pool) >= n, (split, len(pool))
 
 
 @pytest.mark.slow
@@ -344,7 +366,8 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     from swe_aem.sft import warm_start as ws_mod
 
     cfg = WarmStartConfig(dataset="local", split="test", tasks=2, epochs=1, batch_episodes=2,
-                          instances_matching="pyledger|textkit", cache_dir=str(tmp_path / "cache"))
+                          instances_matching="pyledger|textkit", max_fix_lines=None,
+                          cache_dir=str(tmp_path / "cache"))
     first = ws_mod.warm_start(cfg, str(small_model), seed=0, progress=False)
     assert not first.cached and len(first.task_ids) == 2
     assert set(first.task_ids) <= {i.instance_id for i in local_instances
@@ -381,7 +404,7 @@ def test_warm_start_failures_say_which_part_failed(tmp_path, small_model, monkey
     from swe_aem.sft.warm_start import WarmStartError, warm_start
 
     cfg = WarmStartConfig(dataset="local", split="test", tasks=2, instances_matching=None,
-                          cache_dir=str(tmp_path / "cache"))
+                          max_fix_lines=None, cache_dir=str(tmp_path / "cache"))
 
     def bad_patch(*_a, **_k):
         raise ValueError("bad hunk header in the gold patch: '@@ x'")

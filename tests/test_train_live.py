@@ -129,6 +129,7 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
         cfg = load_config("rloo_aem", overrides=[*overrides, f"run.vllm_url={server.base_url}",
                                                  "run.push_weights=false", "heldout.split=test",
                                                  "heldout.dataset=local", "heldout.instances_matching=null",
+                                                 "heldout.max_fix_lines=null",
                                                  "heldout.tasks=2"])
         trainer = Trainer(cfg, tmp_path / "run")
         before = {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
 
 
-def agent_config(args: argparse.Namespace, preset) -> AgentConfig:
+def agent_config(preset, args: argparse.Namespace) -> AgentConfig:
     """The agent settings the flags give (each flag here: --max-turns once reached no episode)."""
     return AgentConfig.for_preset(
         preset, max_context_tokens=args.max_context, max_turns=args.max_turns,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     traj_path = args.out / "trajectories.jsonl"
     traj_path.write_text("")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = agent_config(args, preset)
+    config = agent_config(preset, args)
     try:
         with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
                           served_name=args.served_name) as h:

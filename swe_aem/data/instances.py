@@ -61,6 +61,13 @@ class Instance:
 _KNOWN = {f.name for f in fields(Instance)} - {"extra"}
 
 
+def fix_lines(patch: str) -> int:
+    """How many lines a patch changes: the larger of its removed and added line counts
+    (a one-operator fix is 1, a re-inserted three-line loop is 3)."""
+    body = [line[:1] for line in patch.splitlines() if line[:3] not in ("+++", "---")]
+    return max(body.count("+"), body.count("-"))
+
+
 def _as_list(value: Any, row: str, name: str) -> tuple[str, ...]:
     if value is None:
         return ()

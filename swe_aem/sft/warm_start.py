@@ -68,15 +68,24 @@ def run_overrides(cfg: WarmStartConfig, ws: WarmStart) -> list[str]:
     return extra
 
 
-def draw_tasks(instance_ids: list[str], n: int | None, seed: int, matching: str | None = None) -> list[str]:
-    """A seeded, order-independent draw of n instance ids (all of them when n is None),
-    from the ids in which the regex `matching` is found (every id when it is None)."""
+def task_pool(instances: list, matching: str | None, max_fix_lines: int | None) -> list[str]:
+    """Ids of the instances a run may draw from: the regex `matching` is found in the id and
+    the gold patch changes at most `max_fix_lines` lines (None: no condition)."""
+    from swe_aem.data.instances import fix_lines
+
+    pattern = re.compile(matching) if matching is not None else None
+    ids = [i.instance_id for i in instances
+           if (pattern is None or pattern.search(i.instance_id))
+           and (max_fix_lines is None or fix_lines(i.patch) <= max_fix_lines)]
+    if not ids:
+        raise ValueError(f"none of {len(instances)} instances has an id matching {matching!r} "
+                         f"and a gold patch of at most {max_fix_lines} changed lines")
+    return ids
+
+
+def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
+    """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
     ids = sorted(instance_ids)
-    if matching is not None:
-        pattern = re.compile(matching)
-        ids = [i for i in ids if pattern.search(i)]
-        if not ids:
-            raise ValueError(f"no instance id of {len(instance_ids)} matches {matching!r}")
     if n is None or n >= len(ids):
         return ids
     return sorted(random.Random(seed).sample(ids, n))
@@ -135,7 +144,7 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
     base = base_preset_name(model)
     _, base_dir = resolve_model(model)
     every = load_instances(cfg.dataset, split=cfg.split)
-    chosen = set(draw_tasks([i.instance_id for i in every], cfg.tasks, seed, cfg.instances_matching))
+    chosen = set(draw_tasks(task_pool(every, cfg.instances_matching, cfg.max_fix_lines), cfg.tasks, seed))
     instances = [i for i in every if i.instance_id in chosen]
     root = Path(cfg.cache_dir).expanduser()
     folder = root / f"{base}-{cache_key(base_dir, instances, cfg, seed)}"

@@ -192,17 +192,18 @@ class Trainer:
 
     def _heldout_eval_on_rank0(self, phase: str) -> None:
         from swe_aem.data.instances import load_instances
-        from swe_aem.sft.warm_start import draw_tasks
+        from swe_aem.sft.warm_start import draw_tasks, task_pool
 
         h = self.cfg.heldout
         dataset = h.dataset or self.cfg.run.dataset
         every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
                                                             dataset_format=self.cfg.run.dataset_format)}
         try:
-            ids = draw_tasks(list(every), h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed,
-                             h.instances_matching)
+            pool = task_pool(list(every.values()), h.instances_matching, h.max_fix_lines)
         except ValueError as exc:
-            raise ConfigError(f"heldout.instances_matching on {dataset}/{h.split}: {exc}") from None
+            raise ConfigError(f"heldout.instances_matching / max_fix_lines on {dataset}/{h.split}: "
+                              f"{exc}") from None
+        ids = draw_tasks(pool, h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
         out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
         t0 = time.perf_counter()
         summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
