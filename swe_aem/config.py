@@ -25,7 +25,9 @@ class AlgoConfig:
     aem: bool = True
     aem_lambda: float = 1.0
     aem_level: str = "turn"  # "turn" (each assistant turn is a response) or "trajectory"
-    aem_min_range: float = 0.1  # alpha = 1 in a group whose entropy range is below this (paper: 0.1)
+    # alpha = 1 in a group whose entropy range (nats) is below this; None: the model preset's
+    # (the paper's 0.1 for its 32B model at temperature 1; lower for tiny, whose entropies are)
+    aem_min_range: float | None = None
     clip_low: float = 0.2
     clip_high: float = 0.28
     loss_agg: str = "seq-mean-token-sum"
@@ -210,7 +212,8 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
-        (cfg.algo.aem_min_range >= 0, "algo.aem_min_range must be >= 0"),
+        (cfg.algo.aem_min_range is None or cfg.algo.aem_min_range >= 0,
+         "algo.aem_min_range must be >= 0 or null"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
         (cfg.warm_start.tasks is None or cfg.warm_start.tasks >= 1, "warm_start.tasks must be >= 1 or null"),
         (cfg.warm_start.epochs >= 1 and cfg.warm_start.batch_episodes >= 1,

@@ -103,6 +103,18 @@ def test_replay_training_logs_and_checkpoints(small_model, replay_file, tmp_path
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_aem_floor_left_null_is_the_model_presets(small_model, replay_file, tmp_path):
+    """algo.aem_min_range null (the default) takes the preset's floor, and config.yaml records
+    the value the run used: the tiny preset's is below the paper's 0.1 (its entropies are)."""
+    from swe_aem.policy.models import load_preset, resolve_model
+
+    trainer = Trainer(_cfg(small_model, replay_file, "algo.aem_min_range=null"), tmp_path / "run")
+    floor = resolve_model(str(small_model))[0].aem_min_range
+    assert trainer.cfg.algo.aem_min_range == floor
+    assert f"aem_min_range: {floor}" in (tmp_path / "run" / "config.yaml").read_text()
+    assert load_preset("tiny").aem_min_range == 0.01 < load_preset("32b").aem_min_range == 0.1
+
+
 def test_aem_off_equals_base_and_on_changes_update(small_model, replay_file, tmp_path):
     def one_step(*extra):
         t = Trainer(_cfg(small_model, replay_file, "run.steps=1", *extra), tmp_path / str(len(os.listdir(tmp_path))))

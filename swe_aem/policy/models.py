@@ -43,6 +43,9 @@ class ModelPreset:
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = True
     tool_call_format: str = "qwen"  # "qwen" (<tool_call>{json}</tool_call>) or "xml"
+    # AEM's group entropy-range floor in nats (algo.aem_min_range when that is null): the
+    # paper's 0.1 is of a 32B model's entropies at temperature 1
+    aem_min_range: float = 0.1
 
     def __post_init__(self) -> None:
         if self.tool_call_format not in ("qwen", "xml"):

@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TypeVar
@@ -101,6 +101,9 @@ class Trainer:
             raise TrainingSetupError(exc.args[0]) from exc
         check_hardware(self.preset)
         self.settings = engine_settings(cfg, self.preset)
+        if cfg.algo.aem_min_range is None:  # the preset's, resolved before config.yaml records it
+            cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=self.preset.aem_min_range))
+            self.cfg = cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
