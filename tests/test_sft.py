@@ -330,6 +330,22 @@ def test_task_draws_are_seeded_and_order_free():
     assert draw_tasks(ids, None, 0) == sorted(ids) == draw_tasks(ids, 50, 0)
 
 
+def test_demonstration_edits_carry_only_the_changed_lines():
+    """A demonstration's old_str is the lines the fix changes (what the view showed), not
+    the diff's hunk with three lines of context on each side; an insertion keeps an anchor."""
+    from swe_aem.policy.scripted import editor_calls_for_patch
+
+    fix = ("--- a/m.py\n+++ b/m.py\n@@ -1,7 +1,7 @@\n a = 1\n b = 2\n c = 3\n"
+           "-y = x + 1\n+y = x - 1\n d = 4\n e = 5\n f = 6\n")
+    full, small = editor_calls_for_patch(fix)[0], editor_calls_for_patch(fix, context=0)[0]
+    assert "<parameter=old_str>\na = 1\nb = 2\nc = 3\ny = x + 1\nd = 4" in full
+    assert "<parameter=old_str>\ny = x + 1\n\n</parameter>" in small
+    assert "<parameter=new_str>\ny = x - 1\n\n</parameter>" in small
+    added = fix.replace("-y = x + 1\n+y = x - 1\n", "+y = 0\n")
+    assert "<parameter=old_str>\nc = 3\n\n</parameter>" in editor_calls_for_patch(added, context=0)[0]
+    assert "<parameter=new_str>\nc = 3\ny = 0\n\n</parameter>" in editor_calls_for_patch(added, context=0)[0]
+
+
 def test_task_pool_keeps_matching_ids_and_small_fixes():
     """The default run draws one-line operator bugs: the id regex and the gold patch size."""
     from swe_aem.data.instances import fix_lines

@@ -31,25 +31,38 @@ def script(responses: list[str], then: str | None = None) -> Responder:
     return respond
 
 
-def editor_calls_for_patch(patch: str, fmt: str = "xml") -> list[str]:
+def editor_calls_for_patch(patch: str, fmt: str = "xml", context: int | None = None) -> list[str]:
     """The str_replace_editor calls (in tool-call format fmt) that make the edits of a
-    unified diff: one str_replace per hunk (context and removed lines -> context and
-    added lines), one create per new file. Lets a scripted policy edit files the way
-    the gold patch does."""
+    unified diff: one str_replace per hunk, one create per new file. Lets a scripted policy
+    edit files the way the gold patch does.
+
+    `context` bounds the unchanged lines kept before and after a hunk's changes (None: all
+    of the diff's). 0 gives the smallest `old_str`, just the changed lines, which a model
+    can copy from a view; a hunk that only adds lines keeps one line before it (or after).
+    """
     calls: list[str] = []
-    path, old, new, creating = "", [], [], False
+    path, hunk, creating = "", [], False
 
     def flush() -> None:
-        if not (old or new):
+        if not hunk:
             return
+        lines = hunk
+        if context is not None:
+            changed = [i for i, (tag, _) in enumerate(hunk) if tag != " "]
+            first, last = changed[0], changed[-1]
+            lo, hi = max(0, first - context), min(len(hunk), last + 1 + context)
+            if not any(tag == "-" for tag, _ in hunk[lo:hi]):  # an insertion needs an anchor
+                lo, hi = (lo - 1, hi) if lo > 0 else (lo, min(len(hunk), hi + 1))
+            lines = hunk[lo:hi]
+        old = "".join(body for tag, body in lines if tag in "- ")
+        new = "".join(body for tag, body in lines if tag in "+ ")
         if creating:
             calls.append(tool_call_text(fmt, "str_replace_editor", command="create", path=path,
-                                        file_text="".join(new)))
+                                        file_text=new))
         else:
             calls.append(tool_call_text(fmt, "str_replace_editor", command="str_replace", path=path,
-                                        old_str="".join(old), new_str="".join(new)))
-        old.clear()
-        new.clear()
+                                        old_str=old, new_str=new))
+        hunk.clear()
 
     for line in patch.splitlines(keepends=True):
         if line.startswith("diff --git"):
@@ -61,11 +74,7 @@ def editor_calls_for_patch(patch: str, fmt: str = "xml") -> list[str]:
         elif line.startswith("@@"):
             flush()
         elif line.startswith(("-", "+", " ")) and path:
-            body = line[1:]
-            if line[0] in "- ":
-                old.append(body)
-            if line[0] in "+ ":
-                new.append(body)
+            hunk.append((line[0], line[1:]))
     flush()
     return calls
 

@@ -58,7 +58,8 @@ VIEW_LINES = 20  # a function is viewed from its `def` line, this many lines (th
 
 def demonstration_turns(inst: Any, fmt: str) -> list[Turn]:
     """The assistant turns of one demonstration: find the code, edit, finish."""
-    edits = editor_calls_for_patch(inst.patch, fmt)
+    # the smallest old_str (the changed lines): what the view showed, for the model to copy
+    edits = editor_calls_for_patch(inst.patch, fmt, context=0)
     if not edits:
         raise ValueError("the gold patch makes no edit (empty or not a unified diff)")
     extra = getattr(inst, "extra", {}) or {}

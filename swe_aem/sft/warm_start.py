@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # (3: demonstrations graded on a diff that sees same-second edits; 4: generated tasks
 # are located from a failing test: run it, grep the def, view from there; 5: a view
 # past the end of the file shows up to its last line instead of failing, and a
-# demonstration with a failed tool call is not kept)
-FORMAT_VERSION = 5
+# demonstration with a failed tool call is not kept; 6: the edit's old_str is just the
+# changed lines, not the diff's hunk with its context)
+FORMAT_VERSION = 6
 
 
 class WarmStartError(RuntimeError):
