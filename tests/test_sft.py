@@ -138,8 +138,8 @@ def test_demonstration_looks_then_edits_then_finishes():
     assert [(c.name, c.arguments.get("command")) for c in calls] == [
         ("str_replace_editor", "view"), ("str_replace_editor", "str_replace"),
         ("str_replace_editor", "create"), ("finish", None)]
-    assert calls[1].arguments["old_str"] == "def f():\n    return 1\n"
-    assert calls[1].arguments["new_str"] == "def f():\n    return 2\n"
+    assert calls[1].arguments["old_str"] == "    return 1\n"  # the changed line, as the view shows it
+    assert calls[1].arguments["new_str"] == "    return 2\n"
     with pytest.raises(ValueError, match="makes no edit"):
         demonstration_turns(_inst(""), "xml")
 
@@ -156,10 +156,16 @@ def test_a_generated_task_is_located_from_its_failing_test():
     from swe_aem.sft.demos import VIEW_LINES
 
     turns = demonstration_turns(_inst(GOLD, file="pkg/mod.py", function="f"), "xml")
-    run, grep, view = (parse_tool_call(turns[0], "xml"), parse_tool_call(turns[1], "xml"), turns[2])
+    run, view = parse_tool_call(turns[0], "xml"), turns[2]
     assert run.name == "execute_bash" and "pytest" in run.arguments["command"]
     assert "'tests/test_mod.py::test_f'" in run.arguments["command"]  # every parametrisation
     assert run.arguments["command"].count("[") == 0
+    # the function is named where the test's output shows it: a frame of the package, or the test
+    raised = "tests/test_mod.py:9: in test_f\n    g()\npkg/mod.py:2: in f\n    return 1 / 0\nE   ZeroDivisionError"
+    assert turns[1](raised).startswith("The traceback ends in `f`.")
+    assert turns[1]("tests/test_mod.py:9: in test_f\n    assert f() == 2").startswith("The test calls `f`.")
+    assert turns[1]("pkg/mod.py:2: in fx").startswith("The test calls `f`.")  # another function
+    grep = parse_tool_call(turns[1](raised), "xml")
     assert grep.arguments["command"] == 'grep -rn "def f(" pkg/'
     seen = "pkg/other.py:3:def f(x):\npkg/mod.py:12:def f():\n"
     call = parse_tool_call(view(f"...{seen}..."), "xml")

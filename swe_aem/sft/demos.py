@@ -5,7 +5,8 @@ the HTTP boundary) answers with the target model's own token ids of: steps that 
 the code to change from what the agent can see, the `str_replace` / `create` calls
 that make the gold edits, and `finish`. For a generated instance (it names its buggy
 function) the finding is derived, not given: run a failing test, grep the package for
-the function the test calls, view it from the line grep printed. For any other
+the function its output shows (a traceback frame or the test's call), view it from the
+line grep printed. For any other
 instance it is a `view` of the lines the gold patch changes. The agent loop runs the
 calls in the instance's container, the final `git diff` is graded in a fresh one, and
 only resolved episodes are kept: they hold exactly the tokens (prompt, observations,
@@ -100,11 +101,20 @@ def locating_turns(test: str, file: str, function: str, spans: dict[str, tuple[i
                 + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
                                  view_range=f"[{start}, {end}]"))
 
+    # a traceback frame of the package in the function: `pkg/mod.py:62: in name`
+    frame = re.compile(rf"^{re.escape(package)}/\S+\.py:\d+: in {re.escape(name)}$", re.MULTILINE)
+
+    def grep(prompt: str) -> str:
+        # name the function where the test's output shows it, so that the model learns to
+        # read the name there (the test's id often names another: test_roman, from_roman)
+        where = "The traceback ends in" if frame.search(prompt) else "The test calls"
+        return (f"{where} `{name}`. Let me find where it is defined.\n"
+                + tool_call_text(fmt, "execute_bash", command=f'grep -rn "def {name}(" {package}/'))
+
     return [
         "Let me run a failing test to see where it breaks.\n"
         + tool_call_text(fmt, "execute_bash", command=f"python -m pytest -x -q --tb=short '{test}' 2>&1 | tail -n 15"),
-        f"The test calls `{name}`. Let me find where it is defined.\n"
-        + tool_call_text(fmt, "execute_bash", command=f'grep -rn "def {name}(" {package}/'),
+        grep,
         view,
     ]
 
@@ -175,8 +185,8 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
         step = turns[min(turn, len(turns) - 1)]
         return step if isinstance(step, str) else step(prompt)
 
-    # a turn computed from the prompt is a short view call: 64 tokens bound it
-    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) if isinstance(t, str) else 64
+    # a turn computed from the prompt is a short grep or view call: 96 tokens bound it
+    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) if isinstance(t, str) else 96
                   for ts in scripts.values() for t in ts)
     config = AgentConfig.for_preset(preset, max_new_tokens=longest + 8, temperature=0.0,
                                     max_turns=max(len(t) for t in scripts.values()) + 1)

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 # are located from a failing test: run it, grep the def, view from there; 5: a view
 # past the end of the file shows up to its last line instead of failing, and a
 # demonstration with a failed tool call is not kept; 6: the edit's old_str is just the
-# changed lines, not the diff's hunk with its context)
-FORMAT_VERSION = 6
+# changed lines, not the diff's hunk with its context; 7: the function is named as "the
+# traceback ends in" when a frame of the package shows it)
+FORMAT_VERSION = 7
 
 
 class WarmStartError(RuntimeError):
