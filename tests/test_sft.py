@@ -138,8 +138,8 @@ def test_demonstration_looks_then_edits_then_finishes():
     assert [(c.name, c.arguments.get("command")) for c in calls] == [
         ("str_replace_editor", "view"), ("str_replace_editor", "str_replace"),
         ("str_replace_editor", "create"), ("finish", None)]
-    assert calls[1].arguments["old_str"] == "    return 1\n"  # the changed line, as the view shows it
-    assert calls[1].arguments["new_str"] == "    return 2\n"
+    assert calls[1].arguments["old_str"] == "def f():\n    return 1\n"  # the hunk the view showed
+    assert calls[1].arguments["new_str"] == "def f():\n    return 2\n"
     with pytest.raises(ValueError, match="makes no edit"):
         demonstration_turns(_inst(""), "xml")
 
@@ -174,6 +174,7 @@ def test_a_generated_task_is_located_from_its_failing_test():
     with pytest.raises(RuntimeError, match="grep printed no `def f\\(` in pkg/mod.py"):
         view("pkg/other.py:3:def f(x):")
     assert [parse_tool_call(t, "xml").name for t in turns[3:]] == ["str_replace_editor"] * 2 + ["finish"]
+    assert parse_tool_call(turns[3], "xml").arguments["old_str"] == "    return 1\n"  # the changed line
 
 
 def test_a_demonstration_is_kept_only_resolved_and_without_a_failed_call():

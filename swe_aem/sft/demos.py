@@ -59,13 +59,16 @@ VIEW_LINES = 20  # a function is viewed from its `def` line, this many lines (th
 
 def demonstration_turns(inst: Any, fmt: str) -> list[Turn]:
     """The assistant turns of one demonstration: find the code, edit, finish."""
-    # the smallest old_str (the changed lines): what the view showed, for the model to copy
-    edits = editor_calls_for_patch(inst.patch, fmt, context=0)
+    extra = getattr(inst, "extra", {}) or {}
+    located = bool(extra.get("function") and extra.get("file") and inst.FAIL_TO_PASS)
+    # a located function's edit carries just the changed lines, which the model can copy
+    # from its view of the function (a line that is not unique in the file fails the edit,
+    # and the demonstration is not kept); a viewed span's edit is the diff's whole hunk
+    edits = editor_calls_for_patch(inst.patch, fmt, context=0 if located else None)
     if not edits:
         raise ValueError("the gold patch makes no edit (empty or not a unified diff)")
-    extra = getattr(inst, "extra", {}) or {}
     spans = edited_spans(inst.patch)
-    if extra.get("function") and extra.get("file") and inst.FAIL_TO_PASS:
+    if located:
         test = inst.FAIL_TO_PASS[0].split("[")[0]  # every parametrisation: ids may hold spaces
         turns = locating_turns(test, extra["file"], extra["function"], spans, fmt)
     else:
