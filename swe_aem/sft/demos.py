@@ -6,9 +6,9 @@ the code to change from what the agent can see, the `str_replace` / `create` cal
 that make the gold edits, and `finish`. For a generated instance (it names its buggy
 function) the finding is derived, not given: run a failing test, grep the package for
 the function its output shows (a traceback frame or the test's call), view it from the
-line grep printed. For any other
-instance it is a `view` of the lines the gold patch changes. The agent loop runs the
-calls in the instance's container, the final `git diff` is graded in a fresh one, and
+line grep printed. For any other instance it is a `view` of the lines the gold patch
+changes. The agent loop runs the calls in the instance's container, the final
+`git diff` is graded in a fresh one, and
 only resolved episodes are kept: they hold exactly the tokens (prompt, observations,
 template glue) a rollout of the same behaviour would hold. Their log-probs are the
 stand-in's placeholder, not a model's: they are SFT data, not on-policy RL data.
