@@ -165,6 +165,8 @@ def test_a_generated_task_is_located_from_its_failing_test():
     assert turns[1](raised).startswith("The traceback ends in `f`.")
     assert turns[1]("tests/test_mod.py:9: in test_f\n    assert f() == 2").startswith("The test calls `f`.")
     assert turns[1]("pkg/mod.py:2: in fx").startswith("The test calls `f`.")  # another function
+    # a frame of `f` that calls on into another function of the package: not where it ends
+    assert turns[1](raised + "\npkg/util.py:7: in g\n    h()").startswith("The test calls `f`.")
     grep = parse_tool_call(turns[1](raised), "xml")
     assert grep.arguments["command"] == 'grep -rn "def f(" pkg/'
     seen = "pkg/other.py:3:def f(x):\npkg/mod.py:12:def f():\n"

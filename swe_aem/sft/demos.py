@@ -104,13 +104,15 @@ def locating_turns(test: str, file: str, function: str, spans: dict[str, tuple[i
                 + tool_call_text(fmt, "str_replace_editor", command="view", path=path,
                                  view_range=f"[{start}, {end}]"))
 
-    # a traceback frame of the package in the function: `pkg/mod.py:62: in name`
-    frame = re.compile(rf"^{re.escape(package)}/\S+\.py:\d+: in {re.escape(name)}$", re.MULTILINE)
+    # a traceback frame of the package: `pkg/mod.py:62: in name`
+    frame = re.compile(rf"^{re.escape(package)}/\S+\.py:\d+: in (\S+)$", re.MULTILINE)
 
     def grep(prompt: str) -> str:
         # name the function where the test's output shows it, so that the model learns to
-        # read the name there (the test's id often names another: test_roman, from_roman)
-        where = "The traceback ends in" if frame.search(prompt) else "The test calls"
+        # read the name there (the test's id often names another: test_roman, from_roman);
+        # "ends in" only when the package's last frame is the function's
+        frames = frame.findall(prompt)
+        where = "The traceback ends in" if frames and frames[-1] == name else "The test calls"
         return (f"{where} `{name}`. Let me find where it is defined.\n"
                 + tool_call_text(fmt, "execute_bash", command=f'grep -rn "def {name}(" {package}/'))
 

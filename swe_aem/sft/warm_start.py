@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 # past the end of the file shows up to its last line instead of failing, and a
 # demonstration with a failed tool call is not kept; 6: the edit's old_str is just the
 # changed lines, not the diff's hunk with its context; 7: the function is named as "the
-# traceback ends in" when a frame of the package shows it)
-FORMAT_VERSION = 7
+# traceback ends in" when a frame of the package shows it; 8: only when the package's
+# last frame is the function's)
+FORMAT_VERSION = 8
 
 
 class WarmStartError(RuntimeError):
