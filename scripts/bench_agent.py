@@ -25,7 +25,7 @@ from swe_aem.agent.chat import ChatTokens
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.rollout import rollout
 from swe_aem.agent.toolcalls import parse_tool_call
-from swe_aem.data.instances import load_instances
+from swe_aem.data import load_instances
 from swe_aem.policy.client import PolicyClient, SamplingParams
 from swe_aem.policy.models import load_preset, prepare_model
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch

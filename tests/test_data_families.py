@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from swe_aem.data import families
+from swe_aem.data import DatasetError, families, load_instances
 from swe_aem.data.families import CONDA_ACTIVATE, R2E_ACTIVATE, detect_format, reverse_patch
-from swe_aem.data.instances import DatasetError, load_instances, official_image
+from swe_aem.data.instances import official_image
 
 SHARED = Path(__file__).parents[2] / "shared" / "datasets"
 

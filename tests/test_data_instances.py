@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from swe_aem.data.instances import DatasetError, Instance, load_instances, official_image
+from swe_aem.data import load_instances
+from swe_aem.data.instances import DatasetError, Instance, official_image
 
 ROW = {
     "instance_id": "astropy__astropy-12907",

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from swe_aem.data import DatasetError, Instance, load_instances
 from swe_aem.data import generate as gen
-from swe_aem.data.instances import DatasetError, Instance, load_instances
 from swe_aem.data.local_suite import materialize_repo
 
 

@@ -131,7 +131,7 @@ def r2e_image(docker_client, local_instance):
 @pytest.fixture(scope="module")
 def r2e_instance(r2e_image, local_instance, tmp_path_factory):
     """The R2E-Gym row for that image (gold from the commit's file contents), loaded as users do."""
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
     from swe_aem.data.local_suite import materialize_repo
 
     work = tmp_path_factory.mktemp("textkit") / "repo"
@@ -188,7 +188,7 @@ def test_r2e_grader_on_a_real_container(r2e_instance, sandbox_pool, local_instan
 @pytest.mark.docker
 def test_rows_whose_images_are_absent_fail_clearly(docker_client):
     """Every family's sample row, graded with pulls off: a clear 'image not available', no crash."""
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
     from swe_aem.reward import grade_patch
     from swe_aem.sandbox import SandboxPool
     from swe_aem.sandbox.images import ImageStore
@@ -223,8 +223,7 @@ SMITH_KEY = "swe-aem__textkit.5ca1ab1e"
 def smith_instance(docker_client, local_instance, tmp_path_factory, monkeypatch_module):
     """A SWE-smith-style task on the textkit repo: the image holds the original (fixed) repo
     plus a bug commit; the row's patch is the bug, base_commit the bug commit."""
-    from swe_aem.data import families
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import families, load_instances
     from swe_aem.data.local_suite import materialize_repo
 
     work = tmp_path_factory.mktemp("smith") / "repo"

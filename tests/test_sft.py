@@ -331,7 +331,7 @@ def test_gold_demonstrations_resolve_and_hold_the_exact_tokens(tmp_path, local_i
 
 
 def test_task_draws_are_seeded_and_order_free():
-    from swe_aem.sft.warm_start import draw_tasks
+    from swe_aem.data.instances import draw_tasks
 
     ids = [f"t{i}" for i in range(10)]
     assert draw_tasks(ids, 4, 0) == draw_tasks(ids[::-1], 4, 0)
@@ -357,8 +357,7 @@ def test_demonstration_edits_carry_only_the_changed_lines():
 
 def test_task_pool_keeps_matching_ids_and_small_fixes():
     """The default run draws one-line operator bugs: the id regex and the gold patch size."""
-    from swe_aem.data.instances import fix_lines
-    from swe_aem.sft.warm_start import task_pool
+    from swe_aem.data.instances import fix_lines, task_pool
 
     one = "--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,3 @@\n x = 1\n-y = x + 1\n+y = x - 1\n z = 2\n"
     two = one.replace("+y = x - 1\n", "+y = x - 1\n+w = 0\n")
@@ -372,7 +371,7 @@ def test_task_pool_keeps_matching_ids_and_small_fixes():
         task_pool(tasks, "ctrl_", None)
     # the committed generated suite has enough of them for the default's draws (24 and 8)
     from swe_aem.config import load_config
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
 
     cfg = load_config()
     for section, n in ((cfg.warm_start, cfg.warm_start.tasks), (cfg.heldout, cfg.heldout.tasks)):

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
             build_generated(client, force=args.force)
         return 0
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
 
     budget = parse_size(args.max_image_disk)
     client = connect(args.docker_host, timeout=args.timeout)

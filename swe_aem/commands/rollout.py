@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from swe_aem.agent.harness import open_harness
     from swe_aem.agent.trajectory import write_episodes
-    from swe_aem.data.instances import DatasetError, load_instances
+    from swe_aem.data import DatasetError, load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.jsonl import write_jsonl
     from swe_aem.policy.models import ModelUnavailableError, resolve_model

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demos(args: argparse.Namespace) -> int:
-    from swe_aem.data.instances import DatasetError, load_instances
+    from swe_aem.data import DatasetError, load_instances
     from swe_aem.policy.models import ModelUnavailableError
     from swe_aem.sandbox import DockerUnavailableError
     from swe_aem.sft.demos import make_demonstrations

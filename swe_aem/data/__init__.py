@@ -1,5 +1,6 @@
 """SWE-bench-schema instances: the local suite, local files, the hub."""
 
-from swe_aem.data.instances import DatasetError, Instance, load_instances
+from swe_aem.data.instances import DatasetError, Instance
+from swe_aem.data.load import load_instances
 
 __all__ = ["DatasetError", "Instance", "load_instances"]

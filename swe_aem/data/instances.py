@@ -1,4 +1,5 @@
-"""SWE-bench-schema instances: one typed record, loaded from the local suite, a file or the hub.
+"""SWE-bench-schema instances: one typed record (load.py reads them from the local suite, a file
+or the hub), and the seeded draw of tasks a run takes from them.
 
 Rows of every supported family (SWE-bench 5.x, SWE-Gym, SWE-smith, R2E-Gym: see
 families.py) become the same record, which names its grader. The hub stores
@@ -11,13 +12,12 @@ unresolvable instance skews every resolve rate.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import random
+import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from swe_aem.data.families import FORMATS, GRADERS, FormatError, adapt, detect_format
-from swe_aem.jsonl import read_jsonl
+from swe_aem.data.families import GRADERS, FormatError, adapt
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
 LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
@@ -109,43 +109,6 @@ def official_image(instance_id: str) -> str:
     return f"swebench/sweb.eval.x86_64.{instance_id.replace('__', '_1776_').lower()}:latest"
 
 
-def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist")
-    if path.suffix == ".jsonl":
-        yield from read_jsonl(path, error=DatasetError)
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of instances")
-        yield from ((f"{path}[{i}]", row) for i, row in enumerate(data))
-    elif path.suffix == ".parquet":
-        import datasets
-
-        table = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        yield from ((f"{path} row {i}", row) for i, row in enumerate(table))
-    else:
-        raise DatasetError(f"{path}: unknown dataset format (use .jsonl, .json or .parquet)")
-
-
-def _hub_rows(name: str, split: str) -> Iterable[tuple[str, Any]]:
-    import datasets
-
-    try:
-        table = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # the hub raises many kinds; all mean "not loadable here"
-        raise DatasetError(
-            f"cannot load {name!r} (split {split!r}) from the Hugging Face hub: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            "The hub may be unreachable (offline machine / HF_HUB_OFFLINE=1); "
-            "pass a local .jsonl/.json/.parquet file in the same schema instead."
-        ) from exc
-    return ((f"{name}[{split}] row {i}", row) for i, row in enumerate(table))
-
-
 def native_instance(raw: Any, where: str, dataset_format: str) -> Instance:
     """A row of family `dataset_format` as an Instance; errors name the row, its id and the reason."""
     try:
@@ -189,44 +152,22 @@ def check_gradable(inst: Instance, where: str) -> None:
         raise DatasetError(f"{row}: swebench cannot build its test spec: {type(exc).__name__}: {exc}") from exc
 
 
-def load_instances(dataset: str, split: str = "test", instance_ids: Iterable[str] | None = None,
-                   dataset_format: str | None = None) -> list[Instance]:
-    """Load `dataset`: "local" (the project's suite), "generated" (its generated suite, split
-    "train" or "test"), a .jsonl/.json/.parquet path, or a hub name.
+def task_pool(instances: list, matching: str | None, max_fix_lines: int | None) -> list[str]:
+    """Ids of the instances a run may draw from: the regex `matching` is found in the id and
+    the gold patch changes at most `max_fix_lines` lines (None: no condition)."""
+    pattern = re.compile(matching) if matching is not None else None
+    ids = [i.instance_id for i in instances
+           if (pattern is None or pattern.search(i.instance_id))
+           and (max_fix_lines is None or fix_lines(i.patch) <= max_fix_lines)]
+    if not ids:
+        raise ValueError(f"none of {len(instances)} instances has an id matching {matching!r} "
+                         f"and a gold patch of at most {max_fix_lines} changed lines")
+    return ids
 
-    `dataset_format` (one of FORMATS) picks the family's adapter; None: from the dataset's
-    name, else from the first row's columns. The local suite is in the SWE-bench schema.
-    """
-    if dataset_format is not None and dataset_format not in FORMATS:
-        raise DatasetError(f"unknown dataset format {dataset_format!r}; choose from {', '.join(FORMATS)}")
-    if dataset == "local":
-        from swe_aem.data.local_suite import load_local_suite
 
-        instances = load_local_suite()
-        for inst in instances:
-            check_gradable(inst, f"local instance {inst.instance_id}")
-    elif dataset == "generated":  # the committed generated suite (swe_aem/data/generate.py)
-        from swe_aem.data.generate import load_generated
-
-        instances = load_generated(split)
-        for inst in instances:
-            check_gradable(inst, f"generated instance {inst.instance_id}")
-    else:
-        path = Path(dataset)
-        is_file = path.suffix in (".jsonl", ".json", ".parquet") or path.exists()
-        rows = list(_read_rows(path) if is_file else _hub_rows(dataset, split))
-        first = rows[0][1] if rows and isinstance(rows[0][1], dict) else {}
-        fmt = dataset_format or detect_format(dataset, first)
-        instances = [native_instance(row, where, fmt) for where, row in rows]
-    seen: set[str] = set()
-    for inst in instances:
-        if inst.instance_id in seen:
-            raise DatasetError(f"{dataset}: instance_id {inst.instance_id!r} appears twice")
-        seen.add(inst.instance_id)
-    if instance_ids is not None:
-        wanted = list(instance_ids)
-        missing = sorted(set(wanted) - seen)
-        if missing:
-            raise DatasetError(f"{dataset}: no instance(s) {', '.join(missing)}")
-        instances = [inst for inst in instances if inst.instance_id in set(wanted)]
-    return instances
+def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
+    """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
+    ids = sorted(instance_ids)
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(random.Random(seed).sample(ids, n))

@@ -50,7 +50,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.agent.harness import open_harness
     from swe_aem.agent.loop import AgentConfig
     from swe_aem.agent.trajectory import write_episodes
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
     from swe_aem.policy.models import resolve_model
 
     preset, model_path = resolve_model(model)

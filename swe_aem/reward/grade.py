@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from swe_aem.data import DatasetError, Instance, load_instances
 from swe_aem.data.families import FORMATS
-from swe_aem.data.instances import DatasetError, Instance, load_instances
 from swe_aem.jsonl import read_jsonl
 from swe_aem.reward.grading import ERROR_STATUSES, GradeResult, grade_patch
 from swe_aem.sandbox import DockerUnavailableError, SandboxConfig, SandboxPool

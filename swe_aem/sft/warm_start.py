@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -71,29 +69,6 @@ def run_overrides(cfg: WarmStartConfig, ws: WarmStart) -> list[str]:
     return extra
 
 
-def task_pool(instances: list, matching: str | None, max_fix_lines: int | None) -> list[str]:
-    """Ids of the instances a run may draw from: the regex `matching` is found in the id and
-    the gold patch changes at most `max_fix_lines` lines (None: no condition)."""
-    from swe_aem.data.instances import fix_lines
-
-    pattern = re.compile(matching) if matching is not None else None
-    ids = [i.instance_id for i in instances
-           if (pattern is None or pattern.search(i.instance_id))
-           and (max_fix_lines is None or fix_lines(i.patch) <= max_fix_lines)]
-    if not ids:
-        raise ValueError(f"none of {len(instances)} instances has an id matching {matching!r} "
-                         f"and a gold patch of at most {max_fix_lines} changed lines")
-    return ids
-
-
-def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
-    """A seeded, order-independent draw of n instance ids (all of them when n is None)."""
-    ids = sorted(instance_ids)
-    if n is None or n >= len(ids):
-        return ids
-    return sorted(random.Random(seed).sample(ids, n))
-
-
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -139,7 +114,8 @@ def _fit(sft: SftConfig, work: Path, episodes: list, progress: bool) -> dict:
 
 def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) -> WarmStart:
     from swe_aem.agent.trajectory import read_episodes
-    from swe_aem.data.instances import load_instances
+    from swe_aem.data import load_instances
+    from swe_aem.data.instances import draw_tasks, task_pool
     from swe_aem.policy.models import PRESET_FILE, base_preset_name, resolve_model
     from swe_aem.sft.demos import make_demonstrations
     from swe_aem.sft.trainer import SftConfig

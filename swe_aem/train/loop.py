@@ -145,7 +145,7 @@ class Trainer:
             self.task_ids = src.task_ids
             self.instances = {i: SimpleNamespace(instance_id=i) for i in self.task_ids}
             return src
-        from swe_aem.data.instances import load_instances
+        from swe_aem.data import load_instances
 
         insts = load_instances(self.cfg.run.dataset, split=self.cfg.run.split,
                                instance_ids=self.cfg.run.instance_ids,
@@ -194,8 +194,8 @@ class Trainer:
         on_rank0(lambda: self._heldout_eval_on_rank0(phase), f"held-out evaluation ({phase})")
 
     def _heldout_eval_on_rank0(self, phase: str) -> None:
-        from swe_aem.data.instances import load_instances
-        from swe_aem.sft.warm_start import draw_tasks, task_pool
+        from swe_aem.data import load_instances
+        from swe_aem.data.instances import draw_tasks, task_pool
 
         h = self.cfg.heldout
         dataset = h.dataset or self.cfg.run.dataset
