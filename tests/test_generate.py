@@ -141,9 +141,9 @@ def _pick(splits: dict[str, list[Instance]]) -> list[Instance]:
 @pytest.mark.slow
 @pytest.mark.docker
 def test_gold_resolves_and_buggy_tree_fails(splits, repo_images):
-    from swe_aem.reward import native
     from swe_aem.reward.grading import grade_patch
     from swe_aem.sandbox import SandboxPool
+    from swe_aem.sandbox.setup_script import prepare
 
     picked = _pick(splits)
     with SandboxPool(max_concurrency=1, run_id="test-generate") as pool:
@@ -152,7 +152,7 @@ def test_gold_resolves_and_buggy_tree_fails(splits, repo_images):
             assert result.resolved, (inst.instance_id, result.status, result.reason)
         inst = picked[0]
         with pool.sandbox(inst) as sandbox:
-            native.prepare(sandbox, inst)
+            prepare(sandbox, inst)
             head = sandbox.exec("git rev-parse HEAD && git rev-list --count HEAD", workdir="/testbed")
             assert head.output.split() == [inst.base_commit, "1"]  # no history to read the fix from
             assert sandbox.diff() == ""

@@ -160,7 +160,7 @@ def r2e_instance(r2e_image, local_instance, tmp_path_factory):
 @pytest.mark.docker
 def test_r2e_grader_on_a_real_container(r2e_instance, sandbox_pool, local_instance):
     from swe_aem.reward import grade_patch
-    from swe_aem.reward.native import prepare
+    from swe_aem.sandbox.setup_script import prepare
 
     # the set-up hides the runner and tests from the work tree's diff
     with sandbox_pool.sandbox(r2e_instance) as box:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from swe_aem.agent.loop import AgentConfig, in_thread, run_episode
 from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.client import PolicyClient
-from swe_aem.reward.native import prepare
 from swe_aem.sandbox import SandboxError
+from swe_aem.sandbox.setup_script import prepare
 
 
 class Verdict(Protocol):

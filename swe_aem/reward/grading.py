@@ -35,6 +35,7 @@ from swe_aem.sandbox import (
     SandboxError,
     SandboxPool,
 )
+from swe_aem.sandbox.setup_script import prepare
 
 PATCH_FILE = "/tmp/patch.diff"
 EVAL_FILE = "/tmp/eval.sh"
@@ -193,7 +194,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
     pool = pool or SandboxPool(max_concurrency=1, config=config, run_id=run_id)
     try:
         with pool.sandbox(instance) as sandbox:
-            native.prepare(sandbox, instance)
+            prepare(sandbox, instance)
             sandbox.write_file(PATCH_FILE, patch)
             applied, apply_log = _apply(sandbox)
             _write(log_path, "run_instance.log", apply_log + "\n")

@@ -1,9 +1,10 @@
-"""What differs per grader around one eval run: container set-up, hidden tests, the verdict.
+"""What differs per grader around one eval run: hidden tests, the test-file reset, the verdict.
 
 SWE-bench (and SWE-Gym) instances need nothing here: their eval script and swebench's
 report do it all (grading.py). SWE-smith and R2E-Gym images first need their task
-state made (`setup_script`), SWE-smith resets its test files before the run as its
-harness does, and both read the run's log by their own rules (swesmith.py, r2e.py).
+state made (`setup_script`: swe_aem.sandbox.setup_script), SWE-smith resets its test
+files before the run as its harness does, and both read the run's log by their own
+rules (swesmith.py, r2e.py).
 """
 
 from __future__ import annotations
@@ -15,19 +16,7 @@ from typing import Any
 from swe_aem.data.families import R2E_PROTECTED
 from swe_aem.data.instances import Instance
 from swe_aem.reward import r2e, swesmith
-from swe_aem.sandbox import Sandbox, SandboxError
-
-SETUP_TIMEOUT_S = 300.0
-
-
-def prepare(sandbox: Sandbox, instance: Instance) -> None:
-    """Run the instance's setup script; a failure is the environment's, not the patch's."""
-    if not instance.setup_script:
-        return
-    done = sandbox.exec(instance.setup_script, timeout=SETUP_TIMEOUT_S, workdir="/testbed")
-    if done.exit_code != 0:
-        raise SandboxError(f"setup of {instance.instance_id} in {instance.image} failed "
-                           f"(exit {done.exit_code}): {done.output[-1000:]}")
+from swe_aem.sandbox import Sandbox
 
 
 def hidden_tests_edited(instance: Instance, paths: list[str]) -> list[str]:
