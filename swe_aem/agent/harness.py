@@ -2,7 +2,8 @@
 the same run id, and the policy server (started or attached), on one event loop.
 
 `swe-aem rollout`, `swe-aem eval`, the trainer's live rollouts and the SFT demonstrations
-all open one of these; they differ only in the agent config and the grader they pass.
+all open one of these; they differ only in the agent config and the grader they pass
+(swe_aem.reward.grader on the harness's grading pool: the agent never imports grading).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,14 +36,6 @@ class Harness:
     client: PolicyClient
     policy: PolicySession | None = None  # when the harness opened the server (push_weights lives there)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-
-    def grader(self, *, timeout: float, strict: bool = True) -> Callable:
-        """Official grading in fresh containers of the grading pool; `strict` also rejects a
-        patch that edits the instance's tests (training does; an evaluation grades as the
-        SWE-bench harness would)."""
-        from swe_aem.reward import grade_patch
-
-        return partial(grade_patch, strict=strict, timeout=timeout, pool=self.grade_pool)
 
     def rollout(self, instances: Sequence[Any], samples: int, *, tokenizer: Any, config: AgentConfig,
                 grade: Callable | None, max_retries: int = 1, concurrency: int = 4,

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from swe_aem.jsonl import write_jsonl
     from swe_aem.policy.models import ModelUnavailableError, resolve_model
     from swe_aem.policy.session import PolicySetupError
+    from swe_aem.reward import grader
     from swe_aem.sandbox import DockerUnavailableError
 
     if args.samples < 1 or args.max_turns < 1 or args.concurrency < 1 or args.retries < 0:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                           served_name=args.served_name) as h:
             result = h.rollout(
                 instances, args.samples, tokenizer=tokenizer, config=config,
-                grade=None if args.no_grade else h.grader(timeout=args.grade_timeout),
+                grade=None if args.no_grade else grader(h.grade_pool, timeout=args.grade_timeout),
                 max_retries=args.retries, concurrency=args.concurrency,
                 on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     except (PolicySetupError, DockerUnavailableError) as exc:

@@ -52,6 +52,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data import load_instances
     from swe_aem.policy.models import resolve_model
+    from swe_aem.reward import grader
 
     preset, model_path = resolve_model(model)
     instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
@@ -66,7 +67,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
                       log_path=out_dir / "vllm.log") as h:
         result = h.rollout(instances, s.runs, tokenizer=tokenizer, config=agent,
-                           grade=h.grader(timeout=s.grade_timeout_s, strict=False),
+                           grade=grader(h.grade_pool, timeout=s.grade_timeout_s, strict=False),
                            max_retries=s.retries, concurrency=s.concurrency,
                            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature}

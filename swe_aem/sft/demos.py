@@ -174,6 +174,7 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.scripted import ScriptedPolicyServer
+    from swe_aem.reward import grader
 
     if not instances:
         raise ValueError("no instances to demonstrate")
@@ -213,7 +214,7 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
             open_harness(model_path, preset, concurrency=concurrency,
                          client=PolicyClient(server.base_url, model=DEMO_MODEL_NAME)) as h:
         result = h.rollout(instances, 1, tokenizer=tokenizer, config=config,
-                           grade=h.grader(timeout=grade_timeout_s), concurrency=concurrency,
+                           grade=grader(h.grade_pool, timeout=grade_timeout_s), concurrency=concurrency,
                            progress=progress, on_episode=keep)
     report.dropped = {d.instance_id: d.reason for d in result.dropped}
     report.seconds = time.monotonic() - start

@@ -47,6 +47,7 @@ class LiveRollouts:
                  run_dir: Path, run_id: str):
         from swe_aem.agent.harness import open_harness
         from swe_aem.policy.session import PolicySetupError
+        from swe_aem.reward import grader
         from swe_aem.sandbox import SandboxConfig, reap
         from swe_aem.sandbox.images import ImageStore, parse_size
 
@@ -70,7 +71,7 @@ class LiveRollouts:
             except PolicySetupError as exc:
                 raise TrainingSetupError(str(exc)) from exc
             self._open = stack.pop_all()
-        self.grade = self.harness.grader(timeout=cfg.run.grade_timeout_s)
+        self.grade = grader(self.harness.grade_pool, timeout=cfg.run.grade_timeout_s)
         self.dropped_path = run_dir / "dropped_episodes.jsonl"
         self.dropped: list = []  # the last step's dropped samples
 
@@ -93,13 +94,14 @@ class LiveRollouts:
         `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
         out_dir; returns its summary. Uses the run's server and pools (no second model)."""
         from swe_aem.eval.evaluate import write_rollout_report
+        from swe_aem.reward import grader
 
         out_dir.mkdir(parents=True, exist_ok=True)
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
         result = self._rollout(
             instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature),
-            self.harness.grader(timeout=self.cfg.run.grade_timeout_s, strict=False),
+            grader(self.harness.grade_pool, timeout=self.cfg.run.grade_timeout_s, strict=False),
             on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
                 "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
