@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grade": ("swe_aem.reward.grade", "grade predictions (official JSONL) in fresh containers; writes report.json"),
     "model": ("swe_aem.policy.model_cmd", "prepare a model preset's folder (e.g. `model prepare tiny`) or list presets"),
     "serve": ("swe_aem.policy.serve_cmd", "start a vLLM OpenAI-compatible server for a model and keep it up"),
-    "train": ("swe_aem.train.cli", "RL training: rollouts, rewards, RLOO/GRPO + AEM, PPO on DeepSpeed, weight sync"),
+    "train": ("swe_aem.commands.train", "RL training: rollouts, rewards, RLOO/GRPO + AEM, PPO on DeepSpeed, weight sync"),
     "eval": ("swe_aem.eval.evaluate", "evaluate a model: k runs, resolve rate, Pass@1 with CI, Pass@k"),
     "reproduce": ("swe_aem.commands.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
     "plot": ("swe_aem.train.plot_cmd", "draw a training run's curves (metrics.jsonl) to PNG"),

@@ -14,7 +14,7 @@ import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
 from swe_aem.cli import main
-from swe_aem.train.cli import _launch_command
+from swe_aem.commands.train import _launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_launch_commands_forward_the_run_not_the_launch(monkeypatch):
     assert ds[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
     # DeepSpeed would otherwise append --local_rank=N, which the train parser rejects
     assert {"--master_port=29877", "--no_local_rank", "--num_gpus=2"} <= set(ds)
-    tail = ds[ds.index("swe_aem.train.cli") + 1:]
+    tail = ds[ds.index("swe_aem.commands.train") + 1:]
     assert tail == ["--model", "tiny", "--algo", "rloo_aem", "--run-dir", "runs/x", "--resume", "run.steps=3"]
     tr = _launch_command(_args(launcher="torchrun"), 3)
     assert tr[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=3" in tr

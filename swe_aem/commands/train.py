@@ -68,11 +68,11 @@ def _launch_command(args: argparse.Namespace, per_node: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}", f"--nnodes={os.environ.get('NNODES', '1')}",
                 f"--node_rank={os.environ.get('NODE_RANK', '0')}",
                 f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-                f"--master_port={port}", "-m", "swe_aem.train.cli", *_child_argv(args)]
+                f"--master_port={port}", "-m", "swe_aem.commands.train", *_child_argv(args)]
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={port}",
            "--no_local_rank"]  # the ranks read LOCAL_RANK from the environment
     cmd += [f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"]
-    return cmd + ["--module", "swe_aem.train.cli", *_child_argv(args)]
+    return cmd + ["--module", "swe_aem.commands.train", *_child_argv(args)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def _warm_start(cfg, args: argparse.Namespace, console):
     return load_config(args.algo, args.recipe, [*args.overrides])
 
 
-def main() -> int:  # entry for launchers (`python -m swe_aem.train.cli ...`)
+def main() -> int:  # entry for launchers (`python -m swe_aem.commands.train ...`)
     p = argparse.ArgumentParser(prog="swe-aem train")
     add_arguments(p)
     return run(p.parse_args(sys.argv[1:]))
