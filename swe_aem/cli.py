@@ -15,7 +15,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("swe_aem.eval.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
-    "evidence": ("swe_aem.eval.evidence.run", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
+    "evidence": ("swe_aem.evidence.run", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
     "report": ("swe_aem.eval.report", "render graded runs as eval JSON, Markdown and a plot"),
     "images": ("swe_aem.commands.images", "build the offline base + local suite images, or pull official ones"),
     "grade": ("swe_aem.reward.grade", "grade predictions (official JSONL) in fresh containers; writes report.json"),

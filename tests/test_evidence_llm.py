@@ -13,13 +13,13 @@ from test_train_live import _patch_writing_policy
 
 from swe_aem.cli import main
 from swe_aem.config import ConfigError
-from swe_aem.eval.evidence.llm import (
+from swe_aem.eval.report import write_eval_result
+from swe_aem.evidence.llm import (
     ARMS,
     paired_heldout,
     run_dir,
     run_llm_evidence,
 )
-from swe_aem.eval.report import write_eval_result
 from swe_aem.sft.warm_start import WarmStart
 from swe_aem.train.loop import task_batch
 

@@ -1,4 +1,4 @@
-"""Evaluation: resolve rate, Pass@k, paired comparisons, the reproduction table, evidence.
+"""Evaluation: resolve rate, Pass@k, paired comparisons, the reproduction table.
 
 The pieces `swe-aem eval` / `reproduce` put together:
 - `predictions.write_predictions(path, [Prediction(...)])`: official SWE-bench JSONL;

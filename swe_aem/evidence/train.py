@@ -22,7 +22,7 @@ from swe_aem.algo.advantages import get_advantage_estimator
 from swe_aem.algo.aem import apply_aem
 from swe_aem.algo.diagnostics import predicted_entropy_drift
 from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
-from swe_aem.eval.evidence.game import Episodes, GameConfig, GRUPolicy
+from swe_aem.evidence.game import Episodes, GameConfig, GRUPolicy
 
 
 @dataclass(frozen=True)

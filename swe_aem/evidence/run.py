@@ -3,7 +3,7 @@
 Both arms use the same seeds, hence the same initial weights and the same targets at
 every step; they differ only in lam (0 = GRPO). Writes evidence.json (every step of every
 run, the summary and the theory check), evidence.md and two PNG plots. `--llm` runs the
-LLM arm instead (swe_aem/eval/evidence/llm.py).
+LLM arm instead (swe_aem/evidence/llm.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from swe_aem.eval.evidence.game import GameConfig
-from swe_aem.eval.evidence.train import RunConfig, train_run
 from swe_aem.eval.metrics import t_interval
+from swe_aem.evidence.game import GameConfig
+from swe_aem.evidence.train import RunConfig, train_run
 
 ARMS = ("grpo", "grpo+aem")
 
@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"swe-aem evidence: {error}", file=sys.stderr)
         return 2
     if args.llm:
-        from swe_aem.eval.evidence.llm import run as run_llm
+        from swe_aem.evidence.llm import run as run_llm
 
         return run_llm(args)
     args.out = args.out or Path("runs/evidence")
