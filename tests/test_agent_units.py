@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.loop import truncate_observation
+from swe_aem.agent.loop import request_seed, truncate_observation
 from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, tool_schemas, xml_tool_list
 from swe_aem.agent.trajectory import Episode, ToolCall, Turn, read_episodes, write_episodes
 from swe_aem.policy.models import load_preset
@@ -128,6 +128,19 @@ def _episode() -> Episode:
         patch="diff --git a/a b/a\n",
         reward=1.0,
     )
+
+
+def test_request_seeds_are_stable_and_differ_per_task_sample_and_turn() -> None:
+    """Common random numbers: the same (run seed, task, sample, turn) is the same seed in any
+    process (a stable hash, not Python's salted hash()); any other component changes it."""
+    base = request_seed(0, "repo__pkg-1", 2, 3)
+    assert base == request_seed(0, "repo__pkg-1", 2, 3)
+    others = {request_seed(1, "repo__pkg-1", 2, 3), request_seed(0, "repo__pkg-2", 2, 3),
+              request_seed(0, "repo__pkg-1", 3, 3), request_seed(0, "repo__pkg-1", 2, 4),
+              request_seed(0, "repo__pkg-12", 2, 3), request_seed(0, "repo__pkg-1", 23, 3)}
+    assert base not in others and len(others) == 6
+    seeds = [request_seed(s, f"t{t}", k, n) for s in range(3) for t in range(5) for k in range(4) for n in range(5)]
+    assert all(0 <= x < 2**31 for x in seeds) and len(set(seeds)) == len(seeds)
 
 
 def test_flatten_aligns_ids_mask_logprobs_and_turns() -> None:

@@ -168,3 +168,27 @@ def test_real_model_episode_records_exact_tokens(server, tokenizer, local_instan
     scores = client.score_sync(flat.input_ids)
     sampled = [i for i, m in enumerate(flat.loss_mask) if m]
     assert max(abs(scores[i - 1] - flat.rollout_logprobs[i]) for i in sampled) < FLOAT32_TOL
+
+
+def test_same_seed_same_tokens_over_a_concurrent_rollout(server, tokenizer, local_instance, sandbox_pool) -> None:
+    """Common random numbers: two rollouts of the same weights with the same run seed sample
+    the same tokens (episodes run concurrently, as in training); the seeds are recorded."""
+    from swe_aem.agent.loop import request_seed
+    from swe_aem.agent.rollout import rollout
+
+    config = AgentConfig(max_turns=2, max_new_tokens=40, temperature=1.0, seed=3,
+                         max_observation_chars=1000, tool_call_format="xml")
+
+    def once() -> dict[int, list[list[int]]]:
+        result = asyncio.run(rollout([local_instance], 2, policy=client_for(server), tokenizer=tokenizer,
+                                     pool=sandbox_pool, config=config, concurrency=2, progress=False))
+        assert not result.dropped and len(result.episodes) == 2
+        for ep in result.episodes:
+            assert [t.seed for t in ep.turns] == [request_seed(3, ep.instance_id, ep.sample_index, n)
+                                                  for n in range(ep.num_turns)]
+        return {ep.sample_index: [t.response_ids for t in ep.turns] for ep in result.episodes}
+
+    first, second = once(), once()
+    assert first == second
+    assert first[0] != first[1]  # the two samples of a task are seeded apart
+

@@ -75,7 +75,9 @@ def test_every_agent_flag_reaches_the_episodes() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--max-turns", "6", "--max-context", "2000", "--max-new-tokens", "99",
-                              "--temperature", "0.3", "--top-p", "0.9", "--episode-timeout", "77"])
+                              "--temperature", "0.3", "--top-p", "0.9", "--episode-timeout", "77",
+                              "--seed", "5"])
     got = agent_config(load_preset("tiny"), args)
+    assert got.seed == 5
     assert (got.max_turns, got.max_context_tokens, got.max_new_tokens) == (6, 2000, 99)
     assert (got.temperature, got.top_p, got.episode_timeout_s) == (0.3, 0.9, 77.0)

@@ -8,6 +8,7 @@ what to do with truncated episodes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -33,7 +34,9 @@ class AgentConfig:
     max_new_tokens: int = 512  # per turn
     max_malformed_calls: int = 3  # consecutive turns without a valid tool call end the episode
     tool_call_format: str = "xml"
-    seed: int | None = None  # per-request sampling seed (turn k uses seed + k)
+    # the run's sampling seed: each request is seeded from (seed, task, sample, turn), so two
+    # runs (two arms, a rerun) that sample the same weights see the same samples; None: unseeded
+    seed: int | None = None
 
     @classmethod
     def for_preset(cls, preset: Any, max_context_tokens: int | None = None, **kwargs: Any) -> AgentConfig:
@@ -41,6 +44,14 @@ class AgentConfig:
         window = preset.max_model_len
         return cls(max_context_tokens=min(max_context_tokens or window, window),
                    tool_call_format=preset.tool_call_format, **kwargs)
+
+
+def request_seed(seed: int, instance_id: str, sample_index: int, turn: int) -> int:
+    """The sampling seed of one request: a stable hash of (run seed, task, sample, turn),
+    31 bits (vLLM takes any int; some servers take only int32). Common random numbers:
+    every request of an episode differs, and the same request of another run is the same."""
+    key = f"{seed}\x1f{instance_id}\x1f{sample_index}\x1f{turn}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 33
 
 
 def truncate_observation(text: str, limit: int) -> tuple[str, bool]:
@@ -97,7 +108,8 @@ async def run_episode(
                 top_p=config.top_p,
                 max_tokens=min(config.max_new_tokens, room),
                 stop=STOP_STRINGS[config.tool_call_format],
-                seed=None if config.seed is None else config.seed + turn_no,
+                seed=None if config.seed is None else request_seed(
+                    config.seed, instance.instance_id, sample_index, turn_no),
             )
             t0 = time.monotonic()
             gen = await asyncio.wait_for(
@@ -124,6 +136,7 @@ async def run_episode(
                 response_ids=list(gen.token_ids),
                 logprobs=list(gen.logprobs),
                 finish_reason=gen.finish_reason,
+                seed=sampling.seed,
                 response_text=text,
                 tool_call=call,
                 tool_error=parse_error if parse_error is not None else (

@@ -32,6 +32,7 @@ class Turn:
     response_ids: list[int]  # tokens the policy sampled (mask 1)
     logprobs: list[float]  # rollout log-prob of each response token
     finish_reason: str  # the server's: "stop" or "length"
+    seed: int | None = None  # the request's sampling seed (agent.loop.request_seed); None: unseeded
     response_text: str = ""
     tool_call: ToolCall | None = None
     tool_error: str | None = None  # parse or execution error shown to the model

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=1,
                         help="times an episode or grading that failed for infrastructure reasons is retried")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling seed: each request is seeded from (seed, task, sample, turn)")
     parser.add_argument("--no-grade", action="store_true", help="skip grading (reward stays null)")
     parser.add_argument("--out", required=True, type=Path)
 
@@ -46,7 +48,7 @@ def agent_config(preset, args: argparse.Namespace) -> AgentConfig:
     return AgentConfig.for_preset(
         preset, max_context_tokens=args.max_context, max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        episode_timeout_s=args.episode_timeout)
+        episode_timeout_s=args.episode_timeout, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:

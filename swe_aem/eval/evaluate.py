@@ -34,6 +34,7 @@ class EvalSettings:
     grade_timeout_s: float = 1800.0
     concurrency: int = 8
     retries: int = 1  # an episode or grading that failed for infrastructure reasons
+    seed: int | None = 0  # sampling seed of the evaluation (agent.loop.request_seed); None: unseeded
 
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
@@ -61,7 +62,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     agent = AgentConfig.for_preset(
         preset, max_context_tokens=s.max_context_tokens, max_turns=s.max_turns,
         temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-        episode_timeout_s=s.episode_timeout_s)
+        episode_timeout_s=s.episode_timeout_s, seed=s.seed)
     traj_path = out_dir / "trajectories.jsonl"
     traj_path.write_text("")
     with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
@@ -114,6 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed: each request is seeded from (seed, task, run, turn)")
     p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or Path("runs") / "eval" / Path(args.model).name
     settings = EvalSettings(runs=args.runs, max_turns=args.max_turns, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
+                            max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
+                            seed=args.seed)
     try:
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url,

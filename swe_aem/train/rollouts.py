@@ -77,7 +77,9 @@ class LiveRollouts:
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
         t0 = time.perf_counter()
-        result = self._rollout(instances, self.cfg.rollout.samples_per_task, self.agent_cfg, self.grade)
+        # common random numbers: step k of any run with this seed samples with the same seeds
+        config = dataclasses.replace(self.agent_cfg, seed=self.cfg.trainer.seed * 1_000_003 + step)
+        result = self._rollout(instances, self.cfg.rollout.samples_per_task, config, self.grade)
         timings = {"time_rollout_s": time.perf_counter() - t0,
                    "episodes_dropped": float(len(result.dropped))}
         self.dropped = result.dropped
@@ -100,7 +102,8 @@ class LiveRollouts:
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
         result = self._rollout(
-            instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature),
+            instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature,
+                                                 seed=self.cfg.trainer.seed),
             grader(self.harness.grade_pool, timeout=self.cfg.run.grade_timeout_s, strict=False),
             on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
