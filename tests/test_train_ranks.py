@@ -79,10 +79,13 @@ def _train(run_dir: Path, nproc: int, model: Path, replay: Path) -> subprocess.C
     # (|g| << 1 here): the weights then compare gradients. With eps=1e-8 the step is
     # about lr * sign(g), and float32 rounding flips the sign of near-zero gradient
     # entries: one rank with another micro-batching already differs by 4e-4 there.
+    # lr=0.01 keeps the second mini-batch near the policy that sampled it (ratio mean about
+    # 1.1): with lr=1 its ratios reached e^7, its loss (about 1,000) amplified the float32
+    # rounding that differs between CPUs' kernels to 2.3e-4 on one CPU and not on another.
     cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--nproc", str(nproc),
            "--run-dir", str(run_dir), f"model={model}", f"run.replay={replay}", "run.steps=1",
            "rollout.tasks_per_step=2", "rollout.samples_per_task=4", "algo.tis_cap=null",
-           "trainer.lr=1", "trainer.adam_eps=1.0", "trainer.mini_batches=2", "trainer.seed=3"]
+           "trainer.lr=0.01", "trainer.adam_eps=1.0", "trainer.mini_batches=2", "trainer.seed=3"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(DS_ACCELERATOR="cpu", MASTER_PORT=str(_free_port()))
     return subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True,
@@ -119,7 +122,9 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
     one, two = _metrics(tmp_path / "ranks1"), _metrics(tmp_path / "ranks2")
     assert one["frac_pos_adv"] > 0 and one["frac_neg_adv"] > 0  # rewards 0 and 1 in a group
     assert one["trajectories_filtered"] == 1 and one["optimizer_steps"] == two["optimizer_steps"] == 2
-    for key in ("loss", "grad_norm", "response_entropy_mean", "alpha_max", "reward_mean"):
+    # measured on one CPU: 5e-6 relative for the loss and the gradient norm, 20x below this
+    for key in ("loss", "grad_norm", "ratio_mean", "approx_kl", "response_entropy_mean", "alpha_max",
+                "reward_mean"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
 
     base = load_file(str(model / "model.safetensors"))
@@ -127,8 +132,10 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
     w2 = load_file(str(tmp_path / "ranks2" / "final_model" / "model.safetensors"))
     moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    assert moved > 1e-2, moved  # the step changed the weights
-    assert diff < 1e-5, (diff, moved)
+    assert moved > 1e-3, moved  # the step changed the weights
+    # the same update to a few float32 ulps of the weights (one ulp of a weight near 1 is
+    # 1.2e-7: measured 1.2e-7 against a move of 1.8e-3)
+    assert diff < 1e-3 * moved, (diff, moved)
 
 
 _WAIT = """

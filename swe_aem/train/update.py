@@ -131,7 +131,7 @@ def ppo_update(
     shard = set(range(len(samples)) if indices is None else indices)
     totals: dict[str, float] = {}
     stat_keys: set[str] = set()  # the same on every rank that ran a micro-batch (padding too)
-    micro_count = steps = 0
+    tokens, steps = 0.0, 0
     grad_norms: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(len(samples), generator=generator).tolist()
@@ -165,10 +165,12 @@ def ppo_update(
                 engine.backward(loss * (world * weight), scale_wrt_gas=False)
                 stat_keys.update(stats)
                 if weight:
-                    micro_count += 1
+                    # stats are token means of the micro-batch: weighted by its tokens, their
+                    # mean is the batch's, however ranks and micro-batches split it
+                    tokens += float(b["loss_mask"].sum())
                     totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
                     for key, v in stats.items():
-                        totals[key] = totals.get(key, 0.0) + float(v)
+                        totals[key] = totals.get(key, 0.0) + float(v) * float(b["loss_mask"].sum())
             engine.step()
             steps += 1
             norm = engine.get_global_grad_norm()
@@ -176,7 +178,7 @@ def ppo_update(
                 grad_norms.append(float(norm))
     # each rank saw its shard: sum over ranks (a micro loss is already a share of the global one)
     keys = sorted(stat_keys)
-    local = torch.tensor([totals.get("loss", 0.0), float(micro_count)] + [totals.get(k, 0.0) for k in keys],
+    local = torch.tensor([totals.get("loss", 0.0), tokens] + [totals.get(k, 0.0) for k in keys],
                          dtype=torch.float64)
     summed = _all_reduce_tensor(local, dev).tolist()
     out = {k: v / max(summed[1], 1.0) for k, v in zip(keys, summed[2:])}
