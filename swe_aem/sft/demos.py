@@ -118,7 +118,7 @@ def locating_turns(test: str, file: str, function: str, spans: dict[str, tuple[i
 
     return [
         "Let me run a failing test to see where it breaks.\n"
-        + tool_call_text(fmt, "execute_bash", command=f"python -m pytest -x -q --tb=short '{test}' 2>&1 | tail -n 15"),
+        + tool_call_text(fmt, "execute_bash", command=f"python -m pytest -x -qq --tb=short '{test}' 2>&1 | tail -n 15"),
         grep,
         view,
     ]

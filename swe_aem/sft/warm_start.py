@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 # demonstration with a failed tool call is not kept; 6: the edit's old_str is just the
 # changed lines, not the diff's hunk with its context; 7: the function is named as "the
 # traceback ends in" when a frame of the package shows it; 8: only when the package's
-# last frame is the function's)
-FORMAT_VERSION = 8
+# last frame is the function's; 9: the failing test runs with `-qq`, whose output has no
+# timing line, so a rebuild sees the same tokens, and SFT reads the demonstrations in
+# instance order, not in the order their containers finished)
+FORMAT_VERSION = 9
 
 
 class WarmStartError(RuntimeError):
@@ -141,7 +143,8 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
         raise WarmStartError(f"warm start: no demonstration of {len(instances)} tasks was resolved "
                            f"(first: {next(iter({**report.rejected, **report.dropped}.items()), None)})")
     demo_s = time.monotonic() - t0
-    episodes = list(read_episodes(work / "demos.jsonl"))
+    # in instance order: the file is in the order the demonstrations finished, which varies
+    episodes = sorted(read_episodes(work / "demos.jsonl"), key=lambda ep: ep.instance_id)
     sft = SftConfig(model=model, lr=cfg.lr, epochs=cfg.epochs, batch_episodes=cfg.batch_episodes, seed=seed)
     # its own process: the RL trainer builds its engine next, and the SFT engine's memory
     # is not given back while this process lives
