@@ -135,7 +135,7 @@ class HeldoutConfig:
 
     split: str | None = "test"  # None: no held-out evaluation
     dataset: str | None = None  # None: run.dataset
-    tasks: int | None = 8  # a seeded draw of this many; None: the whole split
+    tasks: int | None = None  # a seeded draw of this many; None: every task of the kind
     instances_matching: str | None = r"\.func_pm_op_"  # as in warm_start
     max_fix_lines: int | None = 1
     runs: int = 1
