@@ -27,13 +27,15 @@ RANKS = {
     "data": 1,  # instances; builds images with sandbox
     "agent": 1,  # the episode loop on policy and sandbox; grading reaches it as a callable
     "reward": 2,  # grading: data's instances in sandbox containers
+    # peers: neither imports the other (the held-out evaluation's report writer reaches the
+    # trainer from the edge)
     "eval": 3,  # `swe-aem eval` (agent + reward) and its reports
-    "train": 4,  # the RL loop; its held-out evaluation is eval's report
-    "sft": 5,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
+    "train": 3,  # the RL loop on DeepSpeed
+    "sft": 4,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
     # the edge: commands that join packages
-    "commands": 6,
-    "evidence": 6,  # `swe-aem evidence`: toy game and the LLM arms (real trainer, warm start)
-    "cli": 7,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
+    "commands": 5,
+    "evidence": 5,  # `swe-aem evidence`: toy game and the LLM arms (real trainer, warm start)
+    "cli": 6,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
 }
 
 

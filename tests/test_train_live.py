@@ -17,6 +17,7 @@ import torch
 
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import load_config
+from swe_aem.eval.evaluate import write_rollout_report
 from swe_aem.policy.models import load_preset
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch
 from swe_aem.policy.server import ServerOptions, VLLMServer
@@ -131,7 +132,7 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
                                                  "heldout.dataset=local", "heldout.instances_matching=null",
                                                  "heldout.max_fix_lines=null",
                                                  "heldout.tasks=2"])
-        trainer = Trainer(cfg, tmp_path / "run")
+        trainer = Trainer(cfg, tmp_path / "run", heldout_report=write_rollout_report)
         before = {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
         trainer.train()
     assert sorted(chosen[2:6]) == ["Plan A: the fix."] * 2 + ["Plan B: notes only."] * 2

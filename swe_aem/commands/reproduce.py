@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from swe_aem.config import load_config
-    from swe_aem.eval.evaluate import EvalSettings, evaluate
+    from swe_aem.eval.evaluate import EvalSettings, evaluate, write_rollout_report
     from swe_aem.eval.reproduction import write_reproduction
     from swe_aem.train.loop import Trainer
 
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
         cfg = load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
         run_dir = out / arm
-        Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir()).train()
+        Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir(),
+                heldout_report=write_rollout_report).train()
         paths = evaluate(str(run_dir / "train" / "final_model"), args.dataset or scale["dataset"],
                          run_dir / "eval", settings, split="test", instance_ids=args.instances,
                          dataset_format=args.dataset_format)

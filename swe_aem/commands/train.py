@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from swe_aem.data.instances import DatasetError
+    from swe_aem.eval.evaluate import write_rollout_report
     from swe_aem.sandbox import DockerUnavailableError
     from swe_aem.train.checkpoint import CheckpointError
     from swe_aem.train.loop import Trainer
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     # the sandboxes are stopped in Trainer.close instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume)
+        trainer = Trainer(cfg, run_dir, resume=args.resume, heldout_report=write_rollout_report)
         state = trainer.train()
     except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError,
             DatasetError) as exc:

@@ -212,9 +212,10 @@ def run_state(rd: Path, cfg: Config) -> str:
 
 
 def _train(cfg: Config, rd: Path, resume: bool) -> None:
+    from swe_aem.eval.evaluate import write_rollout_report
     from swe_aem.train.loop import Trainer
 
-    Trainer(cfg, rd, resume=resume).train()
+    Trainer(cfg, rd, resume=resume, heldout_report=write_rollout_report).train()
 
 
 def train_all(out: Path, seeds: Sequence[int], steps: int | None, overrides: list[str], base: Config,

@@ -27,7 +27,7 @@ from swe_aem.train.checkpoint import CheckpointManager, TrainState
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
 from swe_aem.train.metrics import MetricsLogger
-from swe_aem.train.rollouts import LiveRollouts, ReplayRollouts, TrainingSetupError
+from swe_aem.train.rollouts import HeldoutReport, LiveRollouts, ReplayRollouts, TrainingSetupError
 from swe_aem.train.update import forward_old, ppo_update
 from swe_aem.train.weights import WeightPublisher, WeightSyncError
 
@@ -86,12 +86,15 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False):
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
+                 heldout_report: HeldoutReport | None = None):
+        """`heldout_report`: swe_aem.eval.evaluate.write_rollout_report where heldout.split is set
+        (the caller's: training does not import evaluation)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from swe_aem.policy.models import resolve_model
 
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir, self.heldout_report = cfg, Path(run_dir), heldout_report
         self.rank, self.world = init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
@@ -155,7 +158,7 @@ class Trainer:
         self.instances = {i.instance_id: i for i in insts}
         self.task_ids = sorted(self.instances)
         return LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
-                            self.run_id) if self.is_main else None
+                            self.run_id, self.heldout_report) if self.is_main else None
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:

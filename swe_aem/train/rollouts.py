@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.config import Config, RolloutConfig
 from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
+
+# swe_aem.eval.evaluate.write_rollout_report, given by the caller: training and evaluation are
+# peers, and the held-out rows count exactly as `swe-aem eval` counts
+HeldoutReport = Callable[..., dict[str, Path]]
 
 
 class TrainingSetupError(RuntimeError):
@@ -44,14 +49,14 @@ class LiveRollouts:
     """
 
     def __init__(self, cfg: Config, preset: ModelPreset, model_path: Path, tokenizer: Any,
-                 run_dir: Path, run_id: str):
+                 run_dir: Path, run_id: str, report: HeldoutReport | None = None):
         from swe_aem.agent.harness import open_harness
         from swe_aem.policy.session import PolicySetupError
         from swe_aem.reward import grader
         from swe_aem.sandbox import SandboxConfig, reap
         from swe_aem.sandbox.images import ImageStore, parse_size
 
-        self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id
+        self.cfg, self.run_dir, self.run_id, self.report = cfg, run_dir, run_id, report
         self.tokenizer = tokenizer
         self.agent_cfg = agent_config(preset, cfg.rollout)
         for host in cfg.run.docker_hosts or [None]:
@@ -95,9 +100,11 @@ class LiveRollouts:
         """Resolve rate of the server's current weights on `instances`: the eval report of
         `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
         out_dir; returns its summary. Uses the run's server and pools (no second model)."""
-        from swe_aem.eval.evaluate import write_rollout_report
         from swe_aem.reward import grader
 
+        if self.report is None:
+            raise TrainingSetupError("a held-out evaluation (heldout.split) needs the report writer of "
+                                     "swe-aem eval: Trainer(..., heldout_report=write_rollout_report)")
         out_dir.mkdir(parents=True, exist_ok=True)
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
@@ -108,7 +115,7 @@ class LiveRollouts:
             on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
                 "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
-        paths = write_rollout_report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
+        paths = self.report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
                                      title=f"held-out: {model_name}")
         return json.loads(paths["json"].read_text())["summary"]
 
