@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from swe_aem.data import DatasetError, families, load_instances
-from swe_aem.data.families import CONDA_ACTIVATE, R2E_ACTIVATE, detect_format, reverse_patch
+from swe_aem.data.families import R2E_ACTIVATE, detect_format, reverse_patch
 from swe_aem.data.instances import official_image
 
 SHARED = Path(__file__).parents[2] / "shared" / "datasets"
@@ -51,7 +51,8 @@ def test_swebench_v5_rows_map_field_by_field():
         assert inst.PASS_TO_PASS == tuple(json.loads(row["PASS_TO_PASS"]))
         assert inst.extra["environment_setup_commit"] == row["environment_setup_commit"]
         assert inst.image == official_image(row["instance_id"])
-        assert (inst.grader, inst.env_activate, inst.setup_script) == ("swebench", CONDA_ACTIVATE, "")
+        # no environment assumed from the family: the sandbox reads it from the image
+        assert (inst.grader, inst.env_activate, inst.setup_script) == ("swebench", "", "")
         # what the 5.x harness runs for the raw row is what we run
         assert make_test_spec(inst.to_swebench()).eval_script == make_test_spec(row).eval_script
 
@@ -103,7 +104,7 @@ def test_swe_gym_rows_map_and_build_swebench_style_scripts():
             assert getattr(inst, name) == row[name], name
         assert inst.FAIL_TO_PASS == tuple(row["FAIL_TO_PASS"]) and inst.PASS_TO_PASS == tuple(row["PASS_TO_PASS"])
         assert (inst.grader, inst.log_parser, inst.eval_type) == ("swebench", "parse_log_pytest", "pass_and_fail")
-        assert inst.log_parser in PARSER_REGISTRY and inst.env_activate == CONDA_ACTIVATE
+        assert inst.log_parser in PARSER_REGISTRY and inst.env_activate == ""
         make_test_spec(inst.to_swebench())
     assert insts["getmoto__moto-7365"].image == "xingyaoww/sweb.eval.x86_64.getmoto_s_moto-7365:latest"
     # SWE-Gym's fork: conda env, `make init` for moto, tests reset, test_patch applied, then
@@ -139,7 +140,7 @@ def test_swe_smith_row_maps_to_its_profile_command():
         assert getattr(inst, name) == row[name], name
     assert inst.image == row["image_name"] == "swesmith.x86_64.pandas-dev__pandas.95280573"
     assert inst.FAIL_TO_PASS == tuple(row["FAIL_TO_PASS"]) and inst.PASS_TO_PASS == tuple(row["PASS_TO_PASS"])
-    assert (inst.grader, inst.env_activate) == ("swesmith", CONDA_ACTIVATE)
+    assert (inst.grader, inst.env_activate) == ("swesmith", "")
     assert inst.extra["bug_patch"] == row["patch"] and inst.patch == reverse_patch(row["patch"])
     assert f"git checkout -q -f {row['base_commit']}" in inst.setup_script
     # swesmith 0.0.9: PythonProfile.test_cmd + F2P files + P2P files (min_testing), in its eval.sh

@@ -31,6 +31,15 @@ def test_base_tag_is_a_content_hash(tmp_path, monkeypatch):
     assert "curl" in images.base_packages() and "python3-pytest" in images.base_packages()
 
 
+def test_other_recipes_share_the_setup_and_bad_names_are_refused():
+    ruby = images.base_tag("base-ruby")
+    assert ruby.startswith("swe-aem/base-ruby:") and ruby.split(":")[1] != images.base_tag().split(":")[1]
+    assert "ruby" in images.base_packages("base-ruby") and "ruby" not in images.base_packages()
+    for bad in ("local", "../base", "base-nope"):
+        with pytest.raises(ValueError, match="no base image recipe"):
+            images.base_tag(bad)
+
+
 def test_debian_mirror_is_a_url():
     assert images.debian_mirror().startswith(("http://", "https://"))
 

@@ -1,8 +1,11 @@
 """Dataset families: one adapter each, from a native row to the fields of an `Instance`.
 
-Every family says how its rows are graded (`grader`), how a shell enters its image's
-environment (`env_activate`), what runs once in a fresh container before the agent or
-the grader touches it (`setup_script`), and which script runs its tests (`eval_script`).
+Every family says how its rows are graded (`grader`), what runs once in a fresh container
+before the agent or the grader touches it (`setup_script`), and which script runs its
+tests (`eval_script`). The agent's environment is not assumed from the family: a sandbox
+reads it from the image's shell start-up (official images activate conda there; images
+without conda define nothing), and an eval script enters its own. Only R2E-Gym sets
+`env_activate`, because R2E-Gym's runtime itself puts the image's venv on PATH.
 Rules per family are in ../shared/datasets/README.md; the choices made here:
 
 - swe-bench: swebench 5.x rows carry eval_script / image / log_parser / eval_type and are
@@ -28,8 +31,6 @@ from typing import Any
 FORMATS = ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
 GRADERS = ("swebench", "swesmith", "r2e")
 
-# Official SWE-bench-style images (SWE-bench, SWE-Gym, SWE-smith): a conda env `testbed`.
-CONDA_ACTIVATE = "source /opt/miniconda3/bin/activate && conda activate testbed"
 # R2E-Gym images keep a venv in /testbed/.venv; R2E-Gym's runtime puts it first on PATH
 # (through /root/.venv -> /testbed/.venv and /root/.local/bin links).
 R2E_ACTIVATE = "export PATH=/testbed/.venv/bin:/root/.local/bin:/root/.cargo/bin:$PATH"
@@ -82,7 +83,7 @@ def swe_bench(row: dict[str, Any]) -> dict[str, Any]:
             "export, and swebench 5.x builds the eval script only from the row. Use a 5.x export "
             "of the dataset (rows with eval_script, image, log_parser, eval_type), or "
             "--dataset-format swe-gym for SWE-Gym rows")
-    return {**row, "grader": "swebench", "env_activate": CONDA_ACTIVATE}
+    return {**row, "grader": "swebench"}
 
 
 # ---------------------------------------------------------------- SWE-Gym
@@ -143,7 +144,7 @@ def swe_gym(row: dict[str, Any]) -> dict[str, Any]:
             "eval_script": swebench_eval_script(str(row.get("base_commit", "")), test_patch,
                                                 spec.test_cmd, spec.install, spec.eval_commands),
             "log_parser": "parse_log_pytest", "eval_type": "pass_and_fail",
-            "grader": "swebench", "env_activate": CONDA_ACTIVATE}
+            "grader": "swebench"}
 
 
 # ---------------------------------------------------------------- SWE-smith
@@ -241,7 +242,7 @@ def swe_smith(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "image": image,
             "patch": reverse_patch(bug) if bug else "", "eval_script": swe_smith_eval_script(test_cmd),
             "log_parser": "swesmith_pytest", "eval_type": "swesmith", "grader": "swesmith",
-            "env_activate": CONDA_ACTIVATE, "setup_script": setup,
+            "setup_script": setup,
             "bug_patch": bug, "test_files": files}
 
 

@@ -47,7 +47,7 @@ class Instance:
     eval_type: str = "pass_and_fail"
     created_at: str = ""
     grader: str = "swebench"  # how the verdict is read: swebench | swesmith | r2e
-    env_activate: str = ""  # shell snippet that enters the image's environment
+    env_activate: str = ""  # bash after the image's shell start-up (R2E-Gym's PATH); "" for none
     setup_script: str = ""  # runs once in a fresh container, before the agent or the grader
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 

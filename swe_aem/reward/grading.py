@@ -1,8 +1,9 @@
 """Grade one patch the way the SWE-bench harness does, in a fresh container; the RL reward.
 
 Spec / run / grade are kept apart as in the official harness: the test spec comes
-from swebench's `make_test_spec`, the run is ours (a sandbox, the harness's
-`git apply` fallback chain, the instance's eval script), and the verdict is
+from swebench's `make_test_spec`, the run is ours (a sandbox in the image's bare
+environment, as the harness's `docker exec` gives it, the harness's `git apply` fallback
+chain, the instance's eval script as it is: it enters its own environment), and the verdict is
 swebench's `get_eval_report` with its PARSER_REGISTRY. Strict mode (training's
 default) first refuses patches that touch tests or test configuration, because a
 policy under RL will find that shortcut.
@@ -193,7 +194,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
     own_pool = pool is None
     pool = pool or SandboxPool(max_concurrency=1, config=config, run_id=run_id)
     try:
-        with pool.sandbox(instance) as sandbox:
+        with pool.sandbox(instance, shell_env=False) as sandbox:  # the eval script enters its own
             prepare(sandbox, instance)
             sandbox.write_file(PATCH_FILE, patch)
             applied, apply_log = _apply(sandbox)

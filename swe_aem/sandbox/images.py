@@ -42,7 +42,6 @@ from swe_aem.sandbox.engine import SandboxError
 
 SANDBOXES = Path(__file__).resolve().parents[2] / "sandboxes"
 BASE_DIR = SANDBOXES / "base"
-BASE_REPO = "swe-aem/base"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_ENV = ["LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
@@ -96,16 +95,26 @@ def _sha(*parts: bytes) -> str:
     return digest.hexdigest()[:12]
 
 
-def base_packages() -> list[str]:
-    lines = (BASE_DIR / "packages.txt").read_text().splitlines()
+def recipe_dir(recipe: str = "base") -> Path:
+    """sandboxes/<recipe>/ (its packages.txt); every recipe shares base/setup.sh. Other
+    recipes are toolchains that only some tests need (base-ruby: SWE-bench Multilingual's
+    layout), so the Python base stays as it is and they are built only when used."""
+    path = BASE_DIR if recipe == "base" else SANDBOXES / recipe
+    if not re.fullmatch(r"base(-[a-z0-9]+)?", recipe) or not (path / "packages.txt").is_file():
+        raise ValueError(f"no base image recipe {recipe!r}: expected sandboxes/base*/packages.txt")
+    return path
+
+
+def base_packages(recipe: str = "base") -> list[str]:
+    lines = (recipe_dir(recipe) / "packages.txt").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def base_tag() -> str:
-    """Tag of the base image: hash of the package list, the setup script and the image env."""
-    recipe = [(BASE_DIR / "packages.txt").read_bytes(), (BASE_DIR / "setup.sh").read_bytes(),
-              SUITE.encode(), "\n".join(IMAGE_ENV).encode()]
-    return f"{BASE_REPO}:{_sha(*recipe)}"
+def base_tag(recipe: str = "base") -> str:
+    """Tag of a base image: hash of the package list, the setup script and the image env."""
+    parts = [(recipe_dir(recipe) / "packages.txt").read_bytes(), (BASE_DIR / "setup.sh").read_bytes(),
+             SUITE.encode(), "\n".join(IMAGE_ENV).encode()]
+    return f"swe-aem/{recipe}:{_sha(*parts)}"
 
 
 def debian_mirror() -> str:
@@ -168,9 +177,9 @@ def _debootstrap(cmd: list[str], rootfs: Path, status: Steps, attempts: int = 3)
     raise RuntimeError(f"debootstrap failed {attempts} times; last output:\n" + "\n".join(tail))
 
 
-def build_base(client: docker.DockerClient, force: bool = False) -> str:
+def build_base(client: docker.DockerClient, force: bool = False, recipe: str = "base") -> str:
     """debootstrap a minbase rootfs with the recipe's packages, set it up, `docker import` it."""
-    tag = base_tag()
+    tag = base_tag(recipe)
     if not force and image_exists(client, tag):
         console.print(f"[green]base image {tag} is up to date")
         return tag
@@ -181,7 +190,7 @@ def build_base(client: docker.DockerClient, force: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="swe-aem-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         cmd = ["debootstrap", "--variant=minbase", f"--cache-dir={cache}",
-               f"--include={','.join(base_packages())}", SUITE, str(rootfs), mirror]
+               f"--include={','.join(base_packages(recipe))}", SUITE, str(rootfs), mirror]
         with Steps(f"base image {tag}: debootstrap {SUITE} from {mirror} (a few minutes)") as status:
             _debootstrap(cmd, rootfs, status)
             status.update("setting up the rootfs (user swe, git config)")

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 class SandboxSpec(Protocol):
     """What a sandbox needs of a task (swe_aem.data's Instance is one): which image, which
-    commit the diff is taken against, and the shell snippet that enters the image's
-    environment ("" when commands run as they are)."""
+    commit the diff is taken against, and a bash snippet its harness runs after the image's
+    own shell start-up ("" for none; the image's environment itself is read from the image)."""
 
     @property
     def instance_id(self) -> str: ...
@@ -101,9 +101,10 @@ class SandboxPool:
                 log.warning("%s", exc)
 
     @contextmanager
-    def sandbox(self, spec: SandboxSpec) -> Iterator[Sandbox]:
-        """A fresh sandbox from the spec's image (pulled if missing), inside its environment,
-        removed on exit whatever happens."""
+    def sandbox(self, spec: SandboxSpec, *, shell_env: bool = True) -> Iterator[Sandbox]:
+        """A fresh sandbox from the spec's image (pulled if missing), inside the environment
+        its shell start-up defines (`shell_env=False`: the image's bare environment, for
+        graders, whose eval scripts enter their own), removed on exit whatever happens."""
         with self._slots:
             index, client = self._pick()
             try:
@@ -111,7 +112,8 @@ class SandboxPool:
                     sandbox = Sandbox.start(client, spec.image, config=self.config,
                                             run_id=self.run_id, instance_id=spec.instance_id,
                                             base_commit=spec.base_commit,
-                                            env_activate=spec.env_activate,
+                                            env_activate=spec.env_activate if shell_env else "",
+                                            shell_env=shell_env,
                                             on_create=lambda c: self._record(index, c))
                     with sandbox:
                         yield sandbox

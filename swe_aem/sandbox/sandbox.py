@@ -7,10 +7,13 @@ runs as `timeout -k GRACE T bash -c CMD`, which kills its whole process group; a
 host-side guard kills the group again if that `timeout` does not finish the job. Output is capped in bytes (head and tail kept,
 with a visible note) and decoded with replacement, so no byte sequence can crash us.
 
-Real task images keep their test environment behind an activation snippet (SWE-bench:
-`source /opt/miniconda3/bin/activate && conda activate testbed`). A sandbox runs that
-snippet once at start, captures the environment it leaves (`env -0`) and gives it to
+Real task images define their environment in the shell's start-up file: the official
+SWE-bench images append `conda activate testbed` to ~/.bashrc, images without conda
+(SWE-bench Multilingual) define nothing there. A sandbox reads it from the image: it
+starts an interactive bash once (which reads /etc/bash.bashrc and ~/.bashrc), runs the
+spec's extra snippet if any, captures the environment left (`env -0`) and gives it to
 every later command, so each command runs as in a shell a person opened in that image.
+A grader asks for none of this (`shell_env=False`): eval scripts enter their own.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import io
 import os
 import posixpath
 import re
+import shlex
 import socket
 import tarfile
 import threading
@@ -48,6 +52,7 @@ from swe_aem.sandbox.runner import Runner, RunnerGone
 _WRAPPER = 'echo $$ > {pidfile}; exec timeout -k {grace} {limit} /bin/bash -c "$0" 2>&1'
 TIMEOUT_EXIT_CODES = (124, 137)
 # Runs the activation snippet in bash (its own output kept aside), then prints the environment.
+# It runs inside an interactive bash (_STARTUP), so the image's start-up files come first.
 _ACTIVATE = """__swe_aem_log=$(mktemp)
 {{
 {snippet}
@@ -57,6 +62,8 @@ if [ "$__swe_aem_rc" -ne 0 ]; then cat "$__swe_aem_log"; rm -f "$__swe_aem_log";
 rm -f "$__swe_aem_log"; unset __swe_aem_log __swe_aem_rc
 printf '{marker}\\0'; env -0
 """
+# interactive (reads the start-up files), without job control (no terminal, same process group)
+_STARTUP = "exec /bin/bash -i +m -c {script} </dev/null"
 _ENV_MARKER = "SWE_AEM_ENVIRONMENT"
 # per-shell variables that must not be carried from the capturing shell into later ones
 _SHELL_LOCAL = {"_", "SHLVL", "PWD", "OLDPWD"}
@@ -136,7 +143,7 @@ class Sandbox:
         self.base_commit = base_commit
         self.instance_id = instance_id
         self.uid, self.gid = 0, 0
-        self.environment: dict[str, str] = {}  # captured by the activation snippet; every command gets it
+        self.environment: dict[str, str] = {}  # the shell start-up's (and snippet's); every command gets it
         self._runner: Runner | None = None
         self._closed = False
 
@@ -144,14 +151,18 @@ class Sandbox:
     @classmethod
     def start(cls, client: docker.DockerClient, image: str, *, config: SandboxConfig | None = None,
               run_id: str = "adhoc", instance_id: str | None = None,
-              base_commit: str | None = None, env_activate: str = "",
+              base_commit: str | None = None, env_activate: str = "", shell_env: bool = True,
               on_create: Callable[[Any], None] | None = None) -> Sandbox:
         """Create and start a container from `image`, wait until a command runs in it, then
-        enter the image's environment with `env_activate` (bash; "" for none).
+        enter the environment its interactive bash start-up defines, plus `env_activate`
+        (an extra bash snippet; "" for none). `shell_env=False`: commands run with the
+        image's configured environment only, as `docker exec` gives it (graders).
 
         `on_create(container)` is called as soon as the container exists (a pool records it).
-        A failing snippet raises SandboxError naming the image and the snippet.
+        A start-up or snippet that fails raises SandboxError naming the image and the snippet.
         """
+        if env_activate.strip() and not shell_env:
+            raise ValueError("env_activate is entered only with shell_env=True")
         config = config or SandboxConfig()
         labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
                   LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
@@ -189,7 +200,7 @@ class Sandbox:
                 raise SandboxError(f"container from {image} is not usable (exit code {ready.exit_code}): "
                                    f"{ready.output[-500:]}")
             sandbox.uid, sandbox.gid = (int(x) for x in ready.output.split()[:2])
-            if env_activate.strip():
+            if shell_env:
                 sandbox.environment = sandbox._capture_environment(image, env_activate)
         except BaseException:
             sandbox.close()
@@ -197,14 +208,17 @@ class Sandbox:
         return sandbox
 
     def _capture_environment(self, image: str, snippet: str) -> dict[str, str]:
-        """Run `snippet` once in bash; the environment it leaves, minus per-shell variables."""
-        script = _ACTIVATE.format(snippet=snippet, marker=_ENV_MARKER)
-        result = self._exec(script, 120, None, None, None)
+        """Start an interactive bash (the image's start-up files), run `snippet` in it; the
+        environment left, minus per-shell variables."""
+        script = _ACTIVATE.format(snippet=snippet.strip() or ":", marker=_ENV_MARKER)
+        result = self._exec(_STARTUP.format(script=shlex.quote(script)), 120, None, None, None)
         head, sep, body = result.output.partition(_ENV_MARKER + "\0")
         if result.exit_code != 0 or not sep:
             why = "timed out" if result.timed_out else f"exited with code {result.exit_code}"
-            raise SandboxError(f"entering the environment of image {image} failed: the snippet "
-                               f"{snippet!r} {why}: {head.strip()[-1500:] or '(no output)'}")
+            what = "the shell start-up (interactive bash: /etc/bash.bashrc, ~/.bashrc)" + (
+                f" then the snippet {snippet.strip()!r}" if snippet.strip() else "")
+            raise SandboxError(f"entering the environment of image {image} failed: {what} "
+                               f"{why}: {head.strip()[-1500:] or '(no output)'}")
         environment = {}
         for entry in body.split("\0"):
             name, eq, value = entry.partition("=")
