@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 
 import pytest
@@ -208,7 +209,9 @@ def test_demonstrations_locate_the_function_from_the_failing_test(splits, repo_i
     for ep in read_episodes(tmp_path / "demos.jsonl"):
         inst = next(i for i in picked if i.instance_id == ep.instance_id)
         run, grep, view = ep.turns[:3]
-        assert "failed" in run.observation and inst.FAIL_TO_PASS[0].split("[")[0] in run.observation
+        # `-qq`: pytest's short summary names the failing test; no timing line ("1 failed in 0.1s")
+        assert "FAILED" in run.observation and inst.FAIL_TO_PASS[0].split("[")[0] in run.observation
+        assert not re.search(r"\bin \d+\.\d+s\b", run.observation), run.observation[-300:]
         line = int(grep.observation.split(f"{inst.extra['file']}:")[1].split(":")[0])
         first, last = view.tool_call.arguments["view_range"]
         assert view.tool_error is None and f"{first}\t" in view.observation  # the view showed the code

@@ -420,6 +420,33 @@ def test_warm_start_trains_once_then_reuses_its_folder(tmp_path, small_model, lo
     assert not (tmp_path / "cache" / partial / "warm_start.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_rebuilt_warm_start_is_the_same_model(tmp_path, small_model):
+    """Built twice from nothing with one seed, the warm start is the same: the same
+    demonstration tokens (the failing test's output holds no timing), read in one order,
+    and bit-identical SFT weights. A fresh machine then starts RL from the README's model."""
+    from safetensors.torch import load_file
+
+    from swe_aem.agent.trajectory import read_episodes
+    from swe_aem.config import WarmStartConfig
+    from swe_aem.sft.warm_start import warm_start
+
+    cfg = WarmStartConfig(split="train", tasks=2, epochs=2, batch_episodes=1, lr=1e-2)
+    built = [warm_start(dataclasses.replace(cfg, cache_dir=str(tmp_path / name)), str(small_model), seed=0,
+                        progress=False) for name in ("a", "b")]
+    assert not any(ws.cached for ws in built) and built[0].task_ids == built[1].task_ids
+    demos = [{ep.instance_id: [(t.prompt_ids, t.response_ids) for t in ep.turns]
+              for ep in read_episodes(ws.model_dir.parent / "demos.jsonl")} for ws in built]
+    assert len(demos[0]) == 2 and demos[0] == demos[1]
+    assert any("python -m pytest" in str(t.tool_call) for t in next(read_episodes(
+        built[0].model_dir.parent / "demos.jsonl")).turns)  # the located kind: it ran the test
+    weights = [load_file(str(ws.model_dir / "model.safetensors")) for ws in built]
+    base = load_file(str(small_model / "model.safetensors"))
+    assert any(not torch.equal(weights[0][k], base[k]) for k in base)  # SFT moved the weights
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_warm_start_failures_say_which_part_failed(tmp_path, small_model, monkeypatch):
     """A failure inside the warm start's own parts comes back as a WarmStartError named
     "warm start: ..."; errors that already name their problem (a dataset) pass unchanged."""
