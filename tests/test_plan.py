@@ -193,3 +193,37 @@ def test_a_model_without_architecture_numbers_has_no_plan():
     preset = dataclasses.replace(load_preset("32b"), architecture=None)
     with pytest.raises(PlanError, match="no architecture numbers"):
         make_plan(load_config(overrides=["model=32b"]), preset, Cluster(1, 8, 80))
+
+
+def test_train_and_reproduce_refuse_a_plan_that_does_not_fit(capsys):
+    """Before any launch, warm start or model download: the plan, its numbers, the knob."""
+    cluster = ["--nodes", "8", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
+    assert cli_main(["train", "--recipe", "deepswe", *cluster, "vllm.sleep_mode=false"]) == 1
+    err = capsys.readouterr().err
+    assert "fits: NO" in err and "vllm.sleep_mode=true" in err and "not launching" in err
+    assert cli_main(["reproduce", "--model", "qwen3-32b", *cluster, "vllm.sleep_mode=false"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("plan: qwen3-32b") == 1  # both arms planned, the same plan printed once
+    assert "fits: NO" in err and "not launching" in err
+
+
+def test_the_plan_before_a_launch_on_cpu_and_from_a_hostfile(tmp_path, monkeypatch):
+    import argparse
+
+    from rich.console import Console
+
+    from swe_aem.commands import plan as plan_cmd
+
+    monkeypatch.setattr(plan_cmd, "local_gpus", lambda: None)  # a CPU-only machine
+    console = Console(record=True, width=200)
+    none = argparse.Namespace(nodes=None, gpus_per_node=None, gpu_memory_gib=None)
+    assert plan_cmd.check_before_launch([load_config()], none, console)  # make train on CPU: unchanged
+    assert "plan: not applicable" in console.export_text()
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# the run's nodes\nnode-a slots=8\nnode-b slots=8  # second\n")
+    assert plan_cmd.hostfile_shape(str(hostfile)) == (2, 8)
+    args = argparse.Namespace(nodes=None, gpus_per_node=None, gpu_memory_gib=80.0)
+    assert plan_cmd.cluster_of(args, str(hostfile)) == Cluster(2, 8, 80.0)
+    fits = load_config(recipe="deepswe", overrides=["model=32b"])
+    assert plan_cmd.check_before_launch([fits], args, console, hostfile=str(hostfile))
+    assert "plan: 32b (32.76B parameters) on 2 nodes x 8 GPUs x 80 GiB" in console.export_text()

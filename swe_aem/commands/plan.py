@@ -133,10 +133,10 @@ def check_before_launch(cfgs: list, args: argparse.Namespace, console, hostfile:
             return True
         text = format_plan(plan)
         if text != shown:
-            console.print(text, markup=False, highlight=False)
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
             shown = text
         if not plan.fits:
             console.print("[red]error:[/red] the plan does not fit (above: the numbers and what to change); "
-                          "not launching")
+                          "not launching", soft_wrap=True)
             return False
     return True

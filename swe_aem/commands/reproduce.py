@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from swe_aem.commands.plan import add_cluster_arguments, check_before_launch
 from swe_aem.data.families import FORMATS
 
 TOY = {"recipes": ("deepswe_tiny", "deepswe_tiny_aem"), "eval_runs": 2, "dataset": "local",
@@ -29,10 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     p.add_argument("--instances", nargs="*", default=None,
                    help="train and evaluate on these instance ids only (default: all)")
+    add_cluster_arguments(p)  # the plan before the launch (swe-aem plan); default: this machine's GPUs
     p.add_argument("overrides", nargs="*", help="training config overrides for both arms, key=value")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from swe_aem.config import load_config
     from swe_aem.eval.evaluate import EvalSettings, evaluate, write_rollout_report
     from swe_aem.eval.reproduction import write_reproduction
@@ -42,10 +46,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "reproduce" / Path(args.model).name
     settings = EvalSettings(runs=args.eval_runs or scale["eval_runs"], max_turns=scale["max_turns"],
                             max_new_tokens=scale["max_new_tokens"])
+    only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
+    cfgs = {arm: load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
+            for arm, recipe in zip(("base", "aem"), scale["recipes"])}
+    if not check_before_launch(list(cfgs.values()), args, Console(stderr=True)):
+        return 1
     arms: dict[str, list[dict[str, bool]]] = {}
-    for arm, recipe in zip(("base", "aem"), scale["recipes"]):
-        only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
-        cfg = load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
+    for arm, cfg in cfgs.items():
         run_dir = out / arm
         Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir(),
                 heldout_report=write_rollout_report).train()

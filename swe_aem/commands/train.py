@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from swe_aem.commands.plan import add_cluster_arguments, check_before_launch
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model preset (tiny, 1.5b, 7b, 14b, 32b, qwen3-32b) or a local folder")
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this node (default: one per GPU the run uses); "
                         "on CPU each is a gloo rank")
+    add_cluster_arguments(p)  # the plan before the launch (swe-aem plan); default: this machine's GPUs
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
 
 
@@ -95,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     preset = None
     if cfg.model in preset_names():
         preset = load_preset(cfg.model)
+    # before any launch or warm start (not again in each launched rank): refuse what cannot fit
+    if "LOCAL_RANK" not in os.environ and not check_before_launch([cfg], args, console, hostfile=args.hostfile):
+        return 1
     if args.nproc is not None and args.nproc < 1:
         console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
         return 2
