@@ -63,7 +63,7 @@ class RolloutResult:
 
 async def rollout(
     instances: Sequence[Any],
-    samples: int,
+    samples: int | Sequence[int],
     *,
     policy: PolicyClient,
     tokenizer: Any,
@@ -75,14 +75,17 @@ async def rollout(
     progress: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> RolloutResult:
-    """Run `samples` episodes per instance (sample k has sample_index k) and grade each.
+    """Run `samples` episodes per instance (sample k has sample_index k) and grade each;
+    `samples` may instead list the sample indices to run (a rollout fleet runs one sample of
+    a task on one replica, with the seed that sample has anywhere).
 
     Sandbox and grading calls are blocking (docker SDK) and run in a thread pool sized
     to the concurrency. `on_episode` sees every kept episode as it is done.
     """
     executor = ThreadPoolExecutor(max_workers=2 * concurrency + 2, thread_name_prefix="rollout")
     semaphore = asyncio.Semaphore(concurrency)
-    jobs = [(inst, k) for inst in instances for k in range(samples)]
+    indices = range(samples) if isinstance(samples, int) else samples
+    jobs = [(inst, k) for inst in instances for k in indices]
     bar = tqdm(total=len(jobs), desc="rollout", unit="ep", disable=not progress)
     counts = {"resolved": 0, "dropped": 0}
 

@@ -3,7 +3,9 @@
 Not a model. It answers POST /v1/completions in vLLM's token-exact shape with the
 token ids of scripted text, so the scaffold, the sandbox and the grader can be
 tested and benchmarked end to end without sampling noise. Log-probs it returns are
-a fixed placeholder (SCRIPTED_LOGPROB), not a model's.
+a fixed placeholder (SCRIPTED_LOGPROB), not a model's. With `weight_routes` it also
+answers vLLM's weight-push routes (and lists them in /openapi.json) without loading
+anything, recording the folder of each push: a fleet's pushes can be seen to arrive.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+
+from swe_aem.policy.server import WEIGHT_RELOAD_ROUTES
 
 SCRIPTED_LOGPROB = -0.25
 
@@ -106,6 +110,7 @@ class ScriptedPolicyServer:
     The turn number is the count of `turn_marker` (default: the chat template's
     generation prompt, which appears once per assistant turn) in the decoded prompt minus one.
     die_after=N makes the server stop answering after N completions (a crash).
+    weight_routes=True answers the weight-push routes; `weight_pushes` lists the folders pushed.
     """
 
     def __init__(
@@ -116,13 +121,16 @@ class ScriptedPolicyServer:
         turn_marker: str | None = None,
         end_with_eos: bool = True,
         die_after: int | None = None,
+        weight_routes: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.respond = respond
         self.turn_marker = turn_marker or generation_prompt(tokenizer)
         self.end_with_eos = end_with_eos
         self.die_after = die_after
+        self.weight_routes = weight_routes
         self.requests: list[dict[str, Any]] = []  # every request body received
+        self.weight_pushes: list[str] = []  # the weights_path of every reload_weights call
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -173,10 +181,22 @@ class ScriptedPolicyServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                if self.path == "/openapi.json" and server.weight_routes:
+                    routes = ("/health", "/v1/completions", *WEIGHT_RELOAD_ROUTES)
+                    self._send(200, {"paths": {route: {} for route in routes}})
+                    return
                 self._send(200 if self.path == "/health" else 404, {})
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(raw) if raw else {}  # the weight routes' POSTs have no body
+                route = self.path.split("?")[0]
+                if server.weight_routes and route in WEIGHT_RELOAD_ROUTES:  # a push: not a request
+                    if route == "/collective_rpc":
+                        with server._lock:
+                            server.weight_pushes.append(body.get("kwargs", {}).get("weights_path", ""))
+                    self._send(200, {})
+                    return
                 with server._lock:
                     server.requests.append(body)
                     count = len(server.requests)
