@@ -6,6 +6,10 @@ tested and benchmarked end to end without sampling noise. Log-probs it returns a
 a fixed placeholder (SCRIPTED_LOGPROB), not a model's. With `weight_routes` it also
 answers vLLM's weight-push routes (and lists them in /openapi.json) without loading
 anything, recording the folder of each push: a fleet's pushes can be seen to arrive.
+With `sleep_routes` it also plays vLLM's sleep mode (POST /sleep, /wake_up?tags=...,
+GET /is_sleeping) and records every POST in `calls`: a completion or a weight load
+while the memory it needs is asleep is refused, as the real server would fail, and the
+prompt log-probs it scores move with each push, so a probe sees weights change.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+from urllib.parse import parse_qs
 
-from swe_aem.policy.server import WEIGHT_RELOAD_ROUTES
+from swe_aem.policy.server import SLEEP_ROUTES, WEIGHT_RELOAD_ROUTES
 
 SCRIPTED_LOGPROB = -0.25
+PUSH_LOGPROB_STEP = -0.125  # scored prompt log-probs move by this with each weight push
 
 # respond(prompt_text, turn_number) -> the assistant text for that turn
 Responder = Callable[[str, int], str]
@@ -111,6 +117,8 @@ class ScriptedPolicyServer:
     generation prompt, which appears once per assistant turn) in the decoded prompt minus one.
     die_after=N makes the server stop answering after N completions (a crash).
     weight_routes=True answers the weight-push routes; `weight_pushes` lists the folders pushed.
+    sleep_routes=True (implies weight_routes) adds sleep mode; `calls` lists every POST
+    ("POST /wake_up?tags=weights") in order, and `asleep` what sleeps now.
     """
 
     def __init__(
@@ -122,13 +130,17 @@ class ScriptedPolicyServer:
         end_with_eos: bool = True,
         die_after: int | None = None,
         weight_routes: bool = False,
+        sleep_routes: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.respond = respond
         self.turn_marker = turn_marker or generation_prompt(tokenizer)
         self.end_with_eos = end_with_eos
         self.die_after = die_after
-        self.weight_routes = weight_routes
+        self.weight_routes = weight_routes or sleep_routes
+        self.sleep_routes = sleep_routes
+        self.calls: list[str] = []  # with sleep_routes: every POST, path and query, in order
+        self.asleep: set[str] = set()  # "weights", "kv_cache"
         self.requests: list[dict[str, Any]] = []  # every request body received
         self.weight_pushes: list[str] = []  # the weights_path of every reload_weights call
         self._lock = threading.Lock()
@@ -162,8 +174,26 @@ class ScriptedPolicyServer:
                 "logprobs": {"token_logprobs": [SCRIPTED_LOGPROB] * len(ids),
                              "tokens": [f"token_id:{i}" for i in ids]},
                 "finish_reason": finish,
+                **({"prompt_logprobs": self.prompt_logprobs(prompt)}
+                   if body.get("prompt_logprobs") is not None else {}),
             }],
         }
+
+    def prompt_logprobs(self, prompt: list[int]) -> list[dict[str, dict[str, float]] | None]:
+        """vLLM's prompt_logprobs shape; the value moves by PUSH_LOGPROB_STEP with each push."""
+        value = SCRIPTED_LOGPROB + PUSH_LOGPROB_STEP * len(self.weight_pushes)
+        return [None] + [{str(t): {"logprob": value}} for t in prompt[1:]]
+
+    def _sleep_route(self, route: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """One sleep-mode POST or weight load: vLLM's effect on what is asleep."""
+        with self._lock:
+            if route == "/sleep":
+                self.asleep = {"weights", "kv_cache"}  # level 1: weights to CPU, KV cache dropped
+            elif route == "/wake_up":
+                self.asleep -= set(query.get("tags") or ("weights", "kv_cache"))
+            elif route == "/collective_rpc" and "weights" in self.asleep:
+                return 409, {"error": "reload_weights while the weights sleep"}
+            return 200, {}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -182,15 +212,30 @@ class ScriptedPolicyServer:
 
             def do_GET(self) -> None:
                 if self.path == "/openapi.json" and server.weight_routes:
-                    routes = ("/health", "/v1/completions", *WEIGHT_RELOAD_ROUTES)
+                    routes = ("/health", "/v1/completions", *WEIGHT_RELOAD_ROUTES,
+                              *(SLEEP_ROUTES if server.sleep_routes else ()))
                     self._send(200, {"paths": {route: {} for route in routes}})
+                    return
+                if self.path == "/is_sleeping" and server.sleep_routes:
+                    self._send(200, {"is_sleeping": bool(server.asleep)})
                     return
                 self._send(200 if self.path == "/health" else 404, {})
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw) if raw else {}  # the weight routes' POSTs have no body
-                route = self.path.split("?")[0]
+                route, _, query = self.path.partition("?")
+                if server.sleep_routes:
+                    with server._lock:
+                        server.calls.append(f"POST {self.path}")
+                    if route in (*SLEEP_ROUTES, "/collective_rpc"):
+                        code, payload = server._sleep_route(route, parse_qs(query))
+                        if code != 200 or route != "/collective_rpc":
+                            self._send(code, payload)
+                            return
+                    elif route == "/v1/completions" and server.asleep:
+                        self._send(503, {"error": f"the server sleeps ({sorted(server.asleep)})"})
+                        return
                 if server.weight_routes and route in WEIGHT_RELOAD_ROUTES:  # a push: not a request
                     if route == "/collective_rpc":
                         with server._lock:

