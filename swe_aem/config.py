@@ -59,6 +59,13 @@ class RolloutConfig:
     # keep at most tasks_per_step groups whose rewards are not all equal.
     oversample: float = 1.0
     filter_groups: bool = False
+    # The rollout fleet (swe_aem/fleet/): this many replicas, each a policy server with its
+    # own sandbox pools, as Ray actors (concurrency is per replica). 1 and no run.ray_address:
+    # the single server of rank 0, no Ray.
+    replicas: int = 1
+    # true: a step goes on without the episodes the fleet could not run (no replica left),
+    # each a dropped record; false: the step fails (resume from the last checkpoint)
+    allow_partial_batch: bool = False
 
 
 @dataclass
@@ -93,6 +100,9 @@ class RunConfig:
     save_every: int = 1
     keep_checkpoints: int = 2
     vllm_url: str | None = None  # attach to a running server instead of starting one
+    # the Ray cluster of the rollout fleet ("auto", or HOST:PORT of `ray start --head`);
+    # None: a local Ray started by the run when rollout.replicas > 1
+    ray_address: str | None = None
     # False: the rollout server keeps its weights (a frozen behaviour policy, or a server
     # refreshed by other means); rollout/trainer log-prob correction still applies.
     push_weights: bool = True
@@ -226,6 +236,10 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
+        (cfg.rollout.replicas >= 1, "rollout.replicas must be >= 1"),
+        (cfg.run.vllm_url is None or (cfg.rollout.replicas == 1 and cfg.run.ray_address is None),
+         ("run.vllm_url attaches one server; a rollout fleet (rollout.replicas > 1 or "
+          "run.ray_address) starts its own")),
         (cfg.algo.aem_min_range is None or cfg.algo.aem_min_range >= 0,
          "algo.aem_min_range must be >= 0 or null"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
