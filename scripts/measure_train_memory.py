@@ -7,7 +7,7 @@ forward + backward of the longest micro-batch. Gradients are allocated before th
 so the peak over the step's start is what the plan calls activations + backward peak
 (+ the attention mask of padded rows). Prints one JSON line per shape.
 
-    PYTHONPATH=. python scripts/measure_train_memory.py [--eval-mode-too]
+    PYTHONPATH=. python scripts/measure_train_memory.py [--check] [--eval-mode-too]
 """
 
 from __future__ import annotations
@@ -79,14 +79,18 @@ def measure(name: str, layers: int, longest: int, rows: int, train_mode: bool = 
     return out
 
 
+# (preset, layers, longest, rows): the shapes swe_aem.plan.memory's constants were fitted on
 SHAPES = [("7b", 28, 16384, 1), ("qwen3-32b", 8, 32768, 1), ("32b", 8, 8192, 2), ("qwen3-32b", 8, 8192, 1)]
+# ...and others to check the fit on (--check)
+CHECK = [("14b", 48, 12288, 1), ("qwen3-32b", 16, 24576, 1), ("1.5b", 28, 32768, 1), ("32b", 8, 4096, 4),
+         ("7b", 28, 36864, 1)]
 
 
 def main() -> int:
     import transformers
 
     print(json.dumps({"transformers": transformers.__version__}), flush=True)
-    for shape in SHAPES:
+    for shape in CHECK if "--check" in sys.argv else SHAPES:
         print(json.dumps(measure(*shape)), flush=True)
     if "--eval-mode-too" in sys.argv:  # what the trainer did before it called lm.train()
         print(json.dumps(measure("7b", 28, 4096, 1, train_mode=False)), flush=True)

@@ -159,7 +159,9 @@ def layer_backward_bytes(arch: Architecture, b: int) -> float:
 
 # Fitted on one H200 (scripts/measure_train_memory.py: Qwen2.5-7B's shape at 16k tokens,
 # Qwen3-32B's and Qwen2.5-32B's widths at 8k-32k tokens): with half of the gradients above
-# alive at the peak, the step's peak was predicted within -2% to +14% (the full set gave +19% to +44%)
+# alive at the peak, the step's peak was predicted within -2% to +14% (the full set gave
+# +19% to +44%); on five other shapes (--check: 14B at 12k, Qwen3-32B width at 24k, 1.5B at
+# 32k, 32B width 4 x 4k, 7B at 36k) within -10% (1.5B, tied head) to +0.4%
 BACKWARD_SHARE = 0.5
 # The chunked LM head (swe_aem.algo.entropy) per logit of a chunk: the product in the model's
 # dtype, its float32 copy and two float32 temporaries (logsumexp's, the softmax's)
