@@ -125,9 +125,43 @@ def test_split_placement_gives_each_process_its_own_gpus():
     assert plan.trainer.world == 4 and "--enable-sleep-mode" not in vllm.command
     assert [(g.holds, [p.name for p in g.phases]) for g in plan.groups] == [
         ("vLLM", ["whole run"]), ("trainer", ["whole run"])]
-    # a server as large as a node leaves node 0 to it
+    assert (plan.gpus_of("rollout"), plan.gpus_of("trainer")) == ((0, 1, 2, 3), (4, 5, 6, 7))
+    # a server as large as a node would fill node 0, but rank 0 (on node 1 then) starts it
     plan = plan_of("qwen3-32b", Cluster(8, 8, 80), "deepswe", "placement=split")
-    assert plan.trainer.world == 56 and plan.fits
+    assert plan.trainer.world == 56 and any("run.vllm_url" in p for p in plan.problems)
+    assert plan_of("qwen3-32b", Cluster(8, 8, 80), "deepswe", "placement=split",
+                   "run.vllm_url=http://node-0:8000").fits  # a server started there by hand
+
+
+def test_the_launch_follows_a_split_plan(tmp_path, monkeypatch):
+    """The trainer's ranks keep off the server's GPUs; the server gets node 0's first GPUs."""
+    from swe_aem.commands import train as train_cmd
+
+    split = load_preset("32b", placement="split")
+    assert ServerOptions.from_preset(split).cuda_visible_devices == "0,1,2,3"
+    server = VLLMServer(split.default_path, ServerOptions.from_preset(split), port=1, log_path="x", gpu=True)
+    assert server.environment({"CUDA_VISIBLE_DEVICES": "4,5,6,7"})["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert ServerOptions.from_preset(load_preset("32b")).cuda_visible_devices is None  # colocated: inherited
+
+    launched = []
+
+    def execvp(_file, argv):
+        launched.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_cmd.os, "execvp", execvp)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["train", "--model", "32b", "--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80",
+            "placement=split", "warm_start.enabled=false"]
+    with pytest.raises(SystemExit):
+        cli_main(args)
+    assert "--include=localhost:4,5,6,7" in launched[-1] and not any("--num_gpus" in a for a in launched[-1])
+    assert "placement=split" in launched[-1]  # the ranks plan the same server
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=8\nnode-b slots=8\n")
+    with pytest.raises(SystemExit):
+        cli_main([*args[:3], "--hostfile", str(hostfile), "--gpu-memory-gib", "80", *args[-2:]])
+    assert f"--hostfile={hostfile}" in launched[-1] and "--exclude=node-a:0,1,2,3" in launched[-1]
 
 
 def test_context_over_the_models_length_is_stated_and_capped():
@@ -217,7 +251,7 @@ def test_the_plan_before_a_launch_on_cpu_and_from_a_hostfile(tmp_path, monkeypat
     monkeypatch.setattr(plan_cmd, "local_gpus", lambda: None)  # a CPU-only machine
     console = Console(record=True, width=200)
     none = argparse.Namespace(nodes=None, gpus_per_node=None, gpu_memory_gib=None)
-    assert plan_cmd.check_before_launch([load_config()], none, console)  # make train on CPU: unchanged
+    assert plan_cmd.check_before_launch([load_config()], none, console) == (True, None)  # CPU: unchanged
     assert "plan: not applicable" in console.export_text()
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# the run's nodes\nnode-a slots=8\nnode-b slots=8  # second\n")
@@ -225,5 +259,5 @@ def test_the_plan_before_a_launch_on_cpu_and_from_a_hostfile(tmp_path, monkeypat
     args = argparse.Namespace(nodes=None, gpus_per_node=None, gpu_memory_gib=80.0)
     assert plan_cmd.cluster_of(args, str(hostfile)) == Cluster(2, 8, 80.0)
     fits = load_config(recipe="deepswe", overrides=["model=32b"])
-    assert plan_cmd.check_before_launch([fits], args, console, hostfile=str(hostfile))
+    assert plan_cmd.check_before_launch([fits], args, console, hostfile=str(hostfile))[0]
     assert "plan: 32b (32.76B parameters) on 2 nodes x 8 GPUs x 80 GiB" in console.export_text()

@@ -96,41 +96,50 @@ def local_gpus() -> tuple[int, float] | None:
     return torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / 1024**3
 
 
-def hostfile_shape(path: str) -> tuple[int, int]:
-    """(hosts, slots of the smallest) of a DeepSpeed hostfile (`host slots=N` lines)."""
-    slots = []
+def hostfile_hosts(path: str) -> list[tuple[str, int]]:
+    """(host, slots) of each line of a DeepSpeed hostfile (`host slots=N`), in order."""
+    hosts = []
     for line in Path(path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-            slots.append(int(fields.get("slots", 1)))
-    if not slots:
+            hosts.append((line.split()[0], int(fields.get("slots", 1))))
+    if not hosts:
         raise ValueError(f"hostfile {path} names no host")
-    return len(slots), min(slots)
+    return hosts
 
 
-def check_before_launch(cfgs: list, args: argparse.Namespace, console, hostfile: str | None = None) -> bool:
+def hostfile_shape(path: str) -> tuple[int, int]:
+    """(hosts, slots of the smallest) of a DeepSpeed hostfile."""
+    hosts = hostfile_hosts(path)
+    return len(hosts), min(slots for _, slots in hosts)
+
+
+def check_before_launch(cfgs: list, args: argparse.Namespace, console,
+                        hostfile: str | None = None) -> tuple[bool, object]:
     """Plan the run(s) on the machines the flags or this machine's GPUs describe and print
-    it; False (refuse) when one does not fit. On a CPU-only run without flags, says so and
-    passes (a CPU run has no GPU memory to plan)."""
+    it: (False, plan) when one does not fit (refuse), else (True, the first plan). On a
+    CPU-only run without flags, says so and passes with no plan (a CPU run has no GPU
+    memory to plan)."""
     from swe_aem.plan import PlanError, format_plan, make_plan
 
     try:
         cluster = cluster_of(args, hostfile)
     except (PlanError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
-        return False
+        return False, None
     if cluster is None:
         console.print("plan: not applicable (no GPU visible and no --nodes / --gpus-per-node): skipped")
-        return True
-    shown = None
+        return True, None
+    shown, first = None, None
     for cfg in cfgs:
         try:
             preset, path = preset_of(cfg.model)
             plan = make_plan(cfg, preset, cluster, model_path=path)
         except (PlanError, KeyError) as exc:
             console.print(f"plan: not made ({exc.args[0]}); launching without one")
-            return True
+            return True, None
+        first = first or plan
         text = format_plan(plan)
         if text != shown:
             console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -138,5 +147,5 @@ def check_before_launch(cfgs: list, args: argparse.Namespace, console, hostfile:
         if not plan.fits:
             console.print("[red]error:[/red] the plan does not fit (above: the numbers and what to change); "
                           "not launching", soft_wrap=True)
-            return False
-    return True
+            return False, plan
+    return True, first

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
     cfgs = {arm: load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
             for arm, recipe in zip(("base", "aem"), scale["recipes"])}
-    if not check_before_launch(list(cfgs.values()), args, Console(stderr=True)):
+    if not check_before_launch(list(cfgs.values()), args, Console(stderr=True))[0]:
         return 1
     arms: dict[str, list[dict[str, bool]]] = {}
     for arm, cfg in cfgs.items():

@@ -59,11 +59,14 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     return out + (["--resume"] if args.resume else []) + list(args.overrides)
 
 
-def _launch_command(args: argparse.Namespace, per_node: int) -> list[str]:
+def _launch_command(args: argparse.Namespace, per_node: int,
+                    split: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> list[str]:
     """The launcher command that re-runs this command as `per_node` ranks per node.
 
-    Tested here on CPU with 2 ranks (gloo) through both launchers; multi-GPU and
-    multi-node launches are untested (no GPUs).
+    `split`: (the server's GPUs, the trainer's) on node 0 under placement=split, where the
+    trainer's ranks keep off the server's GPUs (DeepSpeed's --include / --exclude; torchrun
+    gets CUDA_VISIBLE_DEVICES from the caller). Tested here on CPU with 2 ranks (gloo)
+    through both launchers; multi-GPU and multi-node launches are untested (no GPUs).
     """
     port = os.environ.get("MASTER_PORT", "29500")
     # the launchers' modules under this interpreter: the ranks get the same environment
@@ -74,7 +77,15 @@ def _launch_command(args: argparse.Namespace, per_node: int) -> list[str]:
                 f"--master_port={port}", "-m", "swe_aem.commands.train", *_child_argv(args)]
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={port}",
            "--no_local_rank"]  # the ranks read LOCAL_RANK from the environment
-    cmd += [f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"]
+    if split is not None and args.hostfile:
+        from swe_aem.commands.plan import hostfile_hosts
+
+        first = hostfile_hosts(args.hostfile)[0][0]
+        cmd += [f"--hostfile={args.hostfile}", f"--exclude={first}:{','.join(map(str, split[0]))}"]
+    elif split is not None:
+        cmd += [f"--include=localhost:{','.join(map(str, split[1]))}"]
+    else:
+        cmd += [f"--hostfile={args.hostfile}"] if args.hostfile else [f"--num_gpus={per_node}"]
     return cmd + ["--module", "swe_aem.commands.train", *_child_argv(args)]
 
 
@@ -99,8 +110,20 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model in preset_names():
         preset = load_preset(cfg.model)
     # before any launch or warm start (not again in each launched rank): refuse what cannot fit
-    if "LOCAL_RANK" not in os.environ and not check_before_launch([cfg], args, console, hostfile=args.hostfile):
-        return 1
+    plan = None
+    if "LOCAL_RANK" not in os.environ:
+        fits, plan = check_before_launch([cfg], args, console, hostfile=args.hostfile)
+        if not fits:
+            return 1
+    # placement=split: the trainer's ranks keep off the server's GPUs (node 0's first ones);
+    # torchrun runs once per node (NODE_RANK), DeepSpeed's launcher once for all from node 0
+    node = int(os.environ.get("NODE_RANK", "0")) if args.launcher == "torchrun" else 0
+    split = (plan.gpus_of("rollout"), plan.gpus_of("trainer", node)) \
+        if plan is not None and plan.placement == "split" and cfg.run.vllm_url is None else None
+    if split is not None and args.launcher == "none":
+        console.print(f"[red]error:[/red] placement=split puts the trainer on GPUs {split[1]} of node 0: "
+                      "it needs a launcher; drop --launcher none")
+        return 2
     if args.nproc is not None and args.nproc < 1:
         console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
         return 2
@@ -121,10 +144,12 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[red]error:[/red] {exc}")
             return 1
     gpus = args.num_gpus or (preset.num_gpus if preset else 0)
-    per_node = processes_per_node(args, gpus)
+    per_node = processes_per_node(args, gpus) if split is None or args.nproc else len(split[1])
     launched = "LOCAL_RANK" in os.environ
-    if args.launcher != "none" and not launched and (per_node > 1 or args.hostfile):
-        cmd = _launch_command(args, per_node)
+    if args.launcher != "none" and not launched and (per_node > 1 or args.hostfile or split):
+        cmd = _launch_command(args, per_node, split)
+        if split is not None and args.launcher == "torchrun":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, split[1]))
         import torch
 
         if not torch.cuda.is_available():  # CPU ranks share the cores instead of oversubscribing them

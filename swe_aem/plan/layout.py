@@ -132,6 +132,10 @@ class Plan:
     def fits(self) -> bool:
         return not self.problems
 
+    def gpus_of(self, role: str, node: int = 0) -> tuple[int, ...]:
+        """The GPUs of `role` ("rollout" or "trainer") on `node`."""
+        return tuple(g for p in self.processes if p.role == role and p.node == node for g in p.gpus)
+
     def to_json(self) -> dict:
         def items(seq):
             return [{"what": i.what, "gib": round(i.gib, 3), "how": i.how} for i in seq]
@@ -204,6 +208,11 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
     else:
         trainer_gpus = [(n, i) for n in range(cluster.nodes) for i in range(g)]
     world = len(trainer_gpus)
+    if split and world and tp == g and cfg.run.vllm_url is None:
+        problems.append(f"placement=split with vllm.tensor_parallel_size {tp} = the {g} GPUs of a node: "
+                        "the server would fill node 0, but swe-aem train starts it from rank 0, which would "
+                        "then sit on node 1 among the trainer's GPUs; use a smaller vllm.tensor_parallel_size, "
+                        "or start the server on node 0 yourself (swe-aem serve) and attach (run.vllm_url=...)")
     if world == 0:
         problems.append(f"placement=split leaves no GPU for the trainer: the server takes {tp} of "
                         f"{cluster.gpus}; add nodes or use placement=colocated")

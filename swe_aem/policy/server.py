@@ -76,6 +76,10 @@ class ServerOptions:
             tensor_parallel_size=preset.tensor_parallel_size,
             gpu_memory_utilization=preset.gpu_memory_utilization,
             enable_sleep_mode=preset.sleeps,
+            # split: the node's first GPUs, whatever the trainer's launcher made visible to
+            # rank 0 (the others); colocated: the first of those the trainer sees too
+            cuda_visible_devices=(",".join(map(str, range(preset.tensor_parallel_size)))
+                                  if preset.placement == "split" else None),
         )
         for key, value in overrides.items():
             if value is not None:
