@@ -147,3 +147,23 @@ def collate(
         "turn": turn[:, 1:],
         "sample": torch.tensor(list(indices), dtype=torch.long),
     }
+
+
+def balanced_shards(lengths: Sequence[int], world: int) -> list[list[int]]:
+    """Split sample indices over `world` data-parallel ranks by tokens, not by count.
+
+    Longest first, each sample goes to the rank holding the fewest tokens so far (the
+    lowest rank on a tie), so one rank does not get every long sample and gate the step.
+    Greedy longest-first leaves the largest shard within the mean plus one sample of the
+    smallest; each shard is returned in index order. Deterministic: every rank computes
+    the same split from the same lengths.
+    """
+    if world < 1:
+        raise ValueError(f"world must be >= 1 (got {world})")
+    shards: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        shards[r].append(i)
+        load[r] += lengths[i]
+    return [sorted(s) for s in shards]
