@@ -22,7 +22,12 @@ from rich.console import Console
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, to_yaml
-from swe_aem.train.batch import TurnLayout, groups_with_signal, samples_from_episodes
+from swe_aem.train.batch import (
+    TurnLayout,
+    balanced_shards,
+    groups_with_signal,
+    samples_from_episodes,
+)
 from swe_aem.train.checkpoint import CheckpointManager, TrainState
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
@@ -238,7 +243,8 @@ class Trainer:
         samples = samples_from_episodes(
             episodes, cfg.algo.filter_terminations if cfg.algo.compact_filtering else ())
         layout = TurnLayout.of(samples)
-        shard = list(range(self.rank, len(samples), self.world))
+        # by tokens, not count: a rank holding every long sample would gate the step
+        shard = balanced_shards([len(s.input_ids) for s in samples], self.world)[self.rank]
 
         t0 = time.perf_counter()
         fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
