@@ -115,6 +115,8 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[nproc] = proc
     assert "deepspeed.launcher.runner" in runs[2].stderr and "launching" not in runs[1].stderr
+    # one folder for both ranks: rank 0 writes the checkpoints (tests/test_train_nodes.py: none)
+    assert "one folder for all 2 rank(s)" in " ".join(runs[2].stdout.split())
     for nproc in (1, 2):  # ZeRO-2 keeps one optimizer shard per rank: two ranks really trained
         ckpt = next((tmp_path / f"ranks{nproc}" / "checkpoints").glob("step-*")) / "deepspeed"
         assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == nproc

@@ -54,6 +54,9 @@ class EngineSettings:
     weight_decay: float
     grad_clip: float
     eps: float = 1e-8  # Adam's epsilon
+    # nodes without a shared run folder: each node's LOCAL_RANK 0 writes the module state
+    # on its own disk (DeepSpeed's checkpoint.use_node_local_storage), not global rank 0 only
+    node_local_checkpoints: bool = False
 
 
 def deepspeed_config(s: EngineSettings) -> dict:
@@ -68,6 +71,7 @@ def deepspeed_config(s: EngineSettings) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if s.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    extra: dict = {"checkpoint": {"use_node_local_storage": True}} if s.node_local_checkpoints else {}
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -82,6 +86,7 @@ def deepspeed_config(s: EngineSettings) -> dict:
         "bf16": {"enabled": s.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        **extra,
     }
 
 

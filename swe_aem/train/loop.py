@@ -28,7 +28,7 @@ from swe_aem.train.batch import (
     groups_with_signal,
     samples_from_episodes,
 )
-from swe_aem.train.checkpoint import CheckpointManager, TrainState
+from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
 from swe_aem.train.metrics import MetricsLogger
@@ -108,25 +108,33 @@ class Trainer:
         except KeyError as exc:
             raise TrainingSetupError(exc.args[0]) from exc
         check_hardware(self.preset)
-        self.settings = engine_settings(cfg, self.preset)
+        # one run folder for every rank, or node-local disks: asked once, before the engine
+        self.storage = probe_storage(self.run_dir)
+        if self.is_main and self.world > 1:
+            console.print(self.storage.describe(self.run_dir))
+        self.settings = replace(engine_settings(cfg, self.preset),
+                                node_local_checkpoints=not self.storage.shared)
         if cfg.algo.aem_min_range is None:  # the preset's, resolved before config.yaml records it
             cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=self.preset.aem_min_range))
             self.cfg = cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints,
+                                      node_local=not self.storage.shared)
+        # rank 0's step for every rank, checked before the engine is built (a clear error)
+        resume_from = self.ckpt.resume_point() if resume else None
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
         lm = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self.lm_config = lm.config
         self.engine = build_engine(lm, self.settings, cfg.trainer.logprob_chunk_size)
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
         self.state = TrainState()
-        if resume and self.ckpt.latest() is not None:
-            self.state = self.ckpt.load(self.engine)
+        if resume_from is not None:
+            self.state = self.ckpt.load(self.engine, resume_from)
             if self.is_main:
-                console.print(f"resumed from {self.ckpt.latest()} at step {self.state.step}")
+                console.print(f"resumed from {resume_from} at step {self.state.step}")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
         self.loss_cfg = PolicyLossConfig(cfg.algo.clip_low, cfg.algo.clip_high, cfg.algo.loss_agg,  # type: ignore[arg-type]
                                          cfg.algo.kl_coef, cfg.algo.tis_cap, cfg.algo.policy_loss)
