@@ -122,6 +122,12 @@ def build_engine(lm: nn.Module, s: EngineSettings, chunk_size: int):
 
     if s.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
+        # from_pretrained leaves the model in eval mode, where Hugging Face's layers skip
+        # checkpointing (`self.gradient_checkpointing and self.training`): a step of
+        # Qwen2.5-7B's shape at 4k tokens then took 27.0 GiB of activations instead of 3.7
+        # (H200, scripts/measure_train_memory.py). Train mode otherwise only turns on dropout,
+        # which these models set to 0.
+        lm.train()
     model = PolicyLogprobs(lm, chunk_size=chunk_size, zero3=s.zero_stage == 3)
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
