@@ -160,6 +160,12 @@ def _two_nodes(dirs: list[Path], model: Path, replay: Path, steps: int, resume: 
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     try:
         outs = [p.communicate(timeout=400) for p in procs]  # a hang fails here
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = [" ".join(p.communicate()[1].split())[-1500:] for p in procs]
+        pytest.fail(f"{steps} step(s), resume={resume}: the nodes did not end within 400 s "
+                    f"(a hang, or a machine far too loaded); stderr tails: {tails}")
     finally:
         for p in procs:
             p.kill()
