@@ -28,7 +28,7 @@ from typing import Any, Self
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.rollout import Dropped, RolloutResult
 from swe_aem.agent.trajectory import Episode
-from swe_aem.fleet.replica import ReplicaSpec, RolloutReplica, Weights
+from swe_aem.fleet.replica import ReplicaSpec, RolloutReplica, Weights, replica_run_id
 
 
 class FleetError(RuntimeError):
@@ -63,12 +63,14 @@ class Fleet:
     Connects to `ray_address` ("auto", "HOST:PORT") or, when Ray is not initialised in this
     process, starts a local Ray (ray.init()); a connection made here is closed by close().
     `replica_resources[i]` adds custom resources to replica i's bundle (pinning it to nodes
-    that offer them).
+    that offer them); `replica_env[i]` sets environment variables in replica i's process (Ray's
+    runtime_env: DOCKER_HOST names another daemon than the node's own).
     """
 
     def __init__(self, spec: ReplicaSpec, replicas: int = 1, *, ray_address: str | None = None,
                  tensor_parallel_size: int = 1, gpus: bool | None = None, cpus_per_replica: float = 1.0,
-                 replica_resources: Sequence[dict[str, float]] | None = None, max_restarts: int = 3,
+                 replica_resources: Sequence[dict[str, float]] | None = None,
+                 replica_env: Sequence[dict[str, str]] | None = None, max_restarts: int = 3,
                  max_reruns: int = 3, start_timeout_s: float = 1800.0, restart_timeout_s: float = 1800.0):
         import ray
         from ray.util.placement_group import placement_group
@@ -76,8 +78,9 @@ class Fleet:
 
         if replicas < 1:
             raise FleetError("a fleet needs at least one replica")
-        if replica_resources is not None and len(replica_resources) != replicas:
-            raise FleetError(f"replica_resources names {len(replica_resources)} replicas, not {replicas}")
+        for name, per in (("replica_resources", replica_resources), ("replica_env", replica_env)):
+            if per is not None and len(per) != replicas:
+                raise FleetError(f"{name} names {len(per)} replicas, not {replicas}")
         self.spec, self.max_reruns, self.restart_timeout_s = spec, max_reruns, restart_timeout_s
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
@@ -105,6 +108,7 @@ class Fleet:
                     num_cpus=cpus_per_replica, num_gpus=tensor_parallel_size if gpus else 0,
                     resources=extra or None, max_restarts=max_restarts, max_task_retries=0,
                     max_concurrency=spec.concurrency + 4,
+                    runtime_env={"env_vars": dict(replica_env[i])} if replica_env and replica_env[i] else None,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0),
                 ).remote(spec, i)
                 self.replicas.append(_Replica(i, handle, group))
@@ -322,9 +326,23 @@ class Fleet:
         for r in self.replicas:
             ray.kill(r.handle, no_restart=True)
             remove_placement_group(r.group)
+        self._reap([r.index for r in self.replicas if not r.live])
         self.replicas = []
         if self._owns_ray:
             ray.shutdown()
+
+    def _reap(self, indices: list[int]) -> None:
+        """The containers of replicas that died for good, on the daemons this process reaches
+        (on one machine, all of them; on a cluster, a restarted replica reaps its own node's,
+        and the run-id reaper of the next run the rest)."""
+        from swe_aem.sandbox import DockerUnavailableError, reap
+
+        for host in list(self.spec.docker_hosts) or [None]:
+            for index in indices:
+                try:
+                    reap(replica_run_id(self.spec.run_id, index), docker_host=host)
+                except DockerUnavailableError:
+                    break
 
     def __enter__(self) -> Self:
         return self

@@ -9,8 +9,10 @@ to the thread that started it); every Ray call hands its coroutine to that loop.
 Every episode call carries the weights the driver wants (a version and a folder): a replica
 that holds others (a fresh one after a restart, which starts from the base weights) loads
 them first, so a restarted replica serves the current weights however its death was noticed.
-A replica whose server stopped answering ends its own process, so Ray restarts it and the
-driver runs its episodes again elsewhere: a dead server is never a dropped episode.
+A replica whose server stopped answering, or whose Docker daemon did, ends its own process,
+so Ray restarts it and the driver runs its episodes again elsewhere: a dead server or daemon
+is never a dropped episode. (A restart on a node whose daemon is still down fails in set-up:
+Ray then gives the replica up and the others take its work.)
 """
 
 from __future__ import annotations
@@ -165,8 +167,12 @@ class RolloutReplica:
         result = self._call(rollout([instance], [sample_index], policy=self.harness.client,
                                     tokenizer=self.tokenizer, pool=self.harness.pool, config=config,
                                     grade=grade, max_retries=max_retries, concurrency=1, progress=False))
-        if result.dropped and not self._server_alive():
-            self._die(f"its policy server stopped answering ({result.dropped[0].reason})")
+        if result.dropped:
+            why = result.dropped[0].reason
+            if not self._server_alive():
+                self._die(f"its policy server stopped answering ({why})")
+            if not self._docker_alive():
+                self._die(f"its Docker daemon stopped answering ({why})")
         self.episodes_run += 1
         return (result.episodes or result.dropped)[0], self.node_id
 
@@ -214,6 +220,18 @@ class RolloutReplica:
             return httpx.get(f"{base}/health", timeout=10.0).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _docker_alive(self) -> bool:
+        """Whether any of the replica's daemons answers a ping now (a fresh connection)."""
+        from swe_aem.sandbox import DockerUnavailableError, connect
+
+        for host in list(self.spec.docker_hosts) or [None]:
+            try:
+                connect(host).close()
+                return True
+            except DockerUnavailableError:
+                continue
+        return False
 
     def _die(self, why: str) -> None:
         """End this process so Ray restarts the replica (the driver re-runs its episodes)."""
