@@ -5,22 +5,29 @@ HTTP routes, weight pushes recorded) and real containers of the local suite, gra
 
 Episodes spread over the nodes; a weight push reaches every replica; a replica killed mid-step
 (ray.kill of its actor) or whose server dies is restarted by Ray with the current weights and
-its episodes run again, nothing lost; with no replica left a step fails unless a partial batch
-is allowed, and then the lost episodes are Dropped records.
+its episodes run again, nothing lost; a replica whose Docker daemon is lost mid-step (a socket
+proxy to the real daemon, closed) gives its episodes to the other replica; with no replica
+left a step fails unless a partial batch is allowed, and then the lost episodes are Dropped records.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
+import threading
 import uuid
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.fleet import Fleet, FleetError, ReplicaSpec
+from swe_aem.fleet.replica import replica_run_id
 from swe_aem.fleet.stand_in import FINISH, ScriptedStandIn
 from swe_aem.policy.models import load_preset
-from swe_aem.policy.scripted import editor_calls_for_patch
+from swe_aem.policy.scripted import editor_calls_for_patch, tool_call_text
 from swe_aem.reward import grader
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -123,6 +130,80 @@ def test_a_replica_killed_mid_step_has_its_episodes_run_again(fleet, tasks, tmp_
     assert info["weights"] == fleet.weights and info["weight_pushes"] == [str(w2.resolve())]
 
 
+class DaemonProxy:
+    """A Docker daemon that can be lost: a unix socket forwarding to the real one until kill()."""
+
+    def __init__(self, target: str = "/var/run/docker.sock"):
+        self.path = os.path.join(tempfile.mkdtemp(prefix="fleet-"), "docker.sock")  # short: AF_UNIX
+        self.target, self.alive, self.sockets = target, True, []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(128)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while self.alive:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                upstream.connect(self.target)
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def kill(self):
+        """The daemon is gone: no new connection, every open one cut."""
+        if self.alive:
+            self.alive = False
+            self.server.close()
+            os.unlink(self.path)
+            for sock in list(self.sockets):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_a_lost_docker_daemon_has_its_replicas_episodes_run_elsewhere(cluster, tasks):
+    """Replica 1 reaches Docker through a proxy that is closed mid-step: its episodes fail, it
+    finds the daemon gone and ends itself; Ray's restart fails on the still-missing daemon,
+    so the replica is given up and replica 0 runs its episodes. Nothing lost."""
+    from swe_aem.sandbox import reap
+
+    proxy = DaemonProxy()
+    s = spec(tasks, latency_s=0.3)
+    try:
+        with Fleet(s, 2, replica_resources=[{"node_a": 1}, {"node_b": 1}],
+                   replica_env=[{}, {"DOCKER_HOST": f"unix://{proxy.path}"}]) as fleet:
+            lost = []
+
+            def lose_daemon(f):
+                if not lost and f.in_flight[1] > 0:
+                    lost.append(f.in_flight[1])
+                    proxy.kill()
+
+            result = fleet.rollout(tasks, 4, config=CONFIG, grader="train", on_result=lose_daemon)
+            assert lost, "replica 1 had no episode in flight"
+            check_batch(result, 4)
+            assert fleet.stats.replica_deaths >= 1 and fleet.stats.reruns >= lost[0]
+            fleet.wait_for_restarts(120)
+            assert [r.index for r in fleet.replicas if r.live] == [0]
+    finally:
+        proxy.kill()
+        reap(replica_run_id(s.run_id, 1))  # what replica 1 started through the proxy
+
+
 def test_a_dead_server_restarts_its_replica_and_loses_nothing(cluster, tasks, tmp_path):
     """One replica, as today's single server: its server stops answering mid-step; the
     replica ends itself, Ray restarts it with the pushed weights, the episodes run again."""
@@ -139,14 +220,52 @@ def test_a_dead_server_restarts_its_replica_and_loses_nothing(cluster, tasks, tm
 def test_no_replica_left_fails_the_step_unless_partial_batches_are_allowed(cluster, tasks):
     import ray
 
-    with Fleet(spec(tasks, latency_s=1.0), 1, max_restarts=0, replica_resources=[{"node_b": 1}]) as fleet:
+    # ungraded; GIVEN_UP finishes at its first 1 s turn, SOLVED runs 8 shell turns first: it is
+    # still running when GIVEN_UP is gathered, and is lost with the replica
+    shell = tool_call_text("xml", "execute_bash", command="true")
+    stand_in = ScriptedStandIn(scripts={tasks[0].problem_statement.strip(): [shell] * 8 + [FINISH]},
+                               latency_s=1.0)
+    s = ReplicaSpec(tokenizer_path=str(load_preset("tiny").default_path), concurrency=2,
+                    run_id=f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=stand_in)
+    with Fleet(s, 1, max_restarts=0, replica_resources=[{"node_b": 1}]) as fleet:
         def kill(f):
             if f.in_flight[0] > 0:
                 ray.kill(f.replicas[0].handle, no_restart=False)
 
-        result = fleet.rollout([tasks[1]], 2, config=CONFIG, grader="train", allow_partial=True,
-                               on_result=kill)
-        assert len(result.episodes) == 1 and len(result.dropped) == 1
+        config = AgentConfig(max_turns=10, temperature=0.0, tool_call_format="xml")
+        result = fleet.rollout(tasks, 1, config=config, allow_partial=True, on_result=kill)
+        assert [e.instance_id for e in result.episodes] == [GIVEN_UP], result
+        assert [d.instance_id for d in result.dropped] == [SOLVED], result
         assert "no live replica" in result.dropped[0].reason
+        assert fleet.stats.replica_deaths == 1
         with pytest.raises(FleetError, match="partial batch"):
-            fleet.rollout([tasks[1]], 2, config=CONFIG, grader="train")
+            fleet.rollout([tasks[1]], 2, config=config)
+
+
+def test_a_run_config_that_names_a_fleet_rolls_out_on_it(cluster, tasks, tmp_path):
+    """The trainer's rollout source: LiveRollouts(cfg) is a FleetRollouts when the config names
+    a fleet (rollout.replicas > 1 or run.ray_address), with LiveRollouts' interface."""
+    from transformers import AutoTokenizer
+
+    from swe_aem.config import load_config
+    from swe_aem.train.rollouts import FleetRollouts, LiveRollouts
+
+    cfg = load_config(overrides=[f"run.ray_address={cluster.address}", "rollout.replicas=2",
+                                 "rollout.samples_per_task=2", "rollout.concurrency=2",
+                                 "run.grade_timeout_s=120"])
+    preset = load_preset("tiny")
+    path = preset.default_path
+    source = LiveRollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
+                          f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=spec(tasks).stand_in)
+    try:
+        assert isinstance(source, FleetRollouts) and source.pushes_weights
+        source.prefetch(list(tasks))  # each task gets a home replica, whose node pulls its image
+        w = weights(tmp_path, "v000001")
+        source.push_weights(w)
+        episodes, timings = source.collect(list(tasks), step=0)
+        check_batch(SimpleNamespace(episodes=episodes, dropped=source.dropped), 2)
+        assert timings["episodes_dropped"] == 0 and timings["fleet_replicas_used"] == 2
+        assert (tmp_path / "trajectories" / "step-000000.jsonl").is_file()
+        assert [i["weights"] for i in source.fleet.info()] == [(1, str(w))] * 2
+    finally:
+        source.close()

@@ -3,6 +3,8 @@
 Live: rank 0 runs the agents and grades their patches (swe_aem.agent.rollout):
 an episode or a grading that failed for infrastructure reasons is retried and
 dropped with a record if it fails again: an infrastructure failure is never scored 0.
+Fleet: the same on rollout replicas as Ray actors (swe_aem.fleet), when the config names
+one (rollout.replicas > 1 or run.ray_address): `LiveRollouts(cfg, ...)` is then a FleetRollouts.
 Replay: recorded trajectories (deterministic; for tests and re-training).
 """
 
@@ -15,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
@@ -40,13 +42,23 @@ def agent_config(preset: ModelPreset, rollout: RolloutConfig) -> AgentConfig:
     return AgentConfig.for_preset(preset, **{name: getattr(rollout, name) for name in shared})
 
 
+def uses_fleet(cfg: Config) -> bool:
+    """Whether a run's rollouts go through a rollout fleet on Ray (else rank 0's one server)."""
+    return cfg.rollout.replicas > 1 or cfg.run.ray_address is not None
+
+
 class LiveRollouts:
     """Agents on the policy server in sandboxes; graded in fresh containers of one grading pool.
 
     Both pools carry the run's id, but each removes only the containers it made, so
     concurrent graders never reap each other's; the run-id reaper runs at the end to
-    clear anything a crash mid-step left behind.
+    clear anything a crash mid-step left behind. A config that names a rollout fleet
+    gets a FleetRollouts (same interface) from this constructor.
     """
+
+    def __new__(cls, cfg: Config, *args: Any, **kwargs: Any) -> Self:
+        kind = FleetRollouts if cls is LiveRollouts and uses_fleet(cfg) else cls
+        return super().__new__(kind)
 
     def __init__(self, cfg: Config, preset: ModelPreset, model_path: Path, tokenizer: Any,
                  run_dir: Path, run_id: str, report: HeldoutReport | None = None):
@@ -100,8 +112,6 @@ class LiveRollouts:
         """Resolve rate of the server's current weights on `instances`: the eval report of
         `swe-aem eval` (official grading, lost samples excluded, not scored 0), written to
         out_dir; returns its summary. Uses the run's server and pools (no second model)."""
-        from swe_aem.reward import grader
-
         if self.report is None:
             raise TrainingSetupError("a held-out evaluation (heldout.split) needs the report writer of "
                                      "swe-aem eval: Trainer(..., heldout_report=write_rollout_report)")
@@ -111,13 +121,18 @@ class LiveRollouts:
         result = self._rollout(
             instances, runs, dataclasses.replace(self.agent_cfg, temperature=temperature,
                                                  seed=self.cfg.trainer.seed),
-            grader(self.harness.grade_pool, timeout=self.cfg.run.grade_timeout_s, strict=False),
-            on_episode=lambda ep: write_episodes(traj, [ep], append=True))
+            self._heldout_grade(), on_episode=lambda ep: write_episodes(traj, [ep], append=True))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
                 "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
         paths = self.report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
                                      title=f"held-out: {model_name}")
         return json.loads(paths["json"].read_text())["summary"]
+
+    def _heldout_grade(self):
+        """An evaluation grades as the SWE-bench harness does (not strict about test edits)."""
+        from swe_aem.reward import grader
+
+        return grader(self.harness.grade_pool, timeout=self.cfg.run.grade_timeout_s, strict=False)
 
     def _rollout(self, instances: list, samples: int, config, grade, **kw):
         """Agents on the run's server and pool with the run's retries and concurrency: a
@@ -147,6 +162,77 @@ class LiveRollouts:
         self._open.close()
         for host in self.cfg.run.docker_hosts or [None]:
             reap(self.run_id, docker_host=host)  # whatever a crash mid-step left behind
+
+
+class FleetRollouts(LiveRollouts):
+    """LiveRollouts on a rollout fleet (swe_aem.fleet): `rollout.replicas` replicas as Ray
+    actors on the cluster at `run.ray_address` (None: a local Ray), each a vLLM server on its
+    placement group's GPUs (`tensor_parallel_size` of them) with sandbox and grading pools on
+    its node's Docker daemon. Rank 0 drives them: each episode runs on one replica, every
+    weight push reaches every replica, a replica that dies is restarted with the current
+    weights and its episodes run again; a step fails rather than go on with a partial batch
+    unless rollout.allow_partial_batch. The model folder and the pushed weights must be seen
+    at the same path on every node (a shared disk).
+    """
+
+    def __init__(self, cfg: Config, preset: ModelPreset, model_path: Path, tokenizer: Any,
+                 run_dir: Path, run_id: str, report: HeldoutReport | None = None, *,
+                 stand_in: Callable[..., Any] | None = None):
+        from functools import partial
+
+        from swe_aem.fleet import Fleet, FleetError, ReplicaSpec
+        from swe_aem.reward import grader
+        from swe_aem.sandbox import SandboxConfig
+
+        self.cfg, self.run_dir, self.run_id, self.report = cfg, run_dir, run_id, report
+        self.tokenizer = tokenizer
+        self.agent_cfg = agent_config(preset, cfg.rollout)
+        timeout = cfg.run.grade_timeout_s
+        spec = ReplicaSpec(
+            tokenizer_path=str(model_path), model_path=str(model_path), preset=preset,
+            concurrency=cfg.rollout.concurrency, weight_updates=cfg.run.push_weights,
+            docker_hosts=tuple(cfg.run.docker_hosts),
+            sandbox=SandboxConfig(cpus=cfg.run.sandbox_cpus, memory=cfg.run.sandbox_memory),
+            registry=cfg.run.registry, max_image_disk=cfg.run.max_image_disk,
+            state_dir=str(run_dir / "fleet"), run_id=run_id, stand_in=stand_in,
+            graders={"train": partial(grader, timeout=timeout),
+                     "heldout": partial(grader, timeout=timeout, strict=False)})
+        try:
+            self.fleet = Fleet(spec, cfg.rollout.replicas, ray_address=cfg.run.ray_address,
+                               tensor_parallel_size=cfg.vllm.tensor_parallel_size or preset.tensor_parallel_size)
+        except FleetError as exc:
+            raise TrainingSetupError(f"rollout fleet: {exc}") from exc
+        self.grade = "train"  # graders live on the replicas, named
+        self.dropped_path = run_dir / "dropped_episodes.jsonl"
+        self.dropped: list = []
+
+    def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
+        episodes, timings = super().collect(instances, step)
+        stats = self.fleet.stats
+        timings.update(fleet_replica_deaths=float(stats.replica_deaths), fleet_reruns=float(stats.reruns),
+                       fleet_replicas_used=float(len(stats.episodes)))
+        return episodes, timings
+
+    def _heldout_grade(self):
+        return "heldout"
+
+    def _rollout(self, instances: list, samples: int, config, grade, **kw):
+        r = self.cfg.rollout
+        return self.fleet.rollout(instances, samples, config=config, grader=grade,
+                                  max_retries=r.max_episode_retries, allow_partial=r.allow_partial_batch,
+                                  on_episode=kw.get("on_episode"))
+
+    def prefetch(self, instances: list) -> None:
+        self.fleet.prefetch(instances)
+
+    def push_weights(self, weights_dir: Path) -> float:
+        return self.fleet.push_weights(str(weights_dir))
+
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        return self.fleet.probe(token_ids)
+
+    def close(self) -> None:
+        self.fleet.close()  # each replica stops its server and removes its run's containers
 
 
 class ReplayRollouts:
