@@ -22,6 +22,7 @@ from rich.console import Console
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, to_yaml
+from swe_aem.plan import run_preset
 from swe_aem.train.batch import (
     TurnLayout,
     balanced_shards,
@@ -107,6 +108,8 @@ class Trainer:
             self.preset, self.model_path = resolve_model(cfg.model)
         except KeyError as exc:
             raise TrainingSetupError(exc.args[0]) from exc
+        # placement= and vllm.* over the preset's: the server starts as `swe-aem plan` showed
+        self.preset = run_preset(cfg, self.preset)
         check_hardware(self.preset)
         # one run folder for every rank, or node-local disks: asked once, before the engine
         self.storage = probe_storage(self.run_dir)
@@ -144,6 +147,7 @@ class Trainer:
         self.run_id = f"train-{uuid.uuid4().hex[:8]}"
         self.source = None
         self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
+        self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
         try:
             self.source = self._rollout_source()
             # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
@@ -248,6 +252,10 @@ class Trainer:
         episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
         if not episodes:  # dynamic sampling found no group with signal
             return self._skipped_step(m, t_start)
+        # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
+        # probing the weights that rolled out for the push to compare with; the others wait
+        probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None
+        self._probe_before = on_rank0(lambda: self.source.release_gpus(probe), "vLLM sleep")
         samples = samples_from_episodes(
             episodes, cfg.algo.filter_terminations if cfg.algo.compact_filtering else ())
         layout = TurnLayout.of(samples)
@@ -338,10 +346,17 @@ class Trainer:
         """Publish the trainer's weights and check that the server took them."""
         t0 = time.perf_counter()
         self.publisher.save(self.engine)
+        before, self._probe_before = self._probe_before, None
+        if before is not None:  # a sleeping server wakes into the memory every rank gives back
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
         out: dict[str, float] = {}
         if self.is_main:
             probe = self.publisher.probe_ids(self.tokenizer)
-            before = self.source.probe_logprobs(probe)
+            before = before if before is not None else self.source.probe_logprobs(probe)
+            # asleep: wake the weights, load the new ones, then wake the KV cache
             out["time_weight_push_s"] = self.source.push_weights(self.publisher.path)
             after = self.source.probe_logprobs(probe)
             out["probe_server_change"] = float(np.max(np.abs(np.subtract(after, before))))

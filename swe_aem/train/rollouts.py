@@ -93,6 +93,7 @@ class LiveRollouts:
         self.dropped: list = []  # the last step's dropped samples
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
+        self._wake()
         t0 = time.perf_counter()
         # common random numbers: step k of any run with this seed samples with the same seeds
         config = dataclasses.replace(self.agent_cfg, seed=self.cfg.trainer.seed * 1_000_003 + step)
@@ -115,6 +116,7 @@ class LiveRollouts:
         if self.report is None:
             raise TrainingSetupError("a held-out evaluation (heldout.split) needs the report writer of "
                                      "swe-aem eval: Trainer(..., heldout_report=write_rollout_report)")
+        self._wake()
         out_dir.mkdir(parents=True, exist_ok=True)
         traj = out_dir / "trajectories.jsonl"
         traj.write_text("")
@@ -152,6 +154,29 @@ class LiveRollouts:
 
     def push_weights(self, weights_dir: Path) -> float:
         return self.harness.policy.push_weights(weights_dir)
+
+    def release_gpus(self, probe_ids: list[int] | None) -> list[float] | None:
+        """Before the trainer's forward on GPUs it shares with vLLM: the probe's log-probs
+        under the weights that rolled out (when `probe_ids`: a push will compare with them),
+        then POST /sleep?level=1. None, and nothing done, for a server that does not sleep."""
+        policy = self._session()
+        if policy is None or not policy.sleeps:
+            return None
+        before = self.probe_logprobs(probe_ids) if probe_ids else None
+        policy.sleep()
+        return before
+
+    def _wake(self) -> None:
+        """Generating again after a sleep that no push ended (a step that trained nothing)."""
+        policy = self._session()
+        if policy is not None:
+            policy.wake()
+
+    def _session(self):
+        """This rank's own policy session: None with a stand-in's client, or on a fleet (its
+        replicas own their servers, on GPUs of their own)."""
+        harness = getattr(self, "harness", None)
+        return getattr(harness, "policy", None)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.harness.run(self.harness.client.score(token_ids))
@@ -251,6 +276,9 @@ class ReplayRollouts:
 
     pushes_weights = False
     dropped: tuple = ()  # recorded episodes are never dropped
+
+    def release_gpus(self, probe_ids: list[int] | None) -> None:
+        return None
 
     def prefetch(self, instances: list) -> None:
         pass
