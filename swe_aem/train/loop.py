@@ -120,6 +120,9 @@ class Trainer:
         if cfg.algo.aem_min_range is None:  # the preset's, resolved before config.yaml records it
             cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=self.preset.aem_min_range))
             self.cfg = cfg
+        if cfg.run.save_every is None:  # likewise
+            cfg = replace(cfg, run=replace(cfg.run, save_every=self.preset.save_every))
+            self.cfg = cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
