@@ -132,6 +132,42 @@ def test_client_reports_server_down_clearly() -> None:
     assert asyncio.run(client.health()) is False
 
 
+def test_a_generation_outlasts_the_clients_timeout(tiny_path) -> None:
+    """A long generation is bounded by the episode's deadline, not by the client's
+    per-request timeout (which a long turn on a busy server outlasts, and a retry restarts)."""
+    from transformers import AutoTokenizer
+
+    from swe_aem.policy.scripted import ScriptedPolicyServer
+
+    tiny_tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+
+    def slow(_prompt: str, _turn: int) -> str:
+        time.sleep(1.5)
+        return "done"
+
+    with ScriptedPolicyServer(tiny_tokenizer, slow) as server:
+        client = PolicyClient(server.base_url, timeout=0.5, retries=0)
+        gen = client.generate_sync([1, 2, 3], SamplingParams(max_tokens=8))
+        assert tiny_tokenizer.decode(gen.token_ids, skip_special_tokens=True) == "done"
+        assert len(server.requests) == 1  # answered once, never retried
+
+        async def bounded() -> None:
+            await asyncio.wait_for(client.generate([1, 2, 3], SamplingParams(max_tokens=8)), 0.5)
+
+        with pytest.raises(TimeoutError):  # the caller's deadline still ends it
+            asyncio.run(bounded())
+
+
+def test_load_timeouts_follow_the_model_size() -> None:
+    """A server start and a weight reload get 300 s plus the bf16 weights at 100 MB/s: the
+    fixed 300 s reload limit cut a 65 GB load short on a slow shared disk."""
+    from swe_aem.policy.models import load_preset
+
+    big = load_preset("32b")
+    assert big.load_s == pytest.approx(300 + 2 * big.architecture.params / 100e6) and big.load_s > 900
+    assert 300 < load_preset("tiny").load_s < 310 < load_preset("7b").load_s < big.load_s
+
+
 def test_server_start_rejects_non_model_folder(tmp_path) -> None:
     with pytest.raises(ServerStartError, match="not a model folder"):
         VLLMServer(tmp_path).start()

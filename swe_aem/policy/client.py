@@ -84,15 +84,18 @@ class PolicyClient:
             await self._http.aclose()
             self._http = None
 
-    async def _post(self, path: str, body: dict) -> dict:
+    async def _post(self, path: str, body: dict, *, read_timeout: bool = True) -> dict:
+        """POST with retries; `read_timeout=False` waits for the answer as long as it takes
+        (the caller bounds it), connecting and sending still time out."""
         http, semaphore = self._client()
+        timeout = httpx.Timeout(self.timeout) if read_timeout else httpx.Timeout(self.timeout, read=None)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random()))
             try:
                 async with semaphore:
-                    resp = await http.post(path, json=body)
+                    resp = await http.post(path, json=body, timeout=timeout)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = exc
                 continue
@@ -108,7 +111,11 @@ class PolicyClient:
         )
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
-        """Sample one continuation of prompt_ids; returns the exact sampled ids."""
+        """Sample one continuation of prompt_ids; returns the exact sampled ids.
+
+        No read timeout: a generation is bounded by its caller's deadline (the episode's,
+        through asyncio.wait_for, which also aborts the request), not by a per-request
+        limit that a long 32k-token turn on a busy server outlasts and a retry restarts."""
         body = {
             "model": self.model,
             "prompt": list(prompt_ids),
@@ -127,7 +134,7 @@ class PolicyClient:
             body["seed"] = sampling.seed
         if sampling.ignore_eos:
             body["ignore_eos"] = True
-        data = await self._post("/v1/completions", body)
+        data = await self._post("/v1/completions", body, read_timeout=False)
         choice = data["choices"][0]
         token_ids = [int(t) for t in choice["token_ids"]]
         logprobs = [float(x) for x in choice["logprobs"]["token_logprobs"]]

@@ -132,6 +132,14 @@ class ModelPreset:
             object.__setattr__(self, "architecture", Architecture(**self.architecture))
 
     @property
+    def load_s(self) -> float:
+        """Seconds to allow for reading the weights once (a server start, a reload): 300 plus
+        the bf16 weights at 100 MB/s, the slow end of a network filesystem (a 32B model: 955
+        s; a fixed 300 s cut a 65 GB reload short on such a disk)."""
+        params = self.architecture.params if self.architecture is not None else 0
+        return 300.0 + 2 * params / 100e6
+
+    @property
     def sleeps(self) -> bool:
         """Whether a GPU server of this preset is started with sleep mode: colocated only."""
         return self.placement == "colocated" and self.sleep_mode

