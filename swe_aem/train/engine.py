@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,12 +91,20 @@ def deepspeed_config(s: EngineSettings) -> dict:
     }
 
 
-def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
+TRAIN_COLLECTIVE_TIMEOUT_S = 1800.0  # one collective of the update itself (ZeRO gathers, reductions)
+_wait_group: Any = None
+
+
+def init_distributed(wait_timeout_s: float | None = None) -> tuple[int, int]:
     """Initialise torch.distributed (gloo on CPU, nccl on GPU); works without a launcher.
 
-    `timeout_s` bounds a collective: ranks wait in one while rank 0 rolls out and
-    evaluates, so it must outlast a step's rollout (DeepSpeed's default is 10 minutes).
+    Two groups: the update's collectives (nccl on GPU) time out after 30 minutes; ranks that
+    wait while rank 0 rolls out or evaluates wait on a gloo group of their own for
+    `wait_timeout_s` (it must outlast a step's rollout, DeepSpeed's default of 10 minutes
+    does not). A gloo wait blocks on a socket: an NCCL one would spin on the GPU, which a
+    colocated vLLM server needs, for as long as the longest rollout.
     """
+    global _wait_group
     import deepspeed
 
     os.environ.setdefault("RANK", "0")
@@ -111,9 +120,18 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int]:
 
             os.environ["MASTER_PORT"] = str(free_port())
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
-        deepspeed.init_distributed(dist_backend=backend, verbose=False, **extra)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        deepspeed.init_distributed(dist_backend=backend, verbose=False,
+                                   timeout=timedelta(seconds=TRAIN_COLLECTIVE_TIMEOUT_S))
+    world = torch.distributed.get_world_size()
+    if world > 1 and _wait_group is None:  # every rank calls this at the same point
+        wait = TRAIN_COLLECTIVE_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s
+        _wait_group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=wait))
+    return torch.distributed.get_rank(), world
+
+
+def wait_group() -> Any:
+    """The gloo group ranks wait on for rank 0's work (None in a world of one)."""
+    return _wait_group
 
 
 def build_engine(lm: nn.Module, s: EngineSettings, chunk_size: int):

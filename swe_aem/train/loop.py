@@ -31,7 +31,7 @@ from swe_aem.train.batch import (
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.engine import EngineSettings, build_engine, init_distributed, wait_group
 from swe_aem.train.metrics import MetricsLogger
 from swe_aem.train.rollouts import HeldoutReport, LiveRollouts, ReplayRollouts, TrainingSetupError
 from swe_aem.train.update import forward_old, ppo_update
@@ -401,8 +401,10 @@ def on_rank0(fn: Callable[[], T], what: str) -> T:
 
 
 def _broadcast(obj):
+    """rank 0's obj on every rank, through the gloo wait group (ranks may wait here for a
+    whole rollout)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=wait_group())
         return box[0]
     return obj
