@@ -17,6 +17,15 @@ from swe_aem.plan.memory import VLLM_ASLEEP_GIB, VLLM_RUNTIME_GIB
 from swe_aem.policy.models import Architecture, load_preset, preset_names
 from swe_aem.policy.server import ServerOptions, VLLMServer
 
+
+@pytest.fixture(autouse=True)
+def _not_a_rank(monkeypatch):
+    """A process that already joined a process group (LOCAL_RANK set, as an earlier test's
+    in-process Trainer leaves it) trains in place and never plans: these tests are the
+    launching process."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
 GPU_PRESETS = ["1.5b", "7b", "14b", "32b", "qwen3-32b"]
 
 

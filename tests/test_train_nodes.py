@@ -64,6 +64,7 @@ for name, steps in json.loads(sys.argv[3]):
         print("resume", name, got.name if got else None, flush=True)
     except CheckpointError as exc:
         print("resume", name, "failed:", exc, flush=True)
+dist.destroy_process_group()  # gloo's threads left running at exit can abort the process
 """
 
 

