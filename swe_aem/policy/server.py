@@ -297,9 +297,7 @@ def reload_weights(base_url: str, weights_dir: str | Path, timeout_s: float = 30
     the prefix cache is dropped so no cached prefix keeps old-weight results, then
     generation resumes.
     """
-    weights_dir = Path(weights_dir).resolve()
-    if not any(weights_dir.glob("*.safetensors")):
-        raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
+    weights_dir = _weights_folder(weights_dir)
     t0 = time.perf_counter()
     with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
         _post(http, "/pause", params={"mode": "wait"})
@@ -309,6 +307,14 @@ def reload_weights(base_url: str, weights_dir: str | Path, timeout_s: float = 30
         finally:
             _post(http, "/resume")
     return time.perf_counter() - t0
+
+
+def _weights_folder(weights_dir: str | Path) -> Path:
+    """The folder as the server will read it (absolute), refused when it holds no weights."""
+    folder = Path(weights_dir).resolve()
+    if not any(folder.glob("*.safetensors")):
+        raise WeightUpdateError(f"{folder} holds no *.safetensors files")
+    return folder
 
 
 def _load(http: httpx.Client, weights_dir: Path) -> None:
@@ -338,9 +344,7 @@ def reload_weights_asleep(base_url: str, weights_dir: str | Path, timeout_s: flo
     wake the KV cache and drop any cached prefix. No request runs while it sleeps, so no
     /pause is needed.
     """
-    weights_dir = Path(weights_dir).resolve()
-    if not any(weights_dir.glob("*.safetensors")):
-        raise WeightUpdateError(f"{weights_dir} holds no *.safetensors files")
+    weights_dir = _weights_folder(weights_dir)
     t0 = time.perf_counter()
     with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
         _post(http, "/wake_up", params={"tags": "weights"})
