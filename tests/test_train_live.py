@@ -72,7 +72,7 @@ def _full_step(tmp_path, url):
         fwd = forward_old(trainer.engine, samples, layout, 4096, trainer.pad_id)
         ppo_update(trainer.engine, samples, layout, fwd.old_logprobs, torch.tensor([1.0, -0.5]),
                    PolicyLossConfig(), 4096, trainer.pad_id)
-        sync = trainer._sync_weights()
+        sync = trainer._sync_weights(1)
         assert sync["probe_server_change"] > 1e-3
         assert sync["probe_server_trainer_max_abs_diff"] < 1e-3
         assert sync["time_weight_push_s"] < 60

@@ -47,7 +47,7 @@ def test_a_training_step_sleeps_vllm_around_its_update(small_model, tmp_path, mo
             def probe_logprobs(self, token_ids):
                 return session.client.score_sync(token_ids)
 
-            def push_weights(self, weights_dir):
+            def push_weights(self, weights_dir, version):
                 return session.push_weights(weights_dir)
 
         seen = []

@@ -9,6 +9,7 @@ all open one of these; they differ only in the agent config and the grader they 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -36,20 +37,35 @@ class Harness:
     client: PolicyClient
     policy: PolicySession | None = None  # when the harness opened the server (push_weights lives there)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _thread: threading.Thread | None = None  # the loop's own thread, once start_background ran
 
     def rollout(self, instances: Sequence[Any], samples: int, *, tokenizer: Any, config: AgentConfig,
                 grade: Callable | None, max_retries: int = 1, concurrency: int = 4,
                 **kw: Any) -> RolloutResult:
         """`samples` episodes of every instance on the harness's server and pool, graded by `grade`."""
-        return self.loop.run_until_complete(rollout(
+        return self.run(rollout(
             instances, samples, policy=self.client, tokenizer=tokenizer, pool=self.pool, config=config,
             grade=grade, max_retries=max_retries, concurrency=concurrency, **kw))
 
     def run(self, coro: Any) -> Any:
-        """Run a coroutine that uses the client on the harness's loop (where its connections live)."""
+        """Run a coroutine that uses the client on the harness's loop (where its connections
+        live) and wait for its result, whether the loop runs here or in its own thread."""
+        if self._thread is not None:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
         return self.loop.run_until_complete(coro)
 
+    def start_background(self) -> None:
+        """Run the loop in a thread of its own from now on, so that work submitted to it
+        (asynchronous training's rollouts of later steps) goes on while the caller trains."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.loop.run_forever, name="harness-loop", daemon=True)
+            self._thread.start()
+
     def close(self) -> None:
+        if self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self._thread = None
         if not self.loop.is_closed():
             self.loop.run_until_complete(self.client.aclose())
             self.loop.close()

@@ -137,6 +137,7 @@ async def run_episode(
                 logprobs=list(gen.logprobs),
                 finish_reason=gen.finish_reason,
                 seed=sampling.seed,
+                policy_version=gen.policy_version,
                 response_text=text,
                 tool_call=call,
                 tool_error=parse_error if parse_error is not None else (

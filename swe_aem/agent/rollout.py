@@ -74,16 +74,20 @@ async def rollout(
     concurrency: int = 4,
     progress: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> RolloutResult:
     """Run `samples` episodes per instance (sample k has sample_index k) and grade each;
     `samples` may instead list the sample indices to run (a rollout fleet runs one sample of
     a task on one replica, with the seed that sample has anywhere).
 
     Sandbox and grading calls are blocking (docker SDK) and run in a thread pool sized
-    to the concurrency. `on_episode` sees every kept episode as it is done.
+    to the concurrency. `on_episode` sees every kept episode as it is done. `slots`: episode
+    slots shared with rollouts running beside this one (asynchronous training's batches of
+    several steps; waiters are served first come, so an older batch's episodes go first);
+    None: `concurrency` slots of its own.
     """
     executor = ThreadPoolExecutor(max_workers=2 * concurrency + 2, thread_name_prefix="rollout")
-    semaphore = asyncio.Semaphore(concurrency)
+    semaphore = slots if slots is not None else asyncio.Semaphore(concurrency)
     indices = range(samples) if isinstance(samples, int) else samples
     jobs = [(inst, k) for inst in instances for k in indices]
     bar = tqdm(total=len(jobs), desc="rollout", unit="ep", disable=not progress)

@@ -33,6 +33,9 @@ class Turn:
     logprobs: list[float]  # rollout log-prob of each response token
     finish_reason: str  # the server's: "stop" or "length"
     seed: int | None = None  # the request's sampling seed (agent.loop.request_seed); None: unseeded
+    # the version of the weights that sampled this turn (the trainer's step count when they were
+    # pushed; 0: the weights the server started with); bounds staleness in asynchronous training
+    policy_version: int = 0
     response_text: str = ""
     tool_call: ToolCall | None = None
     tool_error: str | None = None  # parse or execution error shown to the model

@@ -239,14 +239,21 @@ class Fleet:
         self.stats.nodes[replica.index] = info["node_id"]
 
     # ------------------------------------------------------------------ weights and the rest
-    def push_weights(self, weights_dir: str) -> float:
+    def label_weights(self, version: int) -> None:
+        """The weights served stand for `version` from now on (the trainer stepped without
+        changing them); each replica takes the label at its next episode, loading nothing."""
+        self._version = version
+        self.weights = (version, self.weights[1] if self.weights is not None else None)
+
+    def push_weights(self, weights_dir: str, version: int | None = None) -> float:
         """Every replica loads the weights in `weights_dir` (a folder each node sees at that
-        path); the slowest push's seconds. A replica that dies meanwhile loads them when Ray
-        has restarted it (every later call names these weights)."""
+        path) as `version` (None: one past the last); the slowest push's seconds. A replica
+        that dies meanwhile loads them when Ray has restarted it (every later call names
+        these weights)."""
         import ray
         from ray.exceptions import RayActorError
 
-        self._version += 1
+        self._version = self._version + 1 if version is None else version
         self.weights = (self._version, str(weights_dir))
         calls = {r.handle.push.remote(self.weights): r for r in self.replicas if r.live}
         seconds = 0.0

@@ -35,8 +35,9 @@ from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.models import ModelPreset
 from swe_aem.sandbox import SandboxConfig
 
-# (version, folder): the weights a replica should serve; None: the base weights it started with
-Weights = tuple[int, str] | None
+# (version, folder): the weights a replica should serve (folder None: the base weights, under a
+# later version label); None: the base weights it started with
+Weights = tuple[int, str | None] | None
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,22 @@ class RolloutReplica:
             if self.weights != weights:
                 self._load(weights)
 
-    def _load(self, weights: tuple[int, str]) -> float:
+    def _load(self, weights: tuple[int, str | None]) -> float:
+        """Load the weights' folder (unless it is the one served: a new label only) between
+        generations; later turns carry the weights' version."""
+        version, folder = weights
         policy = self.harness.policy
-        if policy is None or not self.spec.weight_updates:
+        load = folder is not None and folder != (self.weights[1] if self.weights is not None else None)
+        if load and (policy is None or not self.spec.weight_updates):
             raise RuntimeError(f"replica {self.index} cannot take weights (opened without weight updates)")
-        seconds = policy.push_weights(weights[1])
+
+        async def gated() -> float:
+            async with self.harness.client.updating_weights(version):
+                if not load:
+                    return 0.0
+                return await asyncio.get_running_loop().run_in_executor(None, policy.push_weights, folder)
+
+        seconds = self._call(gated())
         self.weights = weights
         return seconds
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -37,6 +39,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each sampled token under the serving policy
     finish_reason: str  # "stop" (end of turn or stop string) or "length"
+    policy_version: int = 0  # the served weights' version (PolicyClient.version) that sampled it
 
 
 class PolicyClient:
@@ -44,6 +47,12 @@ class PolicyClient:
 
     At most max_concurrency requests are in flight; connection failures and 5xx
     answers are retried with backoff, then reported as ServerUnavailableError.
+
+    Weight updates happen between generations: `updating_weights(v)` waits for the
+    generations in flight, holds new ones back while its body loads the weights, then
+    labels every later generation with version v. An episode running across an update
+    carries on, its later turns under the new weights, and each turn knows exactly
+    which weights sampled it (asynchronous training bounds staleness on these labels).
     """
 
     def __init__(
@@ -65,6 +74,10 @@ class PolicyClient:
         self._semaphore: asyncio.Semaphore | None = None
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.version = 0  # of the weights the server serves; set by updating_weights
+        self._gate: asyncio.Condition | None = None
+        self._generating = 0
+        self._updating = False
 
     def _client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         # Bound to the running loop: a client reused across asyncio.run calls rebuilds.
@@ -77,7 +90,46 @@ class PolicyClient:
                 limits=httpx.Limits(max_connections=self.max_concurrency),
             )
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            self._gate = asyncio.Condition()
         return self._http, self._semaphore
+
+    @asynccontextmanager
+    async def _generation(self) -> AsyncIterator[int]:
+        """Hold the weights still for one generation; yields their version."""
+        self._client()
+        assert self._gate is not None
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._updating)
+            self._generating += 1
+            version = self.version
+        try:
+            yield version
+        finally:
+            async with self._gate:
+                self._generating -= 1
+                self._gate.notify_all()
+
+    @asynccontextmanager
+    async def updating_weights(self, version: int) -> AsyncIterator[None]:
+        """The body loads new weights into the server with no generation in flight (those
+        running finish first, new ones wait); later generations carry `version`. The
+        body's failure leaves the version as it was."""
+        self._client()
+        assert self._gate is not None
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._updating)
+            self._updating = True
+            await self._gate.wait_for(lambda: self._generating == 0)
+        loaded = False
+        try:
+            yield
+            loaded = True
+        finally:
+            async with self._gate:
+                self._updating = False
+                if loaded:
+                    self.version = version
+                self._gate.notify_all()
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -134,7 +186,8 @@ class PolicyClient:
             body["seed"] = sampling.seed
         if sampling.ignore_eos:
             body["ignore_eos"] = True
-        data = await self._post("/v1/completions", body, read_timeout=False)
+        async with self._generation() as version:
+            data = await self._post("/v1/completions", body, read_timeout=False)
         choice = data["choices"][0]
         token_ids = [int(t) for t in choice["token_ids"]]
         logprobs = [float(x) for x in choice["logprobs"]["token_logprobs"]]
@@ -142,7 +195,7 @@ class PolicyClient:
             raise GenerationError(
                 f"server returned {len(token_ids)} token ids but {len(logprobs)} log-probs"
             )
-        return Generation(token_ids, logprobs, choice.get("finish_reason") or "stop")
+        return Generation(token_ids, logprobs, choice.get("finish_reason") or "stop", version)
 
     async def score(self, token_ids: list[int]) -> list[float]:
         """log p(token_i | token_<i) for i = 1..n-1 under the served weights."""

@@ -10,6 +10,7 @@ Replay: recorded trajectories (deterministic; for tests and re-training).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -152,8 +153,24 @@ class LiveRollouts:
     def pushes_weights(self) -> bool:
         return self.cfg.run.push_weights
 
-    def push_weights(self, weights_dir: Path) -> float:
-        return self.harness.policy.push_weights(weights_dir)
+    def push_weights(self, weights_dir: Path, version: int) -> float:
+        """Load the trainer's weights between generations (none in flight meanwhile); turns
+        sampled after it carry `version`. Seconds the load took."""
+        policy = self.harness.policy
+
+        async def gated() -> float:
+            async with self.harness.client.updating_weights(version):
+                return await asyncio.get_running_loop().run_in_executor(None, policy.push_weights, weights_dir)
+
+        return self.harness.run(gated())
+
+    def label_weights(self, version: int) -> None:
+        """The served weights stand for `version` from now on (a step that changed none)."""
+        async def relabel() -> None:
+            async with self.harness.client.updating_weights(version):
+                pass
+
+        self.harness.run(relabel())
 
     def release_gpus(self, probe_ids: list[int] | None) -> list[float] | None:
         """Before the trainer's forward on GPUs it shares with vLLM: the probe's log-probs
@@ -250,8 +267,11 @@ class FleetRollouts(LiveRollouts):
     def prefetch(self, instances: list) -> None:
         self.fleet.prefetch(instances)
 
-    def push_weights(self, weights_dir: Path) -> float:
-        return self.fleet.push_weights(str(weights_dir))
+    def push_weights(self, weights_dir: Path, version: int) -> float:
+        return self.fleet.push_weights(str(weights_dir), version)
+
+    def label_weights(self, version: int) -> None:
+        self.fleet.label_weights(version)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.fleet.probe(token_ids)

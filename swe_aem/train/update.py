@@ -7,6 +7,7 @@ applies one optimizer step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ class ForwardStats:
     turn_surprisal: Tensor  # [R] -sum log p of the turn's tokens (trainer)
     rollout_kl: float  # k3 estimate of the rollout-vs-trainer KL per sampled token
     tokens: int
+    # range of the importance weight trainer/rollout (proximal over behaviour) per sampled
+    # token, the one a TIS cap truncates: stale tokens (asynchronous training) widen it
+    is_weight_min: float = 1.0
+    is_weight_max: float = 1.0
 
 
 def _device(engine) -> torch.device:
@@ -80,8 +85,14 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     sums = _all_reduce_tensor(sums, dev)
     lengths = sums[r:2 * r].float()
     tokens = float(lengths.sum())
+    # log of the weight's extremes, as maxima (an empty shard contributes nothing)
+    hi = float(-delta.min()) if delta.numel() else -math.inf
+    lo = float(delta.max()) if delta.numel() else -math.inf
+    hi, lo = _all_reduce(hi, dev, op="max"), _all_reduce(lo, dev, op="max")
     return ForwardStats(old, (sums[:r] / sums[r:2 * r].clamp(min=1)).float(), lengths,
-                        sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens))
+                        sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens),
+                        is_weight_min=math.exp(-lo) if tokens else 1.0,
+                        is_weight_max=math.exp(hi) if tokens else 1.0)
 
 
 def _all_reduce_tensor(t: Tensor, device: torch.device) -> Tensor:
