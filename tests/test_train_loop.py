@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import recorded_episodes
 
-from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.agent.trajectory import Episode, write_episodes
 from swe_aem.config import load_config
 from swe_aem.train.batch import (
     TurnLayout,
@@ -25,20 +26,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_episodes(tasks: int = 3, samples: int = 4, seed: int = 0) -> list[Episode]:
-    gen = torch.Generator().manual_seed(seed)
-    eps = []
-    for t in range(tasks):
-        for k in range(samples):
-            turns = []
-            for _ in range(1 + (k % 3)):
-                p = torch.randint(10, 49000, (int(torch.randint(5, 15, (1,), generator=gen)),), generator=gen)
-                r = torch.randint(10, 49000, (int(torch.randint(3, 12, (1,), generator=gen)),), generator=gen)
-                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
-                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(), finish_reason="stop"))
-            eps.append(Episode(f"task-{t}", k, turns, termination="max_turns" if (t, k) == (0, 3) else "finished",
-                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
-    return eps
+def synthetic_episodes(tasks: int = 3) -> list[Episode]:
+    """Four samples a task, one to three turns each, sample 3 of task 0 cut short."""
+    return recorded_episodes(tasks=tasks, seed=0, max_turns=3, prompt_len=(5, 15), response_len=(3, 12),
+                             cut_short=(0, 3))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import recorded_episodes
 
-from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.agent.trajectory import Episode, write_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,20 +132,7 @@ def test_probe_tells_one_folder_from_node_local_disks_and_resume_takes_rank0s_st
 
 def _episodes() -> list[Episode]:
     """Two tasks, rewards 0 and 1 in each group (tests/test_train_ranks.py's kind)."""
-    gen = torch.Generator().manual_seed(1)
-    eps = []
-    for t in range(2):
-        for k in range(4):
-            turns = []
-            for _ in range(1 + k % 2):
-                p = torch.randint(10, 49000, (int(torch.randint(6, 12, (1,), generator=gen)),), generator=gen)
-                r = torch.randint(10, 49000, (int(torch.randint(4, 9, (1,), generator=gen)),), generator=gen)
-                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
-                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(),
-                                  finish_reason="stop"))
-            eps.append(Episode(f"task-{t}", k, turns, termination="finished",
-                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
-    return eps
+    return recorded_episodes(seed=1)
 
 
 def _two_nodes(dirs: list[Path], model: Path, replay: Path, steps: int, resume: bool

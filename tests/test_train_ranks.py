@@ -10,9 +10,9 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import recorded_episodes
 
-from swe_aem.agent.trajectory import Episode, Turn, write_episodes
+from swe_aem.agent.trajectory import Episode, write_episodes
 from swe_aem.cli import main
 from swe_aem.commands.train import _launch_command
 
@@ -51,21 +51,7 @@ def test_nproc_errors_are_clear(capsys, tmp_path, monkeypatch):
 def _episodes() -> list[Episode]:
     """Two tasks, rewards 1 and 0 in each group, one or two turns each; seven episodes (the
     ranks hold 4 and 3), one cut short (compact filtering: in the baseline, out of the loss)."""
-    gen = torch.Generator().manual_seed(0)
-    eps = []
-    for t in range(2):
-        for k in range(4):
-            turns = []
-            for _ in range(1 + k % 2):
-                p = torch.randint(10, 49000, (int(torch.randint(6, 12, (1,), generator=gen)),), generator=gen)
-                r = torch.randint(10, 49000, (int(torch.randint(4, 9, (1,), generator=gen)),), generator=gen)
-                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
-                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(),
-                                  finish_reason="stop"))
-            cut_short = (t, k) == (0, 1)
-            eps.append(Episode(f"task-{t}", k, turns, termination="max_turns" if cut_short else "finished",
-                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
-    return eps[:7]
+    return recorded_episodes(seed=0, cut_short=(0, 1))[:7]
 
 
 def _free_port() -> int:

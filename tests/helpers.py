@@ -1,0 +1,32 @@
+"""Helpers shared by test modules (imported by name: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+from swe_aem.agent.trajectory import Episode, Turn
+
+
+def recorded_episodes(tasks: int = 2, samples: int = 4, seed: int = 0, max_turns: int = 2,
+                      prompt_len: tuple[int, int] = (6, 12), response_len: tuple[int, int] = (4, 9),
+                      cut_short: tuple[int, int] | None = None) -> list[Episode]:
+    """Recorded episodes to train on (replay): `tasks` groups of `samples`, rewards 1 and 0
+    alternating so every group has signal, 1 + k % max_turns turns of random tokens (lengths
+    drawn from the half-open ranges) with random rollout log-probs. `cut_short` (task,
+    sample) ends at max_turns: compact filtering keeps it in the baseline, out of the loss."""
+    gen = torch.Generator().manual_seed(seed)
+    eps = []
+    for t in range(tasks):
+        for k in range(samples):
+            turns = []
+            for _ in range(1 + k % max_turns):
+                p = torch.randint(10, 49000, (int(torch.randint(*prompt_len, (1,), generator=gen)),), generator=gen)
+                r = torch.randint(10, 49000, (int(torch.randint(*response_len, (1,), generator=gen)),),
+                                  generator=gen)
+                turns.append(Turn(prompt_ids=p.tolist(), response_ids=r.tolist(),
+                                  logprobs=(-torch.rand(len(r), generator=gen) * 5).tolist(),
+                                  finish_reason="stop"))
+            eps.append(Episode(f"task-{t}", k, turns,
+                               termination="max_turns" if (t, k) == cut_short else "finished",
+                               reward=float((k + t) % 2 == 0), grade_status="resolved"))
+    return eps
