@@ -162,6 +162,10 @@ class VllmConfig:
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int | None = None
     sleep_mode: bool | None = None  # colocated: give the GPUs back while the trainer runs
+    # how the trainer's weights reach vLLM: "disk" (safetensors + reload), "nccl" (split),
+    # "ipc" (colocated; CUDA IPC); null: by placement on GPUs (disk on CPU, to a rollout fleet
+    # and to an attached run.vllm_url server)
+    weight_transfer: str | None = None
 
 
 @dataclass
@@ -224,6 +228,7 @@ def load_config(
 def validate(cfg: Config) -> None:
     from swe_aem.algo.advantages import ADVANTAGE_ESTIMATORS
     from swe_aem.algo.losses import LOSS_AGG_MODES, POLICY_LOSSES
+    from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS
 
     checks = [
         (cfg.algo.advantage in ADVANTAGE_ESTIMATORS,
@@ -261,6 +266,13 @@ def validate(cfg: Config) -> None:
          "vllm.gpu_memory_utilization must be in (0, 1]"),
         (cfg.vllm.tensor_parallel_size is None or cfg.vllm.tensor_parallel_size >= 1,
          "vllm.tensor_parallel_size must be >= 1"),
+        (cfg.vllm.weight_transfer in (None, *WEIGHT_TRANSFERS),
+         f"vllm.weight_transfer must be null or one of {', '.join(WEIGHT_TRANSFERS)}"),
+        (cfg.vllm.weight_transfer in (None, "disk") or cfg.placement is None
+         or cfg.vllm.weight_transfer == PLACEMENT_TRANSFER.get(cfg.placement),
+         (f"vllm.weight_transfer={cfg.vllm.weight_transfer} does not go with placement={cfg.placement}: "
+          "nccl is for split (NCCL joins no two ranks on one GPU), ipc for colocated (CUDA IPC shares "
+          "memory on the same GPU only); or disk")),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
     ]

@@ -63,7 +63,7 @@ class Process:
 
     def shell(self) -> str:
         """The command as one shell line, its own environment first (`python` for the interpreter)."""
-        shown = ("CUDA_VISIBLE_DEVICES", "VLLM_SERVER_DEV_MODE")
+        shown = ("CUDA_VISIBLE_DEVICES", "VLLM_SERVER_DEV_MODE", "VLLM_ALLOW_INSECURE_SERIALIZATION")
         env = [f"{k}={v}" for k, v in self.env if k in shown]
         return " ".join([*env, shlex.join(["python", *self.command[1:]])])
 

