@@ -6,9 +6,10 @@ step (64 tasks x 8 samples), at most 50 turns and 36,864 tokens an episode. The 
       single-server path of `swe-aem train`);
   (b) the Ray rollout fleet (swe_aem/fleet/): one server per TP group on rollout GPUs of their
       own (split placement), the trainer on the rest, synchronous;
-  (c) the fleet with asynchronous bounded-staleness rollouts (not built yet): batch t is
-      admitted once the served weights are version >= t - k, so at most k + 1 batches are in
-      flight and the next batches' episodes run while the trainer updates.
+  (c) the fleet with asynchronous bounded-staleness rollouts (swe_aem/train/stream.py drives one
+      server; the fleet does not run them yet): batch t is admitted once the served weights are
+      version >= t - k, so at most k + 1 batches are in flight and the next batches' episodes
+      run while the trainer updates.
 
 A time-stepped simulation (numpy, fixed seed): every episode's turns wait for their server's
 KV cache, prefill (all of the context when the server's prefix cache lost it), decode with
@@ -692,6 +693,9 @@ def sensitivity(best_sync: Regime, gpu: Gpu, work: Workload, trainer: Trainer, p
     return [
         ("(a) with a perfect prefix cache", a, replace(work, perfect_prefix_cache=True), trainer, push),
         ("(a) with rollout.concurrency 64", replace(a, concurrency=64), work, trainer, push),
+        ("one TP-8 server split (trainer 56), async k=1, conc. 128",
+         replace(a, colocated=False, gpu_memory_utilization=0.9, trainer_gpus=56, staleness=1, concurrency=128),
+         work, trainer, push),
         ("reference, turns 2x longer, commands 4x slower", ref,
          replace(work, output_median=2 * work.output_median, tool_time_scale=4.0), trainer, push),
         ("(a) with commands 4x slower", a, replace(work, tool_time_scale=4.0), trainer, push),
