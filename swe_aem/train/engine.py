@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,6 +133,30 @@ def init_distributed(wait_timeout_s: float | None = None) -> tuple[int, int]:
 def wait_group() -> Any:
     """The gloo group ranks wait on for rank 0's work (None in a world of one)."""
     return _wait_group
+
+
+def load_model(model_path: str | Path, s: EngineSettings, dtype: torch.dtype) -> nn.Module:
+    """The causal LM that build_engine wraps. Under ZeRO-3 it is built inside DeepSpeed's
+    zero.Init, which transformers enters while an HfDeepSpeedConfig of stage 3 is alive
+    (build_engine's config: the partitions are the engine's). Each rank then keeps its shard
+    of every parameter, never the whole model; a plain load is moved whole onto every rank's
+    device by deepspeed.initialize before ZeRO-3 splits it (65 GB per GPU for a 32B model).
+    Every rank maps the checkpoint files (one page cache on a node); rank 0 copies each
+    module's values in while the module is gathered. The config lives for this load only:
+    a later from_pretrained in the process loads a plain model."""
+    from transformers import AutoModelForCausalLM
+
+    if s.zero_stage != 3:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    ds_config = HfDeepSpeedConfig(deepspeed_config(s))  # transformers holds a weak reference
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    finally:
+        unset_hf_deepspeed_config()
+        del ds_config
 
 
 def build_engine(lm: nn.Module, s: EngineSettings, chunk_size: int):

@@ -32,7 +32,13 @@ from swe_aem.train.batch import (
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed, wait_group
+from swe_aem.train.engine import (
+    EngineSettings,
+    build_engine,
+    init_distributed,
+    load_model,
+    wait_group,
+)
 from swe_aem.train.metrics import MetricsLogger
 from swe_aem.train.rollouts import HeldoutReport, LiveRollouts, ReplayRollouts, TrainingSetupError
 from swe_aem.train.update import forward_old, ppo_update
@@ -107,7 +113,7 @@ class Trainer:
                  heldout_report: HeldoutReport | None = None):
         """`heldout_report`: swe_aem.eval.evaluate.write_rollout_report where heldout.split is set
         (the caller's: training does not import evaluation)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from swe_aem.policy.models import resolve_model
 
@@ -139,7 +145,7 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
-        lm = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        lm = load_model(self.model_path, self.settings, dtype)  # under ZeRO-3 each rank's shard only
         self.lm_config = lm.config
         self.engine = build_engine(lm, self.settings, cfg.trainer.logprob_chunk_size)
         self.state = TrainState()
