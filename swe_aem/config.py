@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+if TYPE_CHECKING:
+    from swe_aem.policy.models import ModelPreset
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
@@ -86,6 +89,36 @@ class TrainerConfig:
     offload_params: bool | None = None
     bf16: bool | None = None
     gradient_checkpointing: bool | None = None
+
+
+@dataclass(frozen=True)
+class ModelTrainerSettings:
+    """The trainer settings a model preset decides where the config leaves them null: one
+    resolution for the trainer's engine (swe_aem.train) and the memory plan (swe_aem.plan),
+    so the plan counts the run that trains."""
+
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    bf16: bool
+    gradient_checkpointing: bool
+    micro_batch_tokens: int
+
+
+def resolve_trainer(t: TrainerConfig, preset: ModelPreset) -> ModelTrainerSettings:
+    """`t`'s values, the preset's where `t` has None (bf16 follows the preset's dtype)."""
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return ModelTrainerSettings(
+        zero_stage=pick(t.zero_stage, preset.zero_stage),
+        offload_optimizer=pick(t.offload_optimizer, preset.offload_optimizer),
+        offload_params=pick(t.offload_params, preset.offload_params),
+        bf16=pick(t.bf16, preset.dtype == "bfloat16"),
+        gradient_checkpointing=pick(t.gradient_checkpointing, preset.gradient_checkpointing),
+        micro_batch_tokens=pick(t.micro_batch_tokens, preset.micro_batch_tokens),
+    )
 
 
 @dataclass

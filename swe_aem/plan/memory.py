@@ -7,8 +7,9 @@ below with where it comes from, so a measurement can correct it in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from swe_aem.config import resolve_trainer
 from swe_aem.policy.models import Architecture
 
 GIB = 1024**3
@@ -34,8 +35,8 @@ def dtype_bytes(dtype: str) -> int:
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """The trainer's settings the memory depends on (the config's, the preset's where null;
-    the same choice as swe_aem.train.loop.engine_settings, which a test keeps equal)."""
+    """The trainer's settings the memory depends on: the config's, the preset's where null
+    (swe_aem.config.resolve_trainer, the trainer's own resolution)."""
 
     zero_stage: int
     offload_optimizer: bool
@@ -47,20 +48,8 @@ class TrainerSettings:
 
     @classmethod
     def of(cls, cfg, preset) -> TrainerSettings:
-        t = cfg.trainer
-
-        def pick(value, default):
-            return default if value is None else value
-
-        return cls(
-            zero_stage=pick(t.zero_stage, preset.zero_stage),
-            offload_optimizer=pick(t.offload_optimizer, preset.offload_optimizer),
-            offload_params=pick(t.offload_params, preset.offload_params),
-            bf16=pick(t.bf16, preset.dtype == "bfloat16"),
-            gradient_checkpointing=pick(t.gradient_checkpointing, preset.gradient_checkpointing),
-            micro_batch_tokens=pick(t.micro_batch_tokens, preset.micro_batch_tokens),
-            logprob_chunk_size=t.logprob_chunk_size,
-        )
+        return cls(**asdict(resolve_trainer(cfg.trainer, preset)),
+                   logprob_chunk_size=cfg.trainer.logprob_chunk_size)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TypeVar
@@ -21,7 +21,7 @@ from rich.console import Console
 
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
-from swe_aem.config import Config, ConfigError, to_yaml
+from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
 from swe_aem.policy.models import ModelPreset
 from swe_aem.train.batch import (
@@ -65,18 +65,8 @@ def task_batch(task_ids: list[str], step: int, size: int, seed: int) -> list[str
 
 def engine_settings(cfg: Config, preset) -> EngineSettings:
     t = cfg.trainer
-    pick = lambda value, default: default if value is None else value
-    bf16 = pick(t.bf16, preset.dtype == "bfloat16")
-    return EngineSettings(
-        zero_stage=pick(t.zero_stage, preset.zero_stage),
-        offload_optimizer=pick(t.offload_optimizer, preset.offload_optimizer),
-        offload_params=pick(t.offload_params, preset.offload_params),
-        bf16=bf16,
-        gradient_checkpointing=pick(t.gradient_checkpointing, preset.gradient_checkpointing),
-        micro_batch_tokens=pick(t.micro_batch_tokens, preset.micro_batch_tokens),
-        lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-        eps=t.adam_eps,
-    )
+    return EngineSettings(**asdict(resolve_trainer(t, preset)), lr=t.lr, betas=(t.betas[0], t.betas[1]),
+                          weight_decay=t.weight_decay, grad_clip=t.grad_clip, eps=t.adam_eps)
 
 
 def check_hardware(preset) -> None:
