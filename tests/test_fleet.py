@@ -261,7 +261,7 @@ def test_a_run_config_that_names_a_fleet_rolls_out_on_it(cluster, tasks, tmp_pat
         assert isinstance(source, FleetRollouts) and source.pushes_weights
         source.prefetch(list(tasks))  # each task gets a home replica, whose node pulls its image
         w = weights(tmp_path, "v000001")
-        source.push_weights(w)
+        source.push_weights(w, 1)
         episodes, timings = source.collect(list(tasks), step=0)
         check_batch(SimpleNamespace(episodes=episodes, dropped=source.dropped), 2)
         assert timings["episodes_dropped"] == 0 and timings["fleet_replicas_used"] == 2
@@ -269,3 +269,39 @@ def test_a_run_config_that_names_a_fleet_rolls_out_on_it(cluster, tasks, tmp_pat
         assert [i["weights"] for i in source.fleet.info()] == [(1, str(w))] * 2
     finally:
         source.close()
+
+
+def test_asynchronous_rollouts_on_the_fleet_keep_the_staleness_bound(cluster, tasks, tmp_path):
+    """rollout.max_staleness=1 on a fleet: step t+1's batch runs on the replicas while step t
+    "trains" (a pause here) and its weights are pushed to every replica mid-batch; every
+    batch is complete and no token is more than one version old."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from swe_aem.config import load_config
+    from swe_aem.train.rollouts import LiveRollouts
+    from swe_aem.train.stream import RolloutStream, staleness_metrics
+
+    cfg = load_config(overrides=[f"run.ray_address={cluster.address}", "rollout.replicas=2",
+                                 "rollout.samples_per_task=2", "rollout.concurrency=2", "run.steps=3",
+                                 "rollout.max_staleness=1", "run.grade_timeout_s=120"])
+    preset = load_preset("tiny")
+    path = preset.default_path
+    live = LiveRollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
+                        f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=spec(tasks, latency_s=0.3).stand_in)
+    stream = RolloutStream(live, lambda t: list(tasks), steps=3, max_staleness=1, start=0, run_dir=tmp_path)
+    stale = []
+    try:
+        for step in range(3):
+            episodes, m = stream.collect(list(tasks), step)
+            check_batch(SimpleNamespace(episodes=episodes, dropped=stream.dropped), 2)
+            if step == 0:
+                assert m["rollout_batches_in_flight"] == 2.0
+            stale.append(staleness_metrics(episodes, step, bound=1).get("staleness_1_share", 0.0))
+            time.sleep(3)  # the update, while the next batch runs on the replicas
+            stream.push_weights(weights(tmp_path, f"v{step + 1}"), step + 1)
+        assert stale[0] == 0.0 and max(stale[1:]) > 0.0
+        assert [i["weights"][0] for i in live.fleet.info()] == [3, 3]
+    finally:
+        stream.close()

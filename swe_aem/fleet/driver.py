@@ -19,6 +19,7 @@ failures (a container, a grading) keep the rollout's retries and Dropped records
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -88,6 +89,7 @@ class Fleet:
         self.replicas: list[_Replica] = []
         self.weights: Weights = None
         self._version = 0
+        self._deaths = threading.Lock()
         self.stats = FleetStats()
         self._home: dict[str, int] = {}  # instance id -> the replica that had it before
         self.in_flight: Counter = Counter()  # replica index -> episodes in flight (during a rollout)
@@ -120,19 +122,21 @@ class Fleet:
             raise
 
     # ------------------------------------------------------------------ rollouts
-    def rollout(self, instances: Sequence[Any], samples: int, *, config: AgentConfig,
+    def rollout(self, instances: Sequence[Any], samples: int | Sequence[int], *, config: AgentConfig,
                 grader: str | None = None, max_retries: int = 1, allow_partial: bool = False,
                 on_episode: Callable[[Episode], None] | None = None,
                 on_result: Callable[[Fleet], None] | None = None) -> RolloutResult:
-        """`samples` episodes of every instance over the replicas, graded by the spec's grader
-        `grader`; ordered by (instance, sample) like swe_aem.agent.rollout. `on_result` is
-        called after every gathered episode (tests use it to fail a replica mid-step)."""
+        """`samples` episodes of every instance (or these sample indices) over the replicas,
+        graded by the spec's grader `grader`; ordered by (instance, sample) like
+        swe_aem.agent.rollout. `on_result` is called after every gathered episode (tests use
+        it to fail a replica mid-step). One rollout at a time; weight pushes may come from
+        another thread meanwhile (asynchronous training)."""
         import ray
         from ray.exceptions import RayActorError
 
         t0 = time.perf_counter()
         self.stats = FleetStats(nodes=dict(self.stats.nodes))
-        jobs = [(inst, k) for inst in instances for k in range(samples)]
+        jobs = [(inst, k) for inst in instances for k in (range(samples) if isinstance(samples, int) else samples)]
         queue = deque(range(len(jobs)))
         results: list[Episode | Dropped | None] = [None] * len(jobs)
         losses = [0] * len(jobs)  # times a job's replica died under it
@@ -215,9 +219,10 @@ class Fleet:
     def _died(self, replica: _Replica, incarnation: int, exc: BaseException) -> None:
         """A call failed because its replica died: count the death once and wait for Ray's
         restart (a ready() call that Ray retries until the actor is back, loading the weights)."""
-        if incarnation != replica.incarnation or replica.gone:
-            return  # an older incarnation's call: this death is already being handled
-        replica.incarnation += 1
+        with self._deaths:  # a push (trainer thread) and a rollout may both see it
+            if incarnation != replica.incarnation or replica.gone:
+                return  # an older incarnation's call: this death is already being handled
+            replica.incarnation += 1
         replica.live = False
         self.stats.replica_deaths += 1
         print(f"fleet: replica {replica.index} died ({type(exc).__name__}); its episodes run again "

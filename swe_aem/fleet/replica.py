@@ -196,10 +196,12 @@ class RolloutReplica:
 
     # ------------------------------------------------------------------ weights, health
     def _sync(self, weights: Weights) -> None:
+        """Serve `weights` if they are newer than the ones served: a call dispatched just
+        before a push (another thread of the driver) must not load the older weights back."""
         if weights is None:
             return
         with self._weights_lock:
-            if self.weights != weights:
+            if self.weights is None or weights[0] > self.weights[0]:
                 self._load(weights)
 
     def _load(self, weights: tuple[int, str | None]) -> float:

@@ -20,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from swe_aem.agent.rollout import RolloutResult, rollout
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.jsonl import write_jsonl
-from swe_aem.train.rollouts import LiveRollouts, TrainingSetupError
+from swe_aem.train.rollouts import FleetRollouts, LiveRollouts, TrainingSetupError
 
 
 def _versions(ep: Episode) -> list[int]:
@@ -52,8 +54,16 @@ class RolloutStream:
         self.admitted = start - 1  # the last step whose batch has started
         self.resumed = self._read_buffers(start)
         self.dropped: list = []
-        live.harness.start_background()
-        self.slots = live.harness.run(self._make_slots())
+        if isinstance(live, FleetRollouts):  # the replicas hold the agents: a loop of our own
+            self.fleet_thread = ThreadPoolExecutor(1, thread_name_prefix="fleet-batches")
+            self.loop = asyncio.new_event_loop()
+            self._loop_thread: threading.Thread | None = threading.Thread(
+                target=self.loop.run_forever, name="stream-loop", daemon=True)
+            self._loop_thread.start()
+        else:  # the harness's loop, where the client's connections and the pools live
+            live.harness.start_background()
+            self.loop, self._loop_thread = live.harness.loop, None
+        self.slots = asyncio.run_coroutine_threadsafe(self._make_slots(), self.loop).result()
 
     async def _make_slots(self) -> asyncio.Semaphore:  # bound to the harness's loop
         return asyncio.Semaphore(self.live.cfg.rollout.concurrency)
@@ -67,7 +77,7 @@ class RolloutStream:
             raise TrainingSetupError(f"step {step}: the trainer's batch is not the stream's")
         t0 = time.perf_counter()
         for t in range(self.admitted + 1, min(step + self.k, self.steps - 1) + 1):
-            self.batches[t] = asyncio.run_coroutine_threadsafe(self._batch(t), self.live.harness.loop)
+            self.batches[t] = asyncio.run_coroutine_threadsafe(self._batch(t), self.loop)
             self.admitted = t
         in_flight = sum(not f.done() for f in self.batches.values())
         result: RolloutResult = self.batches.pop(step).result()
@@ -116,6 +126,11 @@ class RolloutStream:
             with contextlib.suppress(CancelledError, TimeoutError, Exception):
                 future.result(timeout=60)
         self.batches.clear()
+        if self._loop_thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join()
+            self.loop.close()
+            self.fleet_thread.shutdown(wait=False)
         self.live.close()
 
     # ------------------------------------------------------------------ on the harness's loop
@@ -133,12 +148,23 @@ class RolloutStream:
                 todo.setdefault(missing, []).append(inst)
         config = dataclasses.replace(live.agent_cfg, seed=live.cfg.trainer.seed * 1_000_003 + t)
         buffer = self.buffer_dir / f"step-{t:06d}.jsonl"
-        results = await asyncio.gather(*(
-            rollout(group, list(samples), policy=live.harness.client, tokenizer=live.tokenizer,
-                    pool=live.harness.pool, config=config, grade=live.grade,
-                    max_retries=r.max_episode_retries, concurrency=r.concurrency, progress=False,
-                    on_episode=lambda ep: write_episodes(buffer, [ep], append=True), slots=self.slots)
-            for samples, group in todo.items()))
+
+        def keep(ep: Episode) -> None:
+            write_episodes(buffer, [ep], append=True)
+
+        if isinstance(live, FleetRollouts):  # the fleet's driver, one batch after another
+            loop = asyncio.get_running_loop()
+            results = [await loop.run_in_executor(self.fleet_thread, functools.partial(
+                live.fleet.rollout, group, list(samples), config=config, grader=live.grade,
+                max_retries=r.max_episode_retries, allow_partial=r.allow_partial_batch, on_episode=keep))
+                for samples, group in todo.items()]
+        else:
+            results = await asyncio.gather(*(
+                rollout(group, list(samples), policy=live.harness.client, tokenizer=live.tokenizer,
+                        pool=live.harness.pool, config=config, grade=live.grade,
+                        max_retries=r.max_episode_retries, concurrency=r.concurrency, progress=False,
+                        on_episode=keep, slots=self.slots)
+                for samples, group in todo.items()))
         order = {inst.instance_id: n for n, inst in reversed(list(enumerate(instances)))}
         episodes = sorted([*done, *(e for res in results for e in res.episodes)],
                           key=lambda e: (order[e.instance_id], e.sample_index))
