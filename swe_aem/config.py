@@ -69,6 +69,11 @@ class RolloutConfig:
     # true: a step goes on without the episodes the fleet could not run (no replica left),
     # each a dropped record; false: the step fails (resume from the last checkpoint)
     allow_partial_batch: bool = False
+    # Asynchronous training (swe_aem/train/stream.py): rollouts of the next k steps run while
+    # the trainer updates, and no token trains more than k weight versions after the weights
+    # that sampled it (0: the synchronous loop). None: the model preset's under
+    # placement=split (1 for the GPU presets), else 0 (a colocated vLLM sleeps during updates).
+    max_staleness: int | None = None
 
 
 @dataclass
@@ -275,6 +280,8 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
         (cfg.rollout.replicas >= 1, "rollout.replicas must be >= 1"),
+        (cfg.rollout.max_staleness is None or cfg.rollout.max_staleness >= 0,
+         "rollout.max_staleness must be >= 0 (0: synchronous)"),
         (cfg.run.vllm_url is None or (cfg.rollout.replicas == 1 and cfg.run.ray_address is None),
          ("run.vllm_url attaches one server; a rollout fleet (rollout.replicas > 1 or "
           "run.ray_address) starts its own")),

