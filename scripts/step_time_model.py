@@ -6,10 +6,10 @@ step (64 tasks x 8 samples), at most 50 turns and 36,864 tokens an episode. The 
       single-server path of `swe-aem train`);
   (b) the Ray rollout fleet (swe_aem/fleet/): one server per TP group on rollout GPUs of their
       own (split placement), the trainer on the rest, synchronous;
-  (c) the fleet with asynchronous bounded-staleness rollouts (swe_aem/train/stream.py drives one
-      server; the fleet does not run them yet): batch t is admitted once the served weights are
-      version >= t - k, so at most k + 1 batches are in flight and the next batches' episodes
-      run while the trainer updates.
+  (c) the fleet with asynchronous bounded-staleness rollouts (rollout.max_staleness = k,
+      swe_aem/train/stream.py): batch t is admitted once the served weights are version >= t - k,
+      so at most k + 1 batches are in flight and the next batches' episodes run while the
+      trainer updates.
 
 A time-stepped simulation (numpy, fixed seed): every episode's turns wait for their server's
 KV cache, prefill (all of the context when the server's prefix cache lost it), decode with
