@@ -45,6 +45,7 @@ from swe_aem.train.rollouts import (
     LiveRollouts,
     ReplayRollouts,
     TrainingSetupError,
+    uses_fleet,
 )
 from swe_aem.train.stream import RolloutStream, staleness_metrics
 from swe_aem.train.update import forward_old, ppo_update
@@ -103,7 +104,7 @@ def check_async(cfg: Config, preset: ModelPreset) -> None:
     why = None
     if cfg.run.replay:
         why = "recorded episodes (run.replay) have no rollouts to overlap"
-    elif preset.num_gpus > 0 and preset.sleeps:
+    elif preset.num_gpus > 0 and preset.sleeps and not uses_fleet(cfg):  # a fleet's servers never sleep
         why = ("a colocated vLLM sleeps while the trainer runs; give it GPUs of its own with "
                "placement=split")
     if why:
