@@ -7,7 +7,6 @@ with scripts/ensure_docker.sh, so a missing engine is a real problem to see.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 
@@ -88,19 +87,6 @@ def make_patch(tmp_path):
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory):
     """A small random Llama with the tiny preset's real tokenizer (fast to train on CPU)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from swe_aem.policy.models import small_random_model
 
-    from swe_aem.policy.models import prepare_model
-
-    tiny = prepare_model("tiny", progress=False)
-    folder = tmp_path_factory.mktemp("small-model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    for f in tiny.iterdir():
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, folder / f.name)
-    return folder
+    return small_random_model(tmp_path_factory.mktemp("small-model"))
