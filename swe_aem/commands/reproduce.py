@@ -5,15 +5,25 @@ batches (batches are a pure function of step and seed), are evaluated with the
 same settings, and the paired comparison is written next to the published
 numbers (42.3 -> 43.7 Pass@1 on SWE-bench-Verified, Qwen3-32B). At MODEL=tiny
 everything runs at toy size on CPU so the pipeline itself is exercised.
+
+Each arm trains in a `swe-aem train` of its own, with this command's launch flags
+(--hostfile, --nproc, --launcher, ...): on a cluster the ranks are launched exactly as a
+lone training run's. One arm's processes are all gone before the next arm starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from swe_aem.commands.plan import add_cluster_arguments, check_before_launch
+from swe_aem.commands.plan import check_before_launch
+from swe_aem.commands.train import add_launch_arguments, launch_flags
 from swe_aem.data.families import FORMATS
 
 TOY = {"recipes": ("deepswe_tiny", "deepswe_tiny_aem"), "eval_runs": 2, "dataset": "local",
@@ -30,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     p.add_argument("--instances", nargs="*", default=None,
                    help="train and evaluate on these instance ids only (default: all)")
-    add_cluster_arguments(p)  # the plan before the launch (swe-aem plan); default: this machine's GPUs
+    add_launch_arguments(p)  # each arm's `swe-aem train` gets them: its ranks are launched as train's
     p.add_argument("overrides", nargs="*", help="training config overrides for both arms, key=value")
 
 
@@ -38,24 +48,32 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from swe_aem.config import load_config
-    from swe_aem.eval.evaluate import EvalSettings, evaluate, write_rollout_report
+    from swe_aem.eval.evaluate import EvalSettings, evaluate
     from swe_aem.eval.reproduction import write_reproduction
-    from swe_aem.train.loop import Trainer
 
     scale = TOY if args.model == "tiny" else FULL
     out = args.out or Path("runs") / "reproduce" / Path(args.model).name
     settings = EvalSettings(runs=args.eval_runs or scale["eval_runs"], max_turns=scale["max_turns"],
                             max_new_tokens=scale["max_new_tokens"])
     only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
-    cfgs = {arm: load_config(recipe=recipe, overrides=[f"model={args.model}", *only, *args.overrides])
-            for arm, recipe in zip(("base", "aem"), scale["recipes"])}
-    if not check_before_launch(list(cfgs.values()), args, Console(stderr=True))[0]:
+    overrides = [f"model={args.model}", *only, *args.overrides]
+    recipes = dict(zip(("base", "aem"), scale["recipes"]))
+    cfgs = {arm: load_config(recipe=recipe, overrides=overrides) for arm, recipe in recipes.items()}
+    console = Console(stderr=True)
+    if not check_before_launch(list(cfgs.values()), args, console, hostfile=args.hostfile)[0]:
         return 1
+    # SIGTERM (a scheduler) unwinds like Ctrl-C: the running arm's processes are ended
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     arms: dict[str, list[dict[str, bool]]] = {}
-    for arm, cfg in cfgs.items():
+    for arm, recipe in recipes.items():
         run_dir = out / arm
-        Trainer(cfg, run_dir / "train", resume=(run_dir / "train" / "checkpoints").is_dir(),
-                heldout_report=write_rollout_report).train()
+        cmd = arm_command(recipe, run_dir / "train", args, overrides)
+        console.print(f"{arm} arm: {' '.join(cmd)}", markup=False, highlight=False, soft_wrap=True)
+        code = run_arm(cmd)
+        if code != 0:
+            console.print(f"[red]error:[/red] the {arm} arm's training exited with code {code} "
+                          f"(its run folder: {run_dir / 'train'})")
+            return 1
         paths = evaluate(str(run_dir / "train" / "final_model"), args.dataset or scale["dataset"],
                          run_dir / "eval", settings, split="test", instance_ids=args.instances,
                          dataset_format=args.dataset_format)
@@ -66,3 +84,38 @@ def run(args: argparse.Namespace) -> int:
     paths = write_reproduction(out, arms["base"], arms["aem"], meta=meta)
     print(paths["markdown"].read_text())
     return 0
+
+
+def arm_command(recipe: str, run_dir: Path, args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`swe-aem train` for one arm: its recipe and run folder (resumed when it holds
+    checkpoints), this command's launch flags, the overrides both arms share."""
+    resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
+    return [sys.executable, "-m", "swe_aem.cli", "train", "--recipe", recipe, "--run-dir", str(run_dir),
+            *resume, *launch_flags(args), *overrides]
+
+
+def run_arm(cmd: list[str], stop_timeout_s: float = 30.0) -> int:
+    """Run one arm's training as a process group of its own (the launcher re-executes in
+    place, its ranks join the group) and wait for it; then, and on an error or Ctrl-C, end
+    whatever of the group is left (SIGTERM, SIGKILL after stop_timeout_s) and wait until
+    none of it runs, so the next arm starts alone. Ranks the DeepSpeed launcher starts on
+    other nodes (over pdsh) are the launcher's to end: untested here (one machine)."""
+    from swe_aem.policy.server import _group_alive, _signal_group
+
+    # a process that once trained in place carries RANK/LOCAL_RANK: `swe-aem train` would
+    # take it for a launched rank and skip the launch
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + stop_timeout_s
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reaps the launcher itself
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            _signal_group(proc.pid, signal.SIGKILL)
+            while _group_alive(proc.pid):
+                time.sleep(0.1)
+        proc.wait()

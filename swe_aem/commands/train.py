@@ -25,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="configs/recipe/NAME.yaml, e.g. deepswe, deepswe_aem")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run.name or model-algo>")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    add_launch_arguments(p)
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
+
+
+def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+    """How the ranks are launched and the machines planned for: `swe-aem train`'s, and
+    `swe-aem reproduce`'s, which hands them on to a `swe-aem train` per arm (launch_flags)."""
     p.add_argument("--launcher", choices=["auto", "deepspeed", "torchrun", "none"], default="auto")
     p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs in all (default: the preset's)")
@@ -32,7 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="data-parallel processes on this node (default: one per GPU the run uses); "
                         "on CPU each is a gloo rank")
     add_cluster_arguments(p)  # the plan before the launch (swe-aem plan); default: this machine's GPUs
-    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
+
+
+def launch_flags(args: argparse.Namespace) -> list[str]:
+    """The command-line flags that give a `swe-aem train` the launch and cluster of `args`
+    (parsed by add_launch_arguments)."""
+    out = ["--launcher", args.launcher]
+    for flag, value in (("--hostfile", args.hostfile), ("--num-gpus", args.num_gpus), ("--nproc", args.nproc),
+                        ("--nodes", args.nodes), ("--gpus-per-node", args.gpus_per_node),
+                        ("--gpu-memory-gib", args.gpu_memory_gib)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
 
 
 def processes_per_node(args: argparse.Namespace, gpus: int) -> int:
