@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from swe_aem.commands.plan import check_before_launch
@@ -100,7 +99,7 @@ def run_arm(cmd: list[str], stop_timeout_s: float = 30.0) -> int:
     whatever of the group is left (SIGTERM, SIGKILL after stop_timeout_s) and wait until
     none of it runs, so the next arm starts alone. Ranks the DeepSpeed launcher starts on
     other nodes (over pdsh) are the launcher's to end: untested here (one machine)."""
-    from swe_aem.policy.server import _group_alive, _signal_group
+    from swe_aem.policy.server import end_group
 
     # a process that once trained in place carries RANK/LOCAL_RANK: `swe-aem train` would
     # take it for a launched rank and skip the launch
@@ -109,13 +108,4 @@ def run_arm(cmd: list[str], stop_timeout_s: float = 30.0) -> int:
     try:
         return proc.wait()
     finally:
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + stop_timeout_s
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()  # reaps the launcher itself
-            time.sleep(0.2)
-        if _group_alive(proc.pid):
-            _signal_group(proc.pid, signal.SIGKILL)
-            while _group_alive(proc.pid):
-                time.sleep(0.1)
-        proc.wait()
+        end_group(proc, stop_timeout_s)

@@ -124,7 +124,7 @@ class Plan:
     vllm: VllmMemory
     trainer: TrainerMemory
     host_per_node: tuple[float, ...]  # steady CPU RAM per node: offloaded states, sleeping weights
-    host_at_load: float  # CPU RAM of a node while each of its ranks loads the whole model
+    host_at_load: float  # CPU RAM of a node while its ranks load the model
     notes: tuple[str, ...]
     problems: tuple[str, ...]
 
@@ -274,11 +274,16 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
     sleeping = 0.0 if split or not preset.sleep_mode else arch.params * dtype_bytes(preset.dtype)
     host = tuple(host_bytes(arch, settings, world=world, ranks=r) + s * sleeping
                  for r, s in zip(ranks_on, servers_on))
-    at_load = max(ranks_on) * arch.params * (2 if settings.bf16 else 4)
+    whole = arch.params * (2 if settings.bf16 else 4)
+    if settings.zero_stage == 3:  # zero.Init: the mapped checkpoint (shared) plus each rank's shard
+        at_load = whole + max(ranks_on) * whole / world
+        loading = f"the node's page cache of the checkpoint and each of its {max(ranks_on)} ranks' ZeRO-3 shard"
+    else:
+        at_load = max(ranks_on) * whole
+        loading = f"each of a node's {max(ranks_on)} ranks loads the whole model (ZeRO-{settings.zero_stage})"
     notes.append(f"CPU RAM per node: {_gib(max(host))} while training (ZeRO offload"
                  + (", and on node 0 the sleeping server's weights" if sleeping else "")
-                 + f"); about {_gib(at_load)} at start, while each of a node's {max(ranks_on)} ranks "
-                 "loads the whole model before ZeRO shards it")
+                 + f"); about {_gib(at_load)} at start: {loading}")
     if vllm.sequences >= 1 and vllm.sequences < cfg.rollout.concurrency:
         notes.append(f"the KV cache holds {vllm.sequences:.1f} sequences of {vllm.max_model_len:,} tokens at "
                      f"once; rollout.concurrency {cfg.rollout.concurrency} episodes share it (vLLM queues "

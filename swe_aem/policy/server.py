@@ -254,14 +254,7 @@ class VLLMServer:
         proc, self._proc = self._proc, None
         atexit.unregister(self.stop)
         if proc is not None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while _group_alive(proc.pid) and time.monotonic() < deadline:
-                proc.poll()  # reap the server itself so it does not linger as a zombie
-                time.sleep(0.2)
-            if _group_alive(proc.pid):
-                _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            end_group(proc, timeout_s)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -425,6 +418,22 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def end_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """End the process group `proc` leads (started with start_new_session): SIGTERM, SIGKILL
+    what is left after timeout_s, and return once none of it runs (zombies excluded), so
+    whatever starts next has the cores and the GPUs to itself."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        proc.poll()  # reap the leader itself so it does not linger as a zombie
+        time.sleep(0.2)
+    if _group_alive(proc.pid):
+        _signal_group(proc.pid, signal.SIGKILL)
+        while _group_alive(proc.pid):
+            time.sleep(0.1)
+    proc.wait()
 
 
 def _group_alive(pgid: int) -> bool:
