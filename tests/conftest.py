@@ -90,3 +90,16 @@ def small_model(tmp_path_factory):
     from swe_aem.policy.models import small_random_model
 
     return small_random_model(tmp_path_factory.mktemp("small-model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The tiny preset's real tokenizer (`make test` prepares the model)."""
+    from transformers import AutoTokenizer
+
+    from swe_aem.policy.models import load_preset
+
+    path = load_preset("tiny").default_path
+    if not (path / "tokenizer.json").is_file():
+        pytest.fail("tiny model not prepared: run `swe-aem model prepare tiny` (make model)")
+    return AutoTokenizer.from_pretrained(path)

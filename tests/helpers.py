@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from swe_aem.agent.trajectory import Episode, Turn
+from swe_aem.agent.trajectory import Episode, Turn, write_episodes
 
 
 def recorded_episodes(tasks: int = 2, samples: int = 4, seed: int = 0, max_turns: int = 2,
@@ -30,3 +30,12 @@ def recorded_episodes(tasks: int = 2, samples: int = 4, seed: int = 0, max_turns
                                termination="max_turns" if (t, k) == cut_short else "finished",
                                reward=float((k + t) % 2 == 0), grade_status="resolved"))
     return eps
+
+
+def write_short_replay(path) -> None:
+    """A replay file of two tasks x four samples of one short turn, rewards 1 0 1 0: a group
+    baseline with signal, for tests about what happens around one update."""
+    write_episodes(path, [Episode(f"task-{t}", k, [Turn(prompt_ids=[10 + k, 20, 30], response_ids=[40 + t, 50],
+                                                       logprobs=[-1.0, -2.0], finish_reason="stop")],
+                                  termination="finished", reward=float(k % 2 == 0), grade_status="resolved")
+                          for t in range(2) for k in range(4)])

@@ -16,7 +16,6 @@ import pytest
 from swe_aem.agent.loop import AgentConfig, run_episode
 from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.client import PolicyClient
-from swe_aem.policy.models import load_preset
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch, script
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -27,16 +26,6 @@ FINISH = "All done.\n<function=finish>\n<parameter=message>fixed</parameter>\n</
 def bash(command: str, timeout: int | None = None) -> str:
     t = f"<parameter=timeout>{timeout}</parameter>\n" if timeout else ""
     return f"Run it.\n<function=execute_bash>\n<parameter=command>{command}</parameter>\n{t}</function>"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    path = load_preset("tiny").default_path
-    if not (path / "tokenizer.json").is_file():
-        pytest.fail("tiny model not prepared: run `swe-aem model prepare tiny` (make model)")
-    return AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,6 @@ COLOCATED_UPDATE = ["POST /sleep?level=1",  # before the trainer's forward
                     "POST /v1/completions"]  # the probe, on the new weights
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    path = load_preset("tiny").default_path
-    if not (path / "config.json").is_file():
-        pytest.skip("tiny model not prepared (run `swe-aem model prepare tiny`)")
-    return AutoTokenizer.from_pretrained(path)
-
-
 @pytest.fixture
 def weights(tmp_path):
     folder = tmp_path / "v000001"

@@ -19,18 +19,15 @@ def test_a_training_step_sleeps_vllm_around_its_update(small_model, tmp_path, mo
     forward and update while vLLM sleeps, wake the weights, push, wake the KV cache, probe."""
     from types import SimpleNamespace
 
+    from helpers import write_short_replay
     from transformers import AutoTokenizer
 
-    from swe_aem.agent.trajectory import Episode, Turn, write_episodes
     from swe_aem.config import load_config
     from swe_aem.train import loop
     from swe_aem.train.rollouts import LiveRollouts, ReplayRollouts
 
-    replay = tmp_path / "replay.jsonl"  # two tasks, rewards 1 0 1 0: a group baseline with signal
-    write_episodes(replay, [Episode(f"task-{t}", k, [Turn(prompt_ids=[10 + k, 20, 30], response_ids=[40 + t, 50],
-                                                         logprobs=[-1.0, -2.0], finish_reason="stop")],
-                                    termination="finished", reward=float(k % 2 == 0), grade_status="resolved")
-                            for t in range(2) for k in range(4)])
+    replay = tmp_path / "replay.jsonl"
+    write_short_replay(replay)
     cfg = load_config("rloo_aem", overrides=[
         f"model={small_model}", f"run.replay={replay}", "run.steps=1", "rollout.tasks_per_step=2",
         "rollout.samples_per_task=4", "trainer.micro_batch_tokens=96", "trainer.logprob_chunk_size=64",

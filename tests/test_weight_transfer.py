@@ -95,16 +95,6 @@ def without_gpu(monkeypatch):
     return NcclWithoutGpu.received
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    path = load_preset("tiny").default_path
-    if not (path / "config.json").is_file():
-        pytest.skip("tiny model not prepared (run `swe-aem model prepare tiny`)")
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _policy(layers: int = 2) -> PolicyLogprobs:
     """The trainer's module (a causal LM as `lm`) around a small Llama with a tied head."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -264,18 +254,15 @@ def test_a_training_step_pushes_through_vllms_engine(small_model, tmp_path, with
     """The trainer's own sequence (Trainer._sync_weights) on a replayed step, with the
     transfer a split placement takes on GPUs: probe, pause, the engine's routes, resume,
     probe; what was sent is the trained weights; nothing is written to disk."""
+    from helpers import write_short_replay
     from transformers import AutoTokenizer
 
-    from swe_aem.agent.trajectory import Episode, Turn, write_episodes
     from swe_aem.train import loop
     from swe_aem.train.rollouts import ReplayRollouts
     from swe_aem.train.weights import full_state_dict
 
-    replay = tmp_path / "replay.jsonl"  # two tasks, rewards 1 0 1 0: a group baseline with signal
-    write_episodes(replay, [Episode(f"task-{t}", k, [Turn(prompt_ids=[10 + k, 20, 30], response_ids=[40 + t, 50],
-                                                         logprobs=[-1.0, -2.0], finish_reason="stop")],
-                                    termination="finished", reward=float(k % 2 == 0), grade_status="resolved")
-                            for t in range(2) for k in range(4)])
+    replay = tmp_path / "replay.jsonl"
+    write_short_replay(replay)
     cfg = load_config("rloo_aem", overrides=[
         f"model={small_model}", f"run.replay={replay}", "run.steps=1", "rollout.tasks_per_step=2",
         "rollout.samples_per_task=4", "trainer.micro_batch_tokens=96", "trainer.logprob_chunk_size=64",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from swe_aem.config import resolve_trainer
+from swe_aem.config import ModelTrainerSettings, resolve_trainer
 from swe_aem.policy.models import Architecture
 
 GIB = 1024**3
@@ -34,16 +34,10 @@ def dtype_bytes(dtype: str) -> int:
 
 
 @dataclass(frozen=True)
-class TrainerSettings:
+class TrainerSettings(ModelTrainerSettings):
     """The trainer's settings the memory depends on: the config's, the preset's where null
     (swe_aem.config.resolve_trainer, the trainer's own resolution)."""
 
-    zero_stage: int
-    offload_optimizer: bool
-    offload_params: bool
-    bf16: bool
-    gradient_checkpointing: bool
-    micro_batch_tokens: int
     logprob_chunk_size: int
 
     @classmethod

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from swe_aem.algo.entropy import chunked_logprobs_and_entropy
+from swe_aem.config import ModelTrainerSettings
 
 
 class PolicyLogprobs(nn.Module):
@@ -42,15 +43,10 @@ class PolicyLogprobs(nn.Module):
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """Resolved trainer settings (config values with the model preset's defaults filled in)."""
+class EngineSettings(ModelTrainerSettings):
+    """Resolved trainer settings (config values with the model preset's defaults filled in,
+    swe_aem.config.resolve_trainer) and the optimizer's."""
 
-    zero_stage: int
-    offload_optimizer: bool
-    offload_params: bool
-    bf16: bool
-    gradient_checkpointing: bool
-    micro_batch_tokens: int
     lr: float
     betas: tuple[float, float]
     weight_decay: float
