@@ -54,6 +54,15 @@ class Harness:
             return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
         return self.loop.run_until_complete(coro)
 
+    async def load_weights(self, weights_dir: str | Path | Any | None, version: int) -> float:
+        """Load `weights_dir` into the harness's server between generations (none in flight
+        meanwhile; None: load nothing) and label later generations `version`; seconds taken.
+        The one way rollout sources and fleet replicas change what the server serves."""
+        async with self.client.updating_weights(version):
+            if weights_dir is None:
+                return 0.0
+            return await asyncio.get_running_loop().run_in_executor(None, self.policy.push_weights, weights_dir)
+
     def start_background(self) -> None:
         """Run the loop in a thread of its own from now on, so that work submitted to it
         (asynchronous training's rollouts of later steps) goes on while the caller trains."""

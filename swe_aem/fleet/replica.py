@@ -212,14 +212,7 @@ class RolloutReplica:
         load = folder is not None and folder != (self.weights[1] if self.weights is not None else None)
         if load and (policy is None or not self.spec.weight_updates):
             raise RuntimeError(f"replica {self.index} cannot take weights (opened without weight updates)")
-
-        async def gated() -> float:
-            async with self.harness.client.updating_weights(version):
-                if not load:
-                    return 0.0
-                return await asyncio.get_running_loop().run_in_executor(None, policy.push_weights, folder)
-
-        seconds = self._call(gated())
+        seconds = self._call(self.harness.load_weights(folder if load else None, version))
         self.weights = weights
         return seconds
 

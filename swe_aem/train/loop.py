@@ -187,8 +187,8 @@ class Trainer:
             self.pushes_weights = bool(_broadcast(self.source.pushes_weights if self.is_main else None))
             if resume and self.state.step > 0 and self.pushes_weights:
                 self._sync_weights(self.state.step)  # the server started from the base weights
-            elif self.is_main and self.state.step > 0 and not cfg.run.replay:
-                self.source.label_weights(self.state.step)
+            elif self.state.step > 0:
+                self._label_weights(self.state.step)
         except BaseException:
             self.close()  # never leave a server or sandboxes behind
             raise

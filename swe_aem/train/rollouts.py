@@ -10,7 +10,6 @@ Replay: recorded trajectories (deterministic; for tests and re-training).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -96,18 +95,24 @@ class LiveRollouts:
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
         self._wake()
         t0 = time.perf_counter()
-        # common random numbers: step k of any run with this seed samples with the same seeds
-        config = dataclasses.replace(self.agent_cfg, seed=self.cfg.trainer.seed * 1_000_003 + step)
-        result = self._rollout(instances, self.cfg.rollout.samples_per_task, config, self.grade)
-        timings = {"time_rollout_s": time.perf_counter() - t0,
-                   "episodes_dropped": float(len(result.dropped))}
+        result = self._rollout(instances, self.cfg.rollout.samples_per_task, self.step_config(step), self.grade)
+        self.record(step, result)
+        return result.episodes, {"time_rollout_s": time.perf_counter() - t0,
+                                 "episodes_dropped": float(len(result.dropped))}
+
+    def step_config(self, step: int) -> AgentConfig:
+        """The agent settings of step `step`'s episodes. Common random numbers: step k of any
+        run with this seed samples with the same seeds, whenever its batch runs."""
+        return dataclasses.replace(self.agent_cfg, seed=self.cfg.trainer.seed * 1_000_003 + step)
+
+    def record(self, step: int, result) -> None:
+        """A step's batch on disk: its trajectories, and a record of each dropped sample."""
         self.dropped = result.dropped
         if result.dropped:
             write_jsonl(self.dropped_path, ({"step": step, **d.to_json()} for d in result.dropped),
                         append=True)
         (self.run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
         write_episodes(self.run_dir / "trajectories" / f"step-{step:06d}.jsonl", result.episodes)
-        return result.episodes, timings
 
     def evaluate(self, instances: list, *, runs: int, temperature: float, out_dir: Path,
                  model_name: str) -> dict:
@@ -156,21 +161,11 @@ class LiveRollouts:
     def push_weights(self, weights_dir: Path, version: int) -> float:
         """Load the trainer's weights between generations (none in flight meanwhile); turns
         sampled after it carry `version`. Seconds the load took."""
-        policy = self.harness.policy
-
-        async def gated() -> float:
-            async with self.harness.client.updating_weights(version):
-                return await asyncio.get_running_loop().run_in_executor(None, policy.push_weights, weights_dir)
-
-        return self.harness.run(gated())
+        return self.harness.run(self.harness.load_weights(weights_dir, version))
 
     def label_weights(self, version: int) -> None:
         """The served weights stand for `version` from now on (a step that changed none)."""
-        async def relabel() -> None:
-            async with self.harness.client.updating_weights(version):
-                pass
-
-        self.harness.run(relabel())
+        self.harness.run(self.harness.load_weights(None, version))
 
     def release_gpus(self, probe_ids: list[int] | None) -> list[float] | None:
         """Before the trainer's forward on GPUs it shares with vLLM: the probe's log-probs

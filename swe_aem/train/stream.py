@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import threading
 import time
@@ -30,7 +29,6 @@ from typing import Any
 
 from swe_aem.agent.rollout import RolloutResult, rollout
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
-from swe_aem.jsonl import write_jsonl
 from swe_aem.train.rollouts import FleetRollouts, LiveRollouts, TrainingSetupError
 
 
@@ -53,7 +51,6 @@ class RolloutStream:
         self.batches: dict[int, Future] = {}
         self.admitted = start - 1  # the last step whose batch has started
         self.resumed = self._read_buffers(start)
-        self.dropped: list = []
         if isinstance(live, FleetRollouts):  # the replicas hold the agents: a loop of our own
             self.fleet_thread = ThreadPoolExecutor(1, thread_name_prefix="fleet-batches")
             self.loop = asyncio.new_event_loop()
@@ -81,12 +78,7 @@ class RolloutStream:
             self.admitted = t
         in_flight = sum(not f.done() for f in self.batches.values())
         result: RolloutResult = self.batches.pop(step).result()
-        self.dropped = result.dropped
-        if result.dropped:
-            write_jsonl(self.live.dropped_path, ({"step": step, **d.to_json()} for d in result.dropped),
-                        append=True)
-        (self.live.run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
-        write_episodes(self.live.run_dir / "trajectories" / f"step-{step:06d}.jsonl", result.episodes)
+        self.live.record(step, result)
         return result.episodes, {"time_rollout_s": time.perf_counter() - t0,
                                  "episodes_dropped": float(len(result.dropped)),
                                  "rollout_batches_in_flight": float(in_flight)}
@@ -111,6 +103,10 @@ class RolloutStream:
 
     def prefetch(self, instances: list) -> None:
         self.live.prefetch(instances)
+
+    @property
+    def dropped(self) -> list:
+        return self.live.dropped
 
     def release_gpus(self, probe_ids: list[int] | None) -> None:
         return None  # never asleep: asynchronous training needs the rollout GPUs of its own
@@ -146,7 +142,7 @@ class RolloutStream:
             missing = tuple(k for k in range(r.samples_per_task) if (inst.instance_id, k) not in have)
             if missing:
                 todo.setdefault(missing, []).append(inst)
-        config = dataclasses.replace(live.agent_cfg, seed=live.cfg.trainer.seed * 1_000_003 + t)
+        config = live.step_config(t)
         buffer = self.buffer_dir / f"step-{t:06d}.jsonl"
 
         def keep(ep: Episode) -> None:
