@@ -161,12 +161,30 @@ def test_jsonl_round_trip_and_schema_version(tmp_path) -> None:
     write_episodes(path, [_episode(), _episode()])
     back = list(read_episodes(path))
     assert back == [_episode(), _episode()]
-    assert json.loads(path.read_text().splitlines()[0])["schema_version"] == 1
+    assert json.loads(path.read_text().splitlines()[0])["schema_version"] == 2
     row = json.loads(path.read_text().splitlines()[0])
     row["schema_version"] = 99
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(ValueError, match=r"t.jsonl:1: .*schema_version 99"):
         list(read_episodes(path))
+
+
+def test_schema_1_records_still_read(tmp_path) -> None:
+    """A record written before this round's bump (version 1: none of version 2's fields) reads
+    as the same episode with version 2's defaults."""
+    path = tmp_path / "v1.jsonl"
+    v1 = {"instance_id": "a__b-1", "sample_index": 0, "termination": "finished", "error": None,
+          "patch": "", "reward": 1.0, "grade_status": "resolved", "grade_reason": "", "model": "m",
+          "wall_s": 1.0, "schema_version": 1,
+          "turns": [{"prompt_ids": [1, 2], "response_ids": [3], "logprobs": [-0.5],
+                     "finish_reason": "stop", "seed": 7, "policy_version": 0, "response_text": "x",
+                     "tool_call": {"name": "finish", "arguments": {}}, "tool_error": None,
+                     "observation": "", "observation_truncated": False, "generate_s": 0.1,
+                     "tool_s": 0.0}]}
+    path.write_text(json.dumps(v1) + "\n")
+    (ep,) = read_episodes(path)
+    assert ep.schema_version == 2 and ep.reward == 1.0 and ep.turns[0].response_ids == [3]
+    assert ep.turns[0].tool_call.name == "finish"
 
 
 # ---------------------------------------------------------------- incremental chat tokens

@@ -16,7 +16,11 @@ from typing import Any
 
 from swe_aem.jsonl import read_jsonl, write_jsonl
 
-SCHEMA_VERSION = 1
+# 2: the fields of this round (thinking spans, the sandbox_broken termination; later ones of
+# the same round are optional fields of version 2 too). Version 1 records still read: every
+# field version 2 added has a default that says "not recorded".
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls", "error")
 
 
@@ -99,11 +103,13 @@ class Episode:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Episode:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"episode record has schema_version {version!r}; this code reads {SCHEMA_VERSION}"
+                f"episode record has schema_version {version!r}; this code reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         data = dict(data)
+        data["schema_version"] = SCHEMA_VERSION  # read as the current version (defaults fill the rest)
         turns = []
         for raw in data.pop("turns"):
             raw = dict(raw)
