@@ -53,6 +53,8 @@ def test_layers_and_overrides():
     (["rollout.samples_per_task=1"], "samples_per_task"),
     (["steps"], "key=value"),
     (["heldout.instances_matching=op_(change"], "heldout.instances_matching"),
+    (["rollout.top_p=0.95"], "rollout.top_p=0.95: training samples with top_p 1 only"),
+    (["rollout.parity_max_kl=-1"], "parity_max_kl"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -137,3 +139,36 @@ def test_deepswe_recipe_is_the_published_one_field_by_field():
     preset = load_preset("qwen3-32b")
     assert (preset.tensor_parallel_size, preset.gpu_memory_utilization, preset.offload_params,
             preset.offload_optimizer) == (8, 0.6, True, True)
+
+
+def test_async_training_without_an_importance_cap_is_refused():
+    """Stale tokens trained with no decoupled correction would train as on-policy: the
+    DeepSWE recipe (tis_cap null, as published) plus max_staleness is refused, naming the knob."""
+    from swe_aem.plan import run_preset
+    from swe_aem.train.loop import check_async
+
+    def check(*overrides):
+        cfg = load_config(recipe="deepswe", overrides=list(overrides))
+        check_async(cfg, run_preset(cfg, load_preset(cfg.model)))
+
+    with pytest.raises(ConfigError, match=r"algo\.tis_cap is null"):
+        check("placement=split", "rollout.max_staleness=1")
+    check("placement=split", "rollout.max_staleness=1", "algo.tis_cap=2.0")
+    check()  # synchronous: no cap needed
+
+
+def test_run_records_its_effective_sampling(tmp_path):
+    """config.yaml names every sampling field the requests send, and the server's generation
+    config: what `swe-aem plan` shows too."""
+    import yaml
+
+    from swe_aem.policy.client import NEUTRAL_SAMPLING
+    from swe_aem.train.loop import recorded_config
+
+    text = recorded_config(load_config(overrides=["rollout.temperature=0.7"]))
+    eff = yaml.safe_load(text)["effective_sampling"]
+    assert eff["rollout"]["temperature"] == 0.7 and eff["heldout"]["temperature"] == 0.0
+    for key, value in NEUTRAL_SAMPLING.items():
+        assert eff["rollout"][key] == value
+    assert eff["rollout"]["server_generation_config"] == "vllm"
+    assert eff["rollout"]["logprobs_mode"] == "processed_logprobs"

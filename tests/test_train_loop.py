@@ -60,6 +60,23 @@ def test_task_batches_are_a_pure_function_of_step():
     assert sorted(flat[:5]) == sorted(ids)  # every task once per epoch
 
 
+@pytest.mark.parametrize("pool, size", [(5, 2), (5, 3), (7, 4), (6, 6), (9, 5)])
+def test_no_task_twice_in_a_step(pool, size):
+    """A step crossing an epoch boundary once took the same task from both permutations:
+    two copies with the same request seeds, merged into one group of cloned samples."""
+    ids = [f"t{i}" for i in range(pool)]
+    batches = [task_batch(ids, s, size, seed=3) for s in range(40)]
+    assert all(len(set(b)) == size for b in batches)
+    assert batches == [task_batch(ids, s, size, seed=3) for s in range(40)]  # a pure function
+    first_epoch = [t for b in batches for t in b][:pool]
+    assert sorted(first_epoch) == sorted(ids)  # every task once in the first epoch
+
+
+def test_a_step_larger_than_its_pool_is_refused():
+    with pytest.raises(ValueError, match="batch of 4 tasks is larger than the task pool of 3"):
+        task_batch(["a", "b", "c"], 0, 4, seed=0)
+
+
 def test_samples_layout_and_packing():
     eps = synthetic_episodes()
     samples = samples_from_episodes(eps, ["max_turns"])
@@ -180,6 +197,28 @@ def test_groups_with_signal_keeps_mixed_groups_in_batch_order():
     assert {e.instance_id for e in kept} == {"task-2"} and len(kept) == 4
     kept, ids, dropped = groups_with_signal(eps, ["task-0", "task-1", "task-2"], limit=5)
     assert ids == ["task-1", "task-2"] and dropped == ["task-0"]
+
+
+def test_groups_with_signal_asks_the_estimator_about_trainable_members():
+    """A group whose rewards differ only among masked (cut-short) members moves nothing: it
+    is dropped; masked members still shape the baseline of the others."""
+    eps = _with_rewards({"task-0": [1, 0, 0, 0], "task-1": [0, 0, 1, 1], "task-2": [1, 1, 1, 0]})
+    for ep in eps:
+        if ep.instance_id == "task-1":  # every member cut short: no trainable turn at all
+            ep.termination = "max_turns"
+        elif ep.instance_id == "task-2" and ep.sample_index == 3:  # the odd one masked
+            ep.termination = "max_turns"
+        else:
+            ep.termination = "finished"
+    for advantage in ("rloo", "grpo", "grpo_no_std"):
+        _, ids, dropped = groups_with_signal(eps, ["task-0", "task-1", "task-2"], limit=5,
+                                             advantage=advantage, untrainable=("max_turns",))
+        # task-2's trainable members (rewards 1, 1, 1) get 1 - mean(others), non-zero through the
+        # masked 0 in the baseline (RLOO: 1 - 2/3; GRPO: 1 - 0.75)
+        assert ids == ["task-0", "task-2"] and dropped == ["task-1"], advantage
+    # without masking, task-1's rewards differ and it has signal
+    _, ids, _ = groups_with_signal(eps, ["task-0", "task-1", "task-2"], limit=5)
+    assert ids == ["task-0", "task-1", "task-2"]
 
 
 def test_step_without_signal_skips_the_optimizer(small_model, tmp_path):

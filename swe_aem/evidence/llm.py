@@ -199,10 +199,9 @@ def run_state(rd: Path, cfg: Config) -> str:
     """"new", "done" (its held-out evaluation after RL is logged) or "cut short", for a run
     folder that must hold this very config: a two-hour comparison that stops half way goes on
     where it stopped, never mixing runs of other settings."""
-    from swe_aem.config import to_yaml
     from swe_aem.plan import run_preset
     from swe_aem.policy.models import resolve_model
-    from swe_aem.train.loop import with_preset_defaults
+    from swe_aem.train.loop import recorded_config, with_preset_defaults
     from swe_aem.train.metrics import read_metrics
 
     if not rd.exists():
@@ -210,7 +209,7 @@ def run_state(rd: Path, cfg: Config) -> str:
     saved = rd / "config.yaml"
     # as the trainer records it: the settings left null are the preset's
     recorded = with_preset_defaults(cfg, run_preset(cfg, resolve_model(cfg.model)[0]))
-    if not saved.is_file() or saved.read_text() != to_yaml(recorded):
+    if not saved.is_file() or saved.read_text() != recorded_config(recorded):
         raise ConfigError(f"{rd} already exists with other settings; choose another --out")
     done = (rd / "metrics.jsonl").is_file() and read_metrics(rd, "heldout_after")
     return "done" if done else "cut short"

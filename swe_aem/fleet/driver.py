@@ -275,10 +275,20 @@ class Fleet:
         """The served log-probs of `token_ids` on the first live replica."""
         import ray
 
+        return ray.get(self._probed().handle.probe.remote(token_ids))
+
+    def probe_sample(self, prompt_ids: list[int], sampling: Any) -> Any:
+        """The sampling parity probe's generation (a policy.client.Generation) on the first
+        live replica: every replica serves the same weights with the same server flags."""
+        import ray
+
+        return ray.get(self._probed().handle.probe_sample.remote(prompt_ids, sampling))
+
+    def _probed(self) -> Any:
         replica = next((r for r in self.replicas if r.live), None)
         if replica is None:
             raise FleetError("no live rollout replica to probe")
-        return ray.get(replica.handle.probe.remote(token_ids))
+        return replica
 
     def prefetch(self, instances: Sequence[Any]) -> None:
         """Pull the images of the next step's tasks where they will run: every task gets a

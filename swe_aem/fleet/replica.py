@@ -185,6 +185,9 @@ class RolloutReplica:
     def probe(self, token_ids: list[int]) -> list[float]:
         return self._call(self.harness.client.score(token_ids))
 
+    def probe_sample(self, prompt_ids: list[int], sampling: Any) -> Any:
+        return self._call(self.harness.client.generate(prompt_ids, sampling))
+
     def prefetch(self, images: list[str]) -> None:
         self.harness.pool.prefetch(images)
 

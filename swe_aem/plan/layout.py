@@ -28,6 +28,7 @@ from swe_aem.plan.memory import (
 )
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import ServerOptions, VLLMServer
+from swe_aem.policy.session import sampling_record
 
 VLLM_PORT = 8000  # shown in the plan; the real start takes a free port
 
@@ -127,6 +128,8 @@ class Plan:
     host_at_load: float  # CPU RAM of a node while its ranks load the model
     notes: tuple[str, ...]
     problems: tuple[str, ...]
+    # what every rollout request and server samples with (policy.session.sampling_record)
+    sampling: dict = dataclasses.field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -165,6 +168,7 @@ class Plan:
             "host_gib_per_node": [round(h / GIB, 1) for h in self.host_per_node],
             "host_gib_at_load": round(self.host_at_load / GIB, 1),
             "notes": list(self.notes), "problems": list(self.problems), "fits": self.fits,
+            "sampling": dict(self.sampling),
         }
 
 
@@ -289,7 +293,8 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
                      f"once; rollout.concurrency {cfg.rollout.concurrency} episodes share it (vLLM queues "
                      "or preempts the rest when all are long)")
     return Plan(preset.name, arch.params, cluster, preset.placement, preset.sleep_mode, settings,
-                tuple(processes), tuple(groups), vllm, trainer, host, at_load, tuple(notes), tuple(problems))
+                tuple(processes), tuple(groups), vllm, trainer, host, at_load, tuple(notes), tuple(problems),
+                sampling_record(cfg.rollout.temperature, cfg.rollout.top_p))
 
 
 def _vllm_problems(vllm: VllmMemory, cluster: Cluster) -> list[str]:

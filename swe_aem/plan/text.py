@@ -18,6 +18,7 @@ def format_plan(plan: Plan) -> str:
              + (", optimizer on CPU" if s.offload_optimizer else "")
              + (", gradient checkpointing" if s.gradient_checkpointing else "")
              + f"; longest micro-batch {t.rows} x {t.longest:,} tokens",
+             "sampling: " + ", ".join(f"{k} {v}" for k, v in plan.sampling.items()),
              "processes:"]
     for p in plan.processes:
         if p.command:

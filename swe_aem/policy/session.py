@@ -13,9 +13,10 @@ from typing import Self
 
 import httpx
 
-from swe_aem.policy.client import PolicyClient
+from swe_aem.policy.client import NEUTRAL_SAMPLING, PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import (
+    LOGPROBS_MODE,
     SLEEP_ROUTES,
     WEIGHT_RELOAD_ROUTES,
     ServerOptions,
@@ -29,6 +30,14 @@ from swe_aem.policy.server import (
 )
 from swe_aem.policy.server import sleep as sleep_server
 from swe_aem.policy.server import wake_up as wake_server
+
+
+def sampling_record(temperature: float, top_p: float = 1.0) -> dict[str, float | int | str]:
+    """The sampling a run's requests and the servers it starts use, every field named: what
+    a run records in config.yaml and `swe-aem plan` shows (tokens drawn from softmax(z / T)
+    over the whole vocabulary, the distribution the trainer scores)."""
+    return {"temperature": temperature, "top_p": top_p, **NEUTRAL_SAMPLING,
+            "server_generation_config": ServerOptions.generation_config, "logprobs_mode": LOGPROBS_MODE}
 
 
 class PolicySetupError(RuntimeError):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from swe_aem.agent.trajectory import Episode
+from swe_aem.algo.advantages import get_advantage_estimator
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,46 @@ def samples_from_episodes(
     return out
 
 
-def groups_with_signal(episodes: Sequence[Episode], order: Sequence[str], limit: int
-                       ) -> tuple[list[Episode], list[str], list[str]]:
-    """Dynamic sampling: keep at most `limit` tasks whose rewards are not all equal.
+def groups_with_signal_ids(rewards: Sequence[float], groups: Sequence[int], trainable: Sequence[bool],
+                           advantage: str) -> set[int]:
+    """The groups in which some trainable member gets a non-zero advantage under the
+    registered estimator `advantage`: the question dynamic sampling means to ask (would this
+    group move the policy?), not "do its rewards differ".
 
-    Tasks are taken in `order` (the step's task batch), so the choice is reproducible;
-    a group whose rewards are all equal has zero advantage under any group baseline and
-    would only dilute the batch. Returns (kept episodes, kept task ids, dropped task ids).
+    Masked (compact-filtered) members stay in the baseline, as the trainer keeps them
+    (`samples_from_episodes`): they shape the others' advantages but take none. A group whose
+    rewards differ only through masked members, or whose members are all masked, has no
+    signal. Pure: rewards in, group ids out.
     """
-    rewards: dict[str, set[float | None]] = {}
-    for ep in episodes:
-        rewards.setdefault(ep.instance_id, set()).add(ep.reward)
+    if not rewards:
+        return set()
+    group = torch.tensor(list(groups), dtype=torch.long)
+    adv = get_advantage_estimator(advantage)(torch.tensor(list(rewards), dtype=torch.float32), group)
+    moves = (adv != 0) & torch.tensor(list(trainable), dtype=torch.bool)
+    return {int(g) for g in group[moves].tolist()}
+
+
+def groups_with_signal(episodes: Sequence[Episode], order: Sequence[str], limit: int, *,
+                       advantage: str = "rloo", untrainable: Sequence[str] = ()
+                       ) -> tuple[list[Episode], list[str], list[str]]:
+    """Dynamic sampling: keep at most `limit` tasks with signal (`groups_with_signal_ids`:
+    a trainable member with a non-zero advantage under `advantage`; episodes whose
+    termination is in `untrainable` are masked, as compact filtering masks them).
+
+    Tasks are taken in `order` (the step's task batch), so the choice is reproducible; a
+    group without signal would only dilute the batch. Returns (kept episodes, kept task
+    ids, dropped task ids).
+    """
+    index = {task: g for g, task in enumerate(dict.fromkeys(order))}
+    graded = [ep for ep in episodes if ep.reward is not None and ep.instance_id in index]
+    signal = groups_with_signal_ids([float(ep.reward) for ep in graded],
+                                    [index[ep.instance_id] for ep in graded],
+                                    [ep.termination not in untrainable for ep in graded], advantage)
     kept: list[str] = []
-    for task in dict.fromkeys(order):
-        if len(kept) < limit and len(rewards.get(task, ())) > 1:
+    for task, g in index.items():
+        if len(kept) < limit and g in signal:
             kept.append(task)
-    dropped = [t for t in dict.fromkeys(order) if t not in kept]
+    dropped = [t for t in index if t not in kept]
     chosen = set(kept)
     return [ep for ep in episodes if ep.instance_id in chosen], kept, dropped
 

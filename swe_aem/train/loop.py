@@ -17,17 +17,20 @@ from typing import TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from rich.console import Console
 
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
+from swe_aem.policy.client import SamplingParams
 from swe_aem.policy.models import ModelPreset
 from swe_aem.train.batch import (
     TurnLayout,
     balanced_shards,
     groups_with_signal,
+    groups_with_signal_ids,
     samples_from_episodes,
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
@@ -39,7 +42,15 @@ from swe_aem.train.engine import (
     load_model,
     wait_group,
 )
-from swe_aem.train.metrics import MetricsLogger
+from swe_aem.train.metrics import MetricsLogger, thinking_metrics
+from swe_aem.train.parity import (
+    PARITY_SEED,
+    PARITY_TOKENS,
+    check_parity,
+    parity_prompt_ids,
+    parity_stats,
+    score_sampled,
+)
 from swe_aem.train.rollouts import (
     HeldoutReport,
     LiveRollouts,
@@ -57,16 +68,25 @@ console = Console()
 
 
 def task_batch(task_ids: list[str], step: int, size: int, seed: int) -> list[str]:
-    """The tasks of a step: a pure function of (step, seed), so a resumed run sees
-    exactly the batches it would have seen. Epochs are seeded permutations."""
-    out: list[str] = []
-    pos = step * size
-    while len(out) < size:
-        epoch, offset = divmod(pos, len(task_ids))
+    """The tasks of a step: a pure function of (step, seed), so a resumed run (and the
+    asynchronous look-ahead) sees exactly the batches it would have seen. Epochs are seeded
+    permutations; a step that crosses an epoch boundary takes the old epoch's tail, then the
+    new epoch's tasks in order, skipping those already in the step: no task twice in a step
+    (two copies would share their request seeds and merge into one group of cloned samples)."""
+    n = len(task_ids)
+    if size > n:
+        raise ValueError(f"a step's batch of {size} tasks is larger than the task pool of {n}")
+
+    def epoch_order(epoch: int) -> list[str]:
         order = list(task_ids)
         random.Random(seed * 100_003 + epoch).shuffle(order)
-        out.append(order[offset])
-        pos += 1
+        return order
+
+    epoch, offset = divmod(step * size, n)
+    out = epoch_order(epoch)[offset:offset + size]
+    if len(out) < size:  # the batch runs into the next epoch (size <= n: at most one boundary)
+        taken = set(out)
+        out += [t for t in epoch_order(epoch + 1) if t not in taken][:size - len(out)]
     return out
 
 
@@ -98,11 +118,15 @@ def with_preset_defaults(cfg: Config, preset: ModelPreset) -> Config:
 
 def check_async(cfg: Config, preset: ModelPreset) -> None:
     """Asynchronous training overlaps rollouts with the update: refuse the set-ups where
-    they cannot overlap, naming the knob."""
+    they cannot overlap, or would train stale tokens uncorrected, naming the knob."""
     if not cfg.rollout.max_staleness:
         return
     why = None
-    if cfg.run.replay:
+    if cfg.algo.tis_cap is None:
+        why = ("tokens sampled by older weights would train as on-policy: the decoupled loss weights "
+               "each by min(proximal / behaviour, algo.tis_cap), and algo.tis_cap is null; set it "
+               "(2.0, train.yaml's default)")
+    elif cfg.run.replay:
         why = "recorded episodes (run.replay) have no rollouts to overlap"
     elif preset.num_gpus > 0 and preset.sleeps and not uses_fleet(cfg):  # a fleet's servers never sleep
         why = ("a colocated vLLM sleeps while the trainer runs; give it GPUs of its own with "
@@ -110,6 +134,16 @@ def check_async(cfg: Config, preset: ModelPreset) -> None:
     if why:
         raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness} (asynchronous training): "
                           f"{why}; or rollout.max_staleness=0")
+
+
+def recorded_config(cfg: Config) -> str:
+    """A run's config.yaml: the resolved config, then the sampling its rollouts and held-out
+    evaluations use, every field named (not settings: what the requests and servers send)."""
+    from swe_aem.policy.session import sampling_record
+
+    effective = {"effective_sampling": {"rollout": sampling_record(cfg.rollout.temperature, cfg.rollout.top_p),
+                                        "heldout": sampling_record(cfg.heldout.temperature)}}
+    return to_yaml(cfg) + yaml.safe_dump(effective, sort_keys=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -154,7 +188,7 @@ class Trainer:
         check_async(cfg, self.preset)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (self.run_dir / "config.yaml").write_text(recorded_config(cfg))
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints,
                                       node_local=not self.storage.shared)
         # rank 0's step for every rank, checked before the engine is built (a clear error)
@@ -199,6 +233,7 @@ class Trainer:
             src = ReplayRollouts(Path(self.cfg.run.replay))
             self.task_ids = src.task_ids
             self.instances = {i: SimpleNamespace(instance_id=i) for i in self.task_ids}
+            self._check_task_pool()
             return src
         from swe_aem.data import load_instances
 
@@ -209,6 +244,7 @@ class Trainer:
             raise TrainingSetupError(f"dataset {self.cfg.run.dataset!r} has no instances")
         self.instances = {i.instance_id: i for i in insts}
         self.task_ids = sorted(self.instances)
+        self._check_task_pool()  # before any server starts
         if not self.is_main:
             return None
         live = LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
@@ -219,13 +255,28 @@ class Trainer:
                              steps=self.cfg.run.steps, max_staleness=self.cfg.rollout.max_staleness,
                              start=self.state.step, run_dir=self.run_dir)
 
-    def _batch_ids(self, step: int) -> list[str]:
+    def _batch_size(self) -> int:
         r = self.cfg.rollout
-        return task_batch(self.task_ids, step, math.ceil(r.tasks_per_step * r.oversample), self.cfg.trainer.seed)
+        return math.ceil(r.tasks_per_step * r.oversample)
+
+    def _check_task_pool(self) -> None:
+        """A step holds each task once: a pool smaller than a step's batch cannot fill one."""
+        if self._batch_size() > len(self.task_ids):
+            r = self.cfg.rollout
+            raise ConfigError(
+                f"a step rolls out {self._batch_size()} tasks (rollout.tasks_per_step={r.tasks_per_step} x "
+                f"rollout.oversample={r.oversample}) but the task pool holds {len(self.task_ids)}; "
+                "lower tasks_per_step or oversample, or train on more tasks")
+
+    def _batch_ids(self, step: int) -> list[str]:
+        return task_batch(self.task_ids, step, self._batch_size(), self.cfg.trainer.seed)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:
         try:
+            if self.pushes_weights:  # the served weights are the trainer's: they must sample alike
+                self.metrics.log(self.state.step, self._check_parity(f"at step {self.state.step}"),
+                                 kind="parity")
             if self.state.step == 0 and self.cfg.heldout.before:
                 self.heldout_eval("before")
             while self.state.step < self.cfg.run.steps:
@@ -302,12 +353,12 @@ class Trainer:
             return self._skipped_step(m, t_start)
         if not cfg.run.replay:  # each turn's weights version, against the bound
             m.update(staleness_metrics(episodes, step, cfg.rollout.max_staleness))
+        m.update(thinking_metrics(episodes))  # per-turn thinking tokens, their share of the context
         # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
         # probing the weights that rolled out for the push to compare with; the others wait
         probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None
         self._probe_before = on_rank0(lambda: self.source.release_gpus(probe), "vLLM sleep")
-        samples = samples_from_episodes(
-            episodes, cfg.algo.filter_terminations if cfg.algo.compact_filtering else ())
+        samples = samples_from_episodes(episodes, self._untrainable())
         layout = TurnLayout.of(samples)
         # by tokens, not count: a rank holding every long sample would gate the step
         shard = balanced_shards([len(s.input_ids) for s in samples], self.world)[self.rank]
@@ -354,7 +405,8 @@ class Trainer:
             "reward_mean": float(np.mean(rewards)),
             "resolve_rate": float(np.mean([r == 1.0 for r in rewards])),
             "task_any_resolved": float(np.mean([max(v) == 1.0 for v in by_task.values()])),
-            "groups_with_signal": float(sum(max(v) > min(v) for v in by_task.values())),
+            "groups_with_signal": float(len(groups_with_signal_ids(
+                rewards, [s.group for s in samples], [s.trainable for s in samples], cfg.algo.advantage))),
             "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
             "rollout_trainer_kl": fwd.rollout_kl,
             "is_weight_min": fwd.is_weight_min,
@@ -385,9 +437,17 @@ class Trainer:
         if r.filter_groups:
             # reward of everything sampled (reward_mean of the step is of the kept groups only)
             m["reward_mean_sampled"] = float(np.mean([e.reward for e in episodes]))
-            episodes, kept, dropped = groups_with_signal(episodes, ids, r.tasks_per_step)
+            episodes, kept, dropped = groups_with_signal(
+                episodes, ids, r.tasks_per_step, advantage=self.cfg.algo.advantage,
+                untrainable=self._untrainable())
             m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
         return episodes, m
+
+    def _untrainable(self) -> tuple[str, ...]:
+        """Terminations whose trajectories are masked out of the loss (compact filtering);
+        they stay in their group's baseline."""
+        a = self.cfg.algo
+        return tuple(a.filter_terminations) if a.compact_filtering else ()
 
     def _skipped_step(self, m: dict[str, float], t_start: float) -> StepResult:
         """A step whose rollouts left no group with signal: logged, nothing trained."""
@@ -425,6 +485,7 @@ class Trainer:
             self.publisher.send(self.engine)
         out.update(self.publisher.compare_probe(self.engine, self.tokenizer,
                                                 after if self.is_main else None))
+        out.update(self._check_parity(f"after the push of version {version}"))
         if self.is_main and out["probe_server_change"] == 0.0 \
                 and out["probe_server_trainer_max_abs_diff"] > 1e-3:
             raise WeightSyncError(
@@ -432,6 +493,22 @@ class Trainer:
                 f"differ from the trainer's by {out['probe_server_trainer_max_abs_diff']:.4f}")
         out["time_weight_sync_s"] = time.perf_counter() - t0
         return out
+
+    def _check_parity(self, where: str) -> dict[str, float]:
+        """The sampling parity probe (swe_aem/train/parity.py) on weights the server and the
+        trainer share (at start, or just pushed): the server's log-prob of each token it
+        sampled at the rollout temperature against the trainer's; refused above
+        rollout.parity_max_kl. Rank 0 asks the server, every rank scores (ZeRO-3 gathers)."""
+        r = self.cfg.rollout
+        prompt = parity_prompt_ids(self.tokenizer)
+        sampling = SamplingParams(temperature=r.temperature, max_tokens=PARITY_TOKENS, seed=PARITY_SEED)
+        gen = on_rank0(lambda: self.source.probe_sample(prompt, sampling), f"sampling parity probe ({where})")
+        stats = parity_stats(gen.logprobs, score_sampled(self.engine, prompt, gen.token_ids, r.temperature))
+        if self.is_main:
+            console.print(f"sampling parity ({where}): KL(server || trainer) {stats.kl:.3g} per token over "
+                          f"{stats.tokens} sampled tokens, max |log-prob diff| {stats.max_abs_diff:.3g}")
+        check_parity(stats, r.parity_max_kl, where)
+        return stats.metrics()
 
     def close(self) -> None:
         self.metrics.close()

@@ -193,6 +193,11 @@ class LiveRollouts:
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.harness.run(self.harness.client.score(token_ids))
 
+    def probe_sample(self, prompt_ids: list[int], sampling):
+        """One generation of the parity probe (swe_aem/train/parity.py): what the served
+        policy samples, with the log-prob of each sampled token."""
+        return self.harness.run(self.harness.client.generate(prompt_ids, sampling))
+
     def close(self) -> None:
         from swe_aem.sandbox import reap
 
@@ -270,6 +275,9 @@ class FleetRollouts(LiveRollouts):
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.fleet.probe(token_ids)
+
+    def probe_sample(self, prompt_ids: list[int], sampling):
+        return self.fleet.probe_sample(prompt_ids, sampling)
 
     def close(self) -> None:
         self.fleet.close()  # each replica stops its server and removes its run's containers

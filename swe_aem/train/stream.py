@@ -98,6 +98,9 @@ class RolloutStream:
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.live.probe_logprobs(token_ids)
 
+    def probe_sample(self, prompt_ids: list[int], sampling):
+        return self.live.probe_sample(prompt_ids, sampling)
+
     def evaluate(self, instances: list, **kw: Any) -> dict:
         return self.live.evaluate(instances, **kw)
 
