@@ -58,6 +58,11 @@ class RolloutConfig:
     concurrency: int = 8
     max_episode_retries: int = 1  # an episode that errored (not a 0 reward) is retried, then dropped
     max_malformed_calls: int = 3  # consecutive unparseable tool calls that end an episode
+    # Thinking models (Qwen3): the chat template's enable_thinking. On: each turn may think in
+    # <think>...</think> (sampled tokens: in the loss and AEM's entropy), the call is read after
+    # </think> only, no stop string ends a turn (it ends on EOS). None: the model preset's
+    # `thinking` (on for qwen3-32b, as Qwen3 ships; off for the others).
+    thinking: bool | None = None
     # Dynamic sampling (DeepSWE / DAPO): roll out ceil(oversample * tasks_per_step) tasks and
     # keep at most tasks_per_step groups whose rewards are not all equal.
     oversample: float = 1.0

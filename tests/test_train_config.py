@@ -26,7 +26,8 @@ def test_the_rollout_section_reaches_the_agent():
 
     cfg = load_config(overrides=["rollout.max_turns=5", "rollout.max_context_tokens=2000",
                                  "rollout.episode_timeout_s=77", "rollout.max_malformed_calls=2",
-                                 "rollout.temperature=0.5", "rollout.tool_timeout_s=9"])
+                                 "rollout.temperature=0.5", "rollout.tool_timeout_s=9",
+                                 "rollout.thinking=true"])  # null: the preset's (test_agent_thinking)
     agent = agent_config(load_preset("tiny"), cfg.rollout)
     named = [f.name for f in fields(agent) if hasattr(cfg.rollout, f.name)]
     assert {"max_turns", "max_context_tokens", "episode_timeout_s", "max_new_tokens"} <= set(named)

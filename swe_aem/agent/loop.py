@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.toolcalls import STOP_STRINGS, ToolCallError, parse_tool_call
+from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, stop_strings
 from swe_aem.agent.tools import ToolResult, ToolRunner
 from swe_aem.agent.trajectory import Episode, Turn
 from swe_aem.policy.client import PolicyClient, SamplingParams
@@ -37,13 +37,20 @@ class AgentConfig:
     # the run's sampling seed: each request is seeded from (seed, task, sample, turn), so two
     # runs (two arms, a rerun) that sample the same weights see the same samples; None: unseeded
     seed: int | None = None
+    # thinking models (Qwen3): the chat template's enable_thinking. On: no stop strings (the
+    # turn ends on EOS; see toolcalls.stop_strings), the call is read after </think> only, and
+    # each turn records its thinking span (Turn.thinking_tokens)
+    thinking: bool = False
 
     @classmethod
-    def for_preset(cls, preset: Any, max_context_tokens: int | None = None, **kwargs: Any) -> AgentConfig:
-        """Settings for a model preset: its tool-call format, context capped at its window."""
+    def for_preset(cls, preset: Any, max_context_tokens: int | None = None,
+                   thinking: bool | None = None, **kwargs: Any) -> AgentConfig:
+        """Settings for a model preset: its tool-call format, context capped at its window,
+        thinking as given (None: the preset's default, `ModelPreset.thinking`)."""
         window = preset.max_model_len
         return cls(max_context_tokens=min(max_context_tokens or window, window),
-                   tool_call_format=preset.tool_call_format, **kwargs)
+                   tool_call_format=preset.tool_call_format,
+                   thinking=preset.thinking if thinking is None else thinking, **kwargs)
 
 
 def request_seed(seed: int, instance_id: str, sample_index: int, turn: int) -> int:
@@ -87,7 +94,7 @@ async def run_episode(
     """Run one agent episode on an instance inside a started sandbox."""
     start = time.monotonic()
     deadline = start + config.episode_timeout_s
-    chat = ChatTokens(tokenizer, config.tool_call_format)
+    chat = ChatTokens(tokenizer, config.tool_call_format, thinking=config.thinking)
     tools = ToolRunner(sandbox, default_timeout_s=config.tool_timeout_s)
     episode = Episode(instance.instance_id, sample_index, model=policy_client.model)
     pending = chat.initial_ids(instance)  # ids added since the last response
@@ -107,7 +114,7 @@ async def run_episode(
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_tokens=min(config.max_new_tokens, room),
-                stop=STOP_STRINGS[config.tool_call_format],
+                stop=stop_strings(config.tool_call_format, config.thinking),
                 seed=None if config.seed is None else request_seed(
                     config.seed, instance.instance_id, sample_index, turn_no),
             )
@@ -119,7 +126,7 @@ async def run_episode(
             text = chat.decode(gen.token_ids)
             call, parse_error, result = None, None, None
             try:
-                call = parse_tool_call(text, config.tool_call_format)
+                call = parse_tool_call(text, config.tool_call_format, thinking=config.thinking)
             except ToolCallError as exc:
                 parse_error = str(exc)
             t1 = time.monotonic()
@@ -139,6 +146,7 @@ async def run_episode(
                 seed=sampling.seed,
                 policy_version=gen.policy_version,
                 response_text=text,
+                thinking_tokens=chat.thinking_tokens(list(gen.token_ids)),
                 tool_call=call,
                 tool_error=parse_error if parse_error is not None else (
                     observation if result is not None and result.error else None),

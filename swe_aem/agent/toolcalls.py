@@ -9,6 +9,11 @@ tools (SmolLM2), the XML function format documented in prompts/tools_xml.md:
     </function>
 
 Anything malformed raises ToolCallError with a message written for the model.
+
+Thinking models (Qwen3) open a response with `<think>...</think>`. With thinking on, the
+call is read only from the text after the thinking (after its last `</think>`, as Qwen3's
+chat template and its documented parsing split a response): a `<tool_call>` drafted
+inside the thinking is never run, and a response whose thinking never closes has no call.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from swe_aem.agent.trajectory import ToolCall
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 STOP_STRINGS = {"xml": ("</function>",), "qwen": ("</tool_call>",)}
+THINK_END = "</think>"  # closes a thinking model's reasoning (Qwen3)
 
 _XML_CALL = re.compile(r"<function=([^>\s]*)>(.*?)</function>", re.DOTALL)
 _XML_PARAM = re.compile(r"<parameter=([^>\s]*)>(.*?)</parameter>", re.DOTALL)
@@ -68,8 +74,35 @@ def xml_tool_list() -> str:
     return "\n\n".join(blocks)
 
 
-def parse_tool_call(text: str, fmt: str) -> ToolCall:
-    """The single tool call in a response, validated against its schema."""
+def stop_strings(fmt: str, thinking: bool) -> tuple[str, ...]:
+    """The stop strings of a turn's request. With thinking on, none: a stop string is matched
+    anywhere in the sampled text, so `</tool_call>` written inside the thinking would end the
+    turn there; the turn ends on the model's end-of-turn token (EOS: Qwen3's template closes
+    an assistant message with <|im_end|> after the call) or at max_tokens. Thinking off: the
+    format's closing tag, so nothing is sampled after the call."""
+    if fmt not in STOP_STRINGS:
+        raise ValueError(f"unknown tool call format {fmt!r}")
+    return () if thinking else STOP_STRINGS[fmt]
+
+
+def after_thinking(text: str) -> str:
+    """The answer part of a thinking response: the text after its last `</think>`.
+    A response whose thinking never closes (cut at max_tokens, or ended while still
+    thinking) has no answer: ToolCallError, written for the model."""
+    _, sep, tail = text.rpartition(THINK_END)
+    if not sep:
+        raise ToolCallError(
+            f"your thinking never closed: no {THINK_END} found, so there is no tool call; "
+            f"think briefly, close with {THINK_END}, then write one tool call"
+        )
+    return tail
+
+
+def parse_tool_call(text: str, fmt: str, thinking: bool = False) -> ToolCall:
+    """The single tool call in a response, validated against its schema. With `thinking`
+    the call is read only from the text after the thinking (after_thinking)."""
+    if thinking:
+        text = after_thinking(text)
     if fmt == "xml":
         calls = _XML_CALL.findall(text)
         if not calls:

@@ -41,6 +41,11 @@ class Turn:
     # pushed; 0: the weights the server started with); bounds staleness in asynchronous training
     policy_version: int = 0
     response_text: str = ""
+    # thinking models: the response's first N tokens are its thinking (through the last
+    # </think>; all of it when the thinking never closed). 0: no thinking, or not recorded
+    # (thinking off, a version-1 record). They are sampled tokens: mask 1, in the loss and
+    # in AEM's entropy like the rest of the response.
+    thinking_tokens: int = 0
     tool_call: ToolCall | None = None
     tool_error: str | None = None  # parse or execution error shown to the model
     observation: str = ""  # what the model is shown next (after truncation)
@@ -52,6 +57,11 @@ class Turn:
         if len(self.logprobs) != len(self.response_ids):
             raise ValueError(
                 f"turn has {len(self.response_ids)} response tokens but {len(self.logprobs)} log-probs"
+            )
+        if not 0 <= self.thinking_tokens <= len(self.response_ids):
+            raise ValueError(
+                f"turn has {self.thinking_tokens} thinking tokens, outside its "
+                f"{len(self.response_ids)} response tokens"
             )
 
 

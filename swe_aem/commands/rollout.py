@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed: each request is seeded from (seed, task, sample, turn)")
+    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                        help=("thinking models: the chat template's enable_thinking (--no-thinking: "
+                         "off); default: the preset's (qwen3-32b on, others off)"))
     parser.add_argument("--no-grade", action="store_true", help="skip grading (reward stays null)")
     parser.add_argument("--out", required=True, type=Path)
 
@@ -48,7 +51,7 @@ def agent_config(preset, args: argparse.Namespace) -> AgentConfig:
     return AgentConfig.for_preset(
         preset, max_context_tokens=args.max_context, max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        episode_timeout_s=args.episode_timeout, seed=args.seed)
+        episode_timeout_s=args.episode_timeout, seed=args.seed, thinking=args.thinking)
 
 
 def run(args: argparse.Namespace) -> int:

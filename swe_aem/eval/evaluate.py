@@ -35,6 +35,7 @@ class EvalSettings:
     concurrency: int = 8
     retries: int = 1  # an episode or grading that failed for infrastructure reasons
     seed: int | None = 0  # sampling seed of the evaluation (agent.loop.request_seed); None: unseeded
+    thinking: bool | None = None  # the chat template's enable_thinking; None: the preset's
 
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
@@ -62,7 +63,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     agent = AgentConfig.for_preset(
         preset, max_context_tokens=s.max_context_tokens, max_turns=s.max_turns,
         temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-        episode_timeout_s=s.episode_timeout_s, seed=s.seed)
+        episode_timeout_s=s.episode_timeout_s, seed=s.seed, thinking=s.thinking)
     traj_path = out_dir / "trajectories.jsonl"
     traj_path.write_text("")
     with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
@@ -71,7 +72,8 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
                            grade=grader(h.grade_pool, timeout=s.grade_timeout_s, strict=False),
                            max_retries=s.retries, concurrency=s.concurrency,
                            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
-    meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature}
+    meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature,
+            "thinking": agent.thinking}
     return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
                                 title=f"{model} on {dataset}")
 
@@ -117,6 +119,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--seed", type=int, default=0,
                    help="sampling seed: each request is seeded from (seed, task, run, turn)")
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help=("thinking models: the chat template's enable_thinking (--no-thinking: "
+                         "off); default: the preset's (qwen3-32b on, others off)"))
     p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "eval" / Path(args.model).name
     settings = EvalSettings(runs=args.runs, max_turns=args.max_turns, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
-                            seed=args.seed)
+                            seed=args.seed, thinking=args.thinking)
     try:
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url,

@@ -106,6 +106,9 @@ class ModelPreset:
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = True
     tool_call_format: str = "qwen"  # "qwen" (<tool_call>{json}</tool_call>) or "xml"
+    # rollout.thinking when that is null: whether the model thinks (<think>...</think>) before
+    # each call, the chat template's enable_thinking. On for Qwen3, as it ships; off elsewhere
+    thinking: bool = False
     # AEM's group entropy-range floor in nats (algo.aem_min_range when that is null): the
     # paper's 0.1 is of a 32B model's entropies at temperature 1
     aem_min_range: float = 0.1
@@ -127,6 +130,9 @@ class ModelPreset:
                 f"model preset {self.name!r}: tool_call_format must be 'qwen' or 'xml', "
                 f"got {self.tool_call_format!r}"
             )
+        if self.thinking is not True and self.thinking is not False:  # YAML true / false only
+            raise ValueError(f"model preset {self.name!r}: thinking must be true or false, "
+                             f"got {self.thinking!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"model preset {self.name!r}: placement must be one of {PLACEMENTS}, "
                              f"got {self.placement!r}")
@@ -172,8 +178,10 @@ def load_preset(name: str, **overrides: object) -> ModelPreset:
 
 def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
     """A preset for an arbitrary local model folder: base preset's settings, the folder's
-    own context length and dtype, and the tool-call format its chat template supports."""
+    own context length and dtype, and the tool-call format (and thinking) its chat template
+    supports."""
     folder = Path(folder).expanduser().resolve()
+    base_preset = load_preset(base)
     config = json.loads((folder / "config.json").read_text())
     template = _chat_template(folder)
     try:
@@ -181,7 +189,7 @@ def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
     except (KeyError, TypeError, ValueError):
         architecture = None  # not a shape the memory plan knows
     return dataclasses.replace(
-        load_preset(base),
+        base_preset,
         name=folder.name,
         hf_id=str(folder),
         source="local",
@@ -189,6 +197,8 @@ def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:
         max_model_len=int(config.get("max_position_embeddings", 8192)),
         dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
         tool_call_format="qwen" if "<tool_call>" in template else "xml",
+        # a template with Qwen3's enable_thinking switch thinks by default, as Qwen3 ships
+        thinking=base_preset.thinking or "enable_thinking" in template,
         architecture=architecture,
     )
 

@@ -120,6 +120,9 @@ class ScriptedPolicyServer:
     The turn number is the count of `turn_marker` (default: the chat template's
     generation prompt, which appears once per assistant turn) in the decoded prompt minus one.
     die_after=N makes the server stop answering after N completions (a crash).
+    honour_stop=True ends a response at the first of the request's stop strings, as vLLM does
+    (the token that completes it is the last one, no EOS after; finish_reason "stop"); by
+    default the scripted text is returned whole.
     weight_routes=True answers the weight-push routes; `weight_pushes` lists the folders pushed,
     `transfers` the names of each update through the weight-transfer routes, `calls` every POST
     ("POST /wake_up?tags=weights") in order.
@@ -133,6 +136,7 @@ class ScriptedPolicyServer:
         *,
         turn_marker: str | None = None,
         end_with_eos: bool = True,
+        honour_stop: bool = False,
         die_after: int | None = None,
         weight_routes: bool = False,
         sleep_routes: bool = False,
@@ -141,6 +145,7 @@ class ScriptedPolicyServer:
         self.respond = respond
         self.turn_marker = turn_marker or generation_prompt(tokenizer)
         self.end_with_eos = end_with_eos
+        self.honour_stop = honour_stop
         self.die_after = die_after
         self.weight_routes = weight_routes or sleep_routes
         self.sleep_routes = sleep_routes
@@ -170,6 +175,8 @@ class ScriptedPolicyServer:
         if self.end_with_eos:
             ids.append(self.tokenizer.eos_token_id)
         finish = "stop"
+        if self.honour_stop and body.get("stop"):
+            ids = self._cut_at_stop(ids, body["stop"])
         if len(ids) > body.get("max_tokens", len(ids)):
             ids, finish = ids[: body["max_tokens"]], "length"
         return {
@@ -187,6 +194,15 @@ class ScriptedPolicyServer:
                    if body.get("prompt_logprobs") is not None else {}),
             }],
         }
+
+    def _cut_at_stop(self, ids: list[int], stops: list[str]) -> list[int]:
+        """ids up to the token whose text completes the first stop string (vLLM's cut with
+        include_stop_str_in_output, which PolicyClient sets); all of them when none occurs."""
+        for n in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=False)
+            if any(stop in text for stop in stops):
+                return ids[:n]
+        return ids
 
     def prompt_logprobs(self, prompt: list[int]) -> list[dict[str, dict[str, float]] | None]:
         """vLLM's prompt_logprobs shape; the value moves by PUSH_LOGPROB_STEP with each push."""

@@ -194,8 +194,11 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     # a turn computed from the prompt is a short grep or view call: 96 tokens bound it
     longest = max(len(tokenizer.encode(t, add_special_tokens=False)) if isinstance(t, str) else 96
                   for ts in scripts.values() for t in ts)
+    # thinking off: a gold edit has no reasoning to show, so the demonstration is written in the
+    # template's no-thinking form (Qwen3: an empty <think></think> in the prompt, not sampled)
     config = AgentConfig.for_preset(preset, max_new_tokens=longest + 8, temperature=0.0,
-                                    max_turns=max(len(t) for t in scripts.values()) + 1)
+                                    max_turns=max(len(t) for t in scripts.values()) + 1,
+                                    thinking=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")

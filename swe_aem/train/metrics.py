@@ -4,9 +4,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
+from swe_aem.agent.trajectory import Episode
 from swe_aem.jsonl import read_jsonl
+
+
+def thinking_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """How much of a step's sampling is thinking (Turn.thinking_tokens; all 0 with thinking
+    off): per-turn thinking tokens (mean, max), their share of the response tokens, and their
+    share of the context (the episodes' whole token sequences, prompts included), which long
+    reasoning kept in later turns' prompts fills. Thinking tokens are trained like the rest of
+    the response, so these say how much of the loss and of AEM's entropy they make up."""
+    turns = [t for ep in episodes for t in ep.turns]
+    thinking = sum(t.thinking_tokens for t in turns)
+    response = sum(len(t.response_ids) for t in turns)
+    context = sum(len(t.prompt_ids) + len(t.response_ids) for t in turns)
+    return {
+        "thinking_tokens_mean": thinking / len(turns) if turns else 0.0,
+        "thinking_tokens_max": float(max((t.thinking_tokens for t in turns), default=0)),
+        "thinking_share_response": thinking / response if response else 0.0,
+        "thinking_share_context": thinking / context if context else 0.0,
+    }
 
 
 class MetricsLogger:
