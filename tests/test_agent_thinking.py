@@ -139,6 +139,20 @@ def test_presets_state_their_thinking_default() -> None:
         load_preset("tiny", thinking="yes")
 
 
+def test_a_folder_whose_template_has_the_switch_thinks(tmp_path) -> None:
+    """`--model FOLDER` (a local Qwen3 copy): thinking on when its chat template has Qwen3's
+    enable_thinking switch, else the base preset's (tiny: off)."""
+    from swe_aem.policy.models import preset_for_folder
+
+    for name, template, thinks in (("qwen3", QWEN3_TEMPLATE.read_text(), True),
+                                   ("plain", "{{ messages[0].content }}", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+        (folder / "chat_template.jinja").write_text(template)
+        assert preset_for_folder(folder).thinking is thinks, name
+
+
 def test_rollout_thinking_reaches_the_agent_config() -> None:
     """rollout.thinking null: the preset's; set: it wins. The train.yaml default is null."""
     qwen3, tiny = load_preset("qwen3-32b"), load_preset("tiny")
