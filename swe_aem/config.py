@@ -53,7 +53,15 @@ class RolloutConfig:
     max_observation_chars: int = 2000
     tool_timeout_s: float = 60.0  # default limit of one tool command
     temperature: float = 0.6  # sampling; the trainer's log-probs and entropies use it too
+    # 1.0 only: the trainer scores softmax(z / T) over the whole vocabulary, so a nucleus cut
+    # would sample another distribution than the one trained (refused by validate)
     top_p: float = 1.0
+    # The sampling parity probe (swe_aem/train/parity.py), before the first step and after
+    # every weight push: a seeded generation at `temperature` whose sampled tokens the trainer
+    # scores. Above this KL(server || trainer) per token (nats) the run refuses to train (a
+    # large value only logs it); null: no probe (a stand-in server that is no model). 0.01
+    # passes bf16 rounding (~1e-3) and stops a top-k or repetition-penalty default
+    parity_max_kl: float | None = 0.01
     episode_timeout_s: float = 300.0
     concurrency: int = 8
     max_episode_retries: int = 1  # an episode that errored (not a 0 reward) is retried, then dropped
@@ -282,8 +290,14 @@ def validate(cfg: Config) -> None:
          f"algo.policy_loss {cfg.algo.policy_loss!r} not in {sorted(POLICY_LOSSES)}"),
         (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
+        (cfg.rollout.top_p == 1.0,
+         (f"rollout.top_p={cfg.rollout.top_p}: training samples with top_p 1 only (the trainer's "
+          "log-probs, importance ratios and AEM's entropies are of softmax(z / T) over the whole "
+          "vocabulary; a nucleus cut samples another distribution)")),
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
+        (cfg.rollout.parity_max_kl is None or cfg.rollout.parity_max_kl >= 0,
+         "rollout.parity_max_kl must be >= 0 or null"),
         (cfg.rollout.replicas >= 1, "rollout.replicas must be >= 1"),
         (cfg.rollout.max_staleness is None or cfg.rollout.max_staleness >= 0,
          "rollout.max_staleness must be >= 0 (0: synchronous)"),

@@ -71,7 +71,9 @@ def config(small_model, url, *extra):
         f"rollout.samples_per_task={SAMPLES}", "rollout.max_turns=8", "rollout.max_new_tokens=1024",
         "rollout.concurrency=8", "trainer.lr=1e-4", "run.dataset=local", "run.split=test",
         f"run.instance_ids=[{INSTANCE}]", f"run.vllm_url={url}", "run.save_every=1",
-        f"trainer.seed={mixed_seed(3)}", "heldout.split=null", *extra])
+        f"trainer.seed={mixed_seed(3)}", "heldout.split=null",
+        "rollout.parity_max_kl=null",  # a stand-in server, no model: nothing to compare sampling with
+        *extra])
 
 
 def train_rows(run):

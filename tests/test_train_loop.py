@@ -203,13 +203,9 @@ def test_groups_with_signal_asks_the_estimator_about_trainable_members():
     """A group whose rewards differ only among masked (cut-short) members moves nothing: it
     is dropped; masked members still shape the baseline of the others."""
     eps = _with_rewards({"task-0": [1, 0, 0, 0], "task-1": [0, 0, 1, 1], "task-2": [1, 1, 1, 0]})
-    for ep in eps:
-        if ep.instance_id == "task-1":  # every member cut short: no trainable turn at all
-            ep.termination = "max_turns"
-        elif ep.instance_id == "task-2" and ep.sample_index == 3:  # the odd one masked
-            ep.termination = "max_turns"
-        else:
-            ep.termination = "finished"
+    for ep in eps:  # task-1: every member cut short (no trainable turn); task-2: its odd one masked
+        cut = ep.instance_id == "task-1" or (ep.instance_id == "task-2" and ep.sample_index == 3)
+        ep.termination = "max_turns" if cut else "finished"
     for advantage in ("rloo", "grpo", "grpo_no_std"):
         _, ids, dropped = groups_with_signal(eps, ["task-0", "task-1", "task-2"], limit=5,
                                              advantage=advantage, untrainable=("max_turns",))

@@ -31,7 +31,8 @@ def test_a_training_step_sleeps_vllm_around_its_update(small_model, tmp_path, mo
     cfg = load_config("rloo_aem", overrides=[
         f"model={small_model}", f"run.replay={replay}", "run.steps=1", "rollout.tasks_per_step=2",
         "rollout.samples_per_task=4", "trainer.micro_batch_tokens=96", "trainer.logprob_chunk_size=64",
-        "algo.aem_min_range=0.0", "heldout.split=null", "vllm.gpu_memory_utilization=0.55"])
+        "algo.aem_min_range=0.0", "heldout.split=null",
+        "rollout.parity_max_kl=null", "vllm.gpu_memory_utilization=0.55"])
     with ScriptedPolicyServer(AutoTokenizer.from_pretrained(small_model), script(["ok"]),
                               sleep_routes=True) as server:
         session = open_policy(None, load_preset("32b"), url=server.base_url, weight_updates=True, sleep=True)

@@ -266,7 +266,8 @@ def test_a_training_step_pushes_through_vllms_engine(small_model, tmp_path, with
     cfg = load_config("rloo_aem", overrides=[
         f"model={small_model}", f"run.replay={replay}", "run.steps=1", "rollout.tasks_per_step=2",
         "rollout.samples_per_task=4", "trainer.micro_batch_tokens=96", "trainer.logprob_chunk_size=64",
-        "algo.aem_min_range=0.0", "heldout.split=null"])
+        "algo.aem_min_range=0.0", "heldout.split=null",
+        "rollout.parity_max_kl=null"])
     with ScriptedPolicyServer(AutoTokenizer.from_pretrained(small_model), script(["ok"]),
                               weight_routes=True) as server:
         session = open_policy(None, load_preset("32b", placement="split"), url=server.base_url,

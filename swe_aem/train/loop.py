@@ -20,7 +20,7 @@ import torch.distributed as dist
 import yaml
 from rich.console import Console
 
-from swe_aem.agent.trajectory import Episode
+from swe_aem.agent.trajectory import TERMINATIONS, Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
@@ -274,7 +274,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainState:
         try:
-            if self.pushes_weights:  # the served weights are the trainer's: they must sample alike
+            if self._probes_parity:  # the served weights are the trainer's: they must sample alike
                 self.metrics.log(self.state.step, self._check_parity(f"at step {self.state.step}"),
                                  kind="parity")
             if self.state.step == 0 and self.cfg.heldout.before:
@@ -416,7 +416,7 @@ class Trainer:
             "turns_mean": float(layout.num_turns / len(samples)),
             "response_tokens": float(sum(sum(s.loss_mask) for s in samples)),
         })
-        for term in ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls"):
+        for term in TERMINATIONS:
             m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
         m["time_step_s"] = time.perf_counter() - t_start
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
@@ -485,7 +485,8 @@ class Trainer:
             self.publisher.send(self.engine)
         out.update(self.publisher.compare_probe(self.engine, self.tokenizer,
                                                 after if self.is_main else None))
-        out.update(self._check_parity(f"after the push of version {version}"))
+        if self._probes_parity:
+            out.update(self._check_parity(f"after the push of version {version}"))
         if self.is_main and out["probe_server_change"] == 0.0 \
                 and out["probe_server_trainer_max_abs_diff"] > 1e-3:
             raise WeightSyncError(
@@ -493,6 +494,12 @@ class Trainer:
                 f"differ from the trainer's by {out['probe_server_trainer_max_abs_diff']:.4f}")
         out["time_weight_sync_s"] = time.perf_counter() - t0
         return out
+
+    @property
+    def _probes_parity(self) -> bool:
+        """The parity probe runs where the server serves the trainer's weights (pushed to it)
+        and the config has not turned it off (rollout.parity_max_kl null: a stand-in)."""
+        return self.pushes_weights and self.cfg.rollout.parity_max_kl is not None
 
     def _check_parity(self, where: str) -> dict[str, float]:
         """The sampling parity probe (swe_aem/train/parity.py) on weights the server and the

@@ -62,10 +62,9 @@ def parity_stats(server_logprobs: Sequence[float], trainer_logprobs: Sequence[fl
                        mean_diff=-sum(diffs) / len(diffs))
 
 
-def check_parity(stats: ParityStats, max_kl: float | None, where: str) -> None:
-    """Refuse to train when the probe's KL is above `max_kl` (None: only logged), naming the
-    likely causes in the order they were seen."""
-    if max_kl is None or stats.kl <= max_kl:
+def check_parity(stats: ParityStats, max_kl: float, where: str) -> None:
+    """Refuse to train when the probe's KL is above `max_kl`, naming the likely cause."""
+    if stats.kl <= max_kl:
         return
     if stats.mean_diff > 0:
         cause = ("the server gives its sampled tokens more mass than softmax(z / T) does: a truncated "
@@ -81,7 +80,7 @@ def check_parity(stats: ParityStats, max_kl: float | None, where: str) -> None:
         f"sampling parity probe ({where}): KL(server || trainer) = {stats.kl:.4g} nats per sampled "
         f"token over {stats.tokens} tokens, above rollout.parity_max_kl={max_kl} (max |log-prob "
         f"difference| {stats.max_abs_diff:.3g}, mean server - trainer {stats.mean_diff:+.3g}); {cause}. "
-        "rollout.parity_max_kl=null only logs it")
+        "a larger rollout.parity_max_kl only logs it")
 
 
 def parity_prompt_ids(tokenizer) -> list[int]:
@@ -97,9 +96,10 @@ def parity_prompt_ids(tokenizer) -> list[int]:
 def score_sampled(engine, prompt_ids: Sequence[int], sampled_ids: Sequence[int],
                   temperature: float) -> list[float]:
     """The trainer's log-prob of each sampled token given what precedes it, at the sampling
-    temperature, through the same chunked head as the loss (every rank: ZeRO-3 gathers)."""
+    temperature, through the same chunked head as the loss (every rank: ZeRO-3 gathers).
+    `engine`: the DeepSpeed engine, or any module whose forward is `PolicyLogprobs`'s."""
     ids = torch.tensor([list(prompt_ids) + list(sampled_ids)])
-    dev = next(engine.module.parameters()).device
+    dev = next(engine.parameters()).device
     inputs, targets = ids[:, :-1].to(dev), ids[:, 1:].to(dev)
     lp, _ = engine(inputs, torch.ones_like(inputs), targets, temperature=temperature)
     return lp[0, len(prompt_ids) - 1:].float().cpu().tolist()
