@@ -47,6 +47,10 @@ def _full_step(tmp_path, url):
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer.source.harness.policy.attached
     try:
+        # the sampling parity probe on the start weights: the server's sampled tokens scored by
+        # the trainer at the rollout temperature (float32 both sides: far inside the bound)
+        before = trainer._check_parity("before the first step")
+        assert before["parity_tokens"] > 8 and before["parity_max_abs_diff"] < 1e-3
         result = trainer.step()
         m = result.metrics
         assert result.episodes == 2
@@ -76,6 +80,8 @@ def _full_step(tmp_path, url):
         assert sync["probe_server_change"] > 1e-3
         assert sync["probe_server_trainer_max_abs_diff"] < 1e-3
         assert sync["time_weight_push_s"] < 60
+        # ...and after the push, on the new weights
+        assert sync["parity_kl"] < cfg.rollout.parity_max_kl and sync["parity_max_abs_diff"] < 1e-3
     finally:
         trainer.close()
 
