@@ -200,8 +200,8 @@ def test_groups_with_signal_keeps_mixed_groups_in_batch_order():
 
 
 def test_groups_with_signal_asks_the_estimator_about_trainable_members():
-    """A group whose rewards differ only among masked (cut-short) members moves nothing: it
-    is dropped; masked members still shape the baseline of the others."""
+    """A group whose members are all masked (cut short) moves nothing, however its rewards
+    differ: it is dropped; masked members still shape the baseline of the others."""
     eps = _with_rewards({"task-0": [1, 0, 0, 0], "task-1": [0, 0, 1, 1], "task-2": [1, 1, 1, 0]})
     for ep in eps:  # task-1: every member cut short (no trainable turn); task-2: its odd one masked
         cut = ep.instance_id == "task-1" or (ep.instance_id == "task-2" and ep.sample_index == 3)

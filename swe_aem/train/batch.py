@@ -63,8 +63,9 @@ def groups_with_signal_ids(rewards: Sequence[float], groups: Sequence[int], trai
 
     Masked (compact-filtered) members stay in the baseline, as the trainer keeps them
     (`samples_from_episodes`): they shape the others' advantages but take none. A group whose
-    rewards differ only through masked members, or whose members are all masked, has no
-    signal. Pure: rewards in, group ids out.
+    members are all masked has no signal however its rewards differ; one whose trainable
+    members' rewards all equal their baseline (grpo: the group mean) has none either.
+    Pure: rewards in, group ids out.
     """
     if not rewards:
         return set()
