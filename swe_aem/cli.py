@@ -12,6 +12,8 @@ import importlib
 import signal
 import sys
 
+from swe_aem.errors import SweAemError
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("swe_aem.eval.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"swe-aem {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except SweAemError as exc:  # a message for the user: no traceback, the kind's exit code
+        print(f"swe-aem {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from swe_aem.errors import InputError
+
 if TYPE_CHECKING:
     from swe_aem.policy.models import ModelPreset
 
@@ -234,7 +236,7 @@ class Config:
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override that does not fit the schema."""
 
 

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from swe_aem.errors import RunError
 
-class ChildDiedError(RuntimeError):
+
+class ChildDiedError(RunError, RuntimeError):
     """The process ended without a result or an error (killed: out of memory, a signal)."""
 
 

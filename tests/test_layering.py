@@ -15,29 +15,31 @@ ROOT = Path(__file__).resolve().parents[1] / "swe_aem"
 
 # A unit is a package under swe_aem/ or a top-level module; lower ranks are imported by higher.
 RANKS = {
-    # leaves: no other unit of the project
-    "swe_aem": 0,  # swe_aem/__init__.py: the version only
-    "jsonl": 0,  # the one JSONL reader/writer (stdlib only)
-    "isolate": 0,  # call_in_child (stdlib only)
-    "algo": 0,  # pure torch
-    "sandbox": 0,  # Docker
-    "policy": 0,  # model presets, vLLM, the client
+    # the root, imported anywhere
+    "errors": 0,  # the one base of user-facing errors and their exit codes (stdlib only)
+    # leaves: no other unit of the project but errors
+    "swe_aem": 1,  # swe_aem/__init__.py: the version only
+    "jsonl": 1,  # the one JSONL reader/writer (stdlib only)
+    "isolate": 1,  # call_in_child (stdlib only)
+    "algo": 1,  # pure torch
+    "sandbox": 1,  # Docker
+    "policy": 1,  # model presets, vLLM, the client
     # on the leaves
-    "config": 1,  # typed config: names algo's estimators and losses
-    "data": 1,  # instances; builds images with sandbox
-    "agent": 1,  # the episode loop on policy and sandbox; grading reaches it as a callable
-    "reward": 2,  # grading: data's instances in sandbox containers
-    "fleet": 2,  # rollout replicas as Ray actors (agent, policy, sandbox); graders given as factories
-    "plan": 2,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
+    "config": 2,  # typed config: names algo's estimators and losses
+    "data": 2,  # instances; builds images with sandbox
+    "agent": 2,  # the episode loop on policy and sandbox; grading reaches it as a callable
+    "reward": 3,  # grading: data's instances in sandbox containers
+    "fleet": 3,  # rollout replicas as Ray actors (agent, policy, sandbox); graders given as factories
+    "plan": 3,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
     # peers: neither imports the other (the held-out evaluation's report writer reaches the
     # trainer from the edge)
-    "eval": 3,  # `swe-aem eval` (agent + reward) and its reports
-    "train": 3,  # the RL loop on DeepSpeed
-    "sft": 4,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
+    "eval": 4,  # `swe-aem eval` (agent + reward) and its reports
+    "train": 4,  # the RL loop on DeepSpeed
+    "sft": 5,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
     # the edge: commands that join packages
-    "commands": 5,
-    "evidence": 5,  # `swe-aem evidence`: toy game and the LLM arms (real trainer, warm start)
-    "cli": 6,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
+    "commands": 6,
+    "evidence": 6,  # `swe-aem evidence`: toy game and the LLM arms (real trainer, warm start)
+    "cli": 7,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
 }
 
 

@@ -62,8 +62,16 @@ def test_rollout_command_rejects_bad_arguments(tmp_path, capsys, monkeypatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never start a real 15 GB download
     assert cli_main(["rollout", "--samples", "0", "--out", str(tmp_path)]) == 2
     assert "at least 1" in capsys.readouterr().out
-    assert cli_main(["rollout", "--model", "7b", "--out", str(tmp_path)]) == 1
-    assert "hub is unreachable" in capsys.readouterr().out
+    # errors of the project's kinds reach the CLI, which prints them and exits with the kind's
+    # code (swe_aem/errors.py): a model that cannot be had is a set-up error (3), a bad dataset
+    # row bad input (2)
+    assert cli_main(["rollout", "--model", "7b", "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("swe-aem rollout: error: ") and "hub is unreachable" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instance_id": "x"}\n')
+    assert cli_main(["rollout", "--model", "tiny", "--dataset", str(bad), "--out", str(tmp_path)]) == 2
+    assert "bad.jsonl:1 (instance_id='x'" in capsys.readouterr().err
 
 
 def test_every_agent_flag_reaches_the_episodes() -> None:

@@ -59,40 +59,36 @@ def run(args: argparse.Namespace) -> int:
 
     from swe_aem.agent.harness import open_harness
     from swe_aem.agent.trajectory import write_episodes
-    from swe_aem.data import DatasetError, load_instances
+    from swe_aem.data import load_instances
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.jsonl import write_jsonl
-    from swe_aem.policy.models import ModelUnavailableError, resolve_model
-    from swe_aem.policy.session import PolicySetupError
+    from swe_aem.policy.models import resolve_model
     from swe_aem.reward import grader
-    from swe_aem.sandbox import DockerUnavailableError
 
     if args.samples < 1 or args.max_turns < 1 or args.concurrency < 1 or args.retries < 0:
         print("error: --samples, --max-turns and --concurrency must be at least 1, --retries at least 0")
         return 2
+    # a bad dataset, a model that cannot be had, no daemon or server: the CLI prints the
+    # message and exits with its kind's code (swe_aem/errors.py)
     try:
         preset, model_path = resolve_model(args.model)
-        instances = load_instances(args.dataset, split=args.split, instance_ids=args.instances,
-                                   dataset_format=args.dataset_format)
-    except (KeyError, ModelUnavailableError, DatasetError) as exc:
+    except KeyError as exc:  # an unknown preset name
         print(f"error: {exc.args[0]}")
-        return 1
+        return 2
+    instances = load_instances(args.dataset, split=args.split, instance_ids=args.instances,
+                               dataset_format=args.dataset_format)
     args.out.mkdir(parents=True, exist_ok=True)
     traj_path = args.out / "trajectories.jsonl"
     traj_path.write_text("")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     config = agent_config(preset, args)
-    try:
-        with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
-                          served_name=args.served_name) as h:
-            result = h.rollout(
-                instances, args.samples, tokenizer=tokenizer, config=config,
-                grade=None if args.no_grade else grader(h.grade_pool, timeout=args.grade_timeout),
-                max_retries=args.retries, concurrency=args.concurrency,
-                on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
-    except (PolicySetupError, DockerUnavailableError) as exc:
-        print(f"error: {exc}")
-        return 1
+    with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
+                      served_name=args.served_name) as h:
+        result = h.rollout(
+            instances, args.samples, tokenizer=tokenizer, config=config,
+            grade=None if args.no_grade else grader(h.grade_pool, timeout=args.grade_timeout),
+            max_retries=args.retries, concurrency=args.concurrency,
+            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     episodes = result.episodes
     model_name = preset.hf_id if preset.source != "local" else str(model_path)
     for k in range(args.samples):

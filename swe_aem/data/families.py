@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from swe_aem.errors import InputError
+
 FORMATS = ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
 GRADERS = ("swebench", "swesmith", "r2e")
 
@@ -42,7 +44,7 @@ _HEREDOC = "EOF_114329324912"  # SWE-bench's delimiter for the test patch
 SWE_BENCH_V5 = ("eval_script", "image", "log_parser", "eval_type")
 
 
-class FormatError(ValueError):
+class FormatError(InputError, ValueError):
     """A row does not fit its family (the loader adds the row's place and id)."""
 
 

@@ -47,6 +47,7 @@ from typing import Any
 from swe_aem.data.families import reverse_patch
 from swe_aem.data.instances import DatasetError, Instance, instance_from_row
 from swe_aem.data.local_suite import _git, base_commit, image_name, materialize_repo
+from swe_aem.errors import RunError
 from swe_aem.sandbox.images import SANDBOXES
 
 GENERATED = SANDBOXES / "generated"
@@ -60,7 +61,7 @@ COMMIT_MESSAGE = "task state"
 _MSG_CHARS = 240
 
 
-class GenerateError(RuntimeError):
+class GenerateError(RunError, RuntimeError):
     """Generation cannot go on (a repo's clean tests fail, a bug does not apply, ...)."""
 
 

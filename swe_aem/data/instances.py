@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from swe_aem.data.families import GRADERS, FormatError, adapt
+from swe_aem.errors import InputError
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
 LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A dataset cannot be loaded, or one of its rows is malformed."""
 
 

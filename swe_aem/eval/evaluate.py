@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swe_aem.data.families import FORMATS
+from swe_aem.errors import SetupError
 
 VERIFIED = "SWE-bench/SWE-bench_Verified"
 
 
-class EvalError(RuntimeError):
+class EvalError(SetupError, RuntimeError):
     """Nothing could be evaluated (every instance lost samples to infrastructure failures)."""
 
 

@@ -17,11 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from swe_aem.errors import InputError
 from swe_aem.eval.metrics import Run
 from swe_aem.jsonl import read_jsonl
 
 
-class RunFormatError(ValueError):
+class RunFormatError(InputError, ValueError):
     """A run file that cannot be read as per-instance resolved booleans."""
 
 

@@ -29,10 +29,11 @@ from typing import Any, Self
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.rollout import Dropped, RolloutResult
 from swe_aem.agent.trajectory import Episode
+from swe_aem.errors import RunError
 from swe_aem.fleet.replica import ReplicaSpec, RolloutReplica, Weights, replica_run_id
 
 
-class FleetError(RuntimeError):
+class FleetError(RunError, RuntimeError):
     """The fleet cannot finish a batch (no replica left, an episode lost too often) or start."""
 
 

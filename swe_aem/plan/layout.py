@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from swe_aem.errors import InputError
 from swe_aem.plan.memory import (
     GIB,
     Item,
@@ -172,7 +173,7 @@ class Plan:
         }
 
 
-class PlanError(ValueError):
+class PlanError(InputError, ValueError):
     """The plan cannot be made (no architecture known for the model, an empty cluster)."""
 
 

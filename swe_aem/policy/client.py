@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import httpx
 
+from swe_aem.errors import RunError
 
-class ServerUnavailableError(RuntimeError):
+
+class ServerUnavailableError(RunError, RuntimeError):
     """The policy server cannot be reached (down, crashed or refusing connections)."""
 
 
-class GenerationError(RuntimeError):
+class GenerationError(RunError, RuntimeError):
     """The server answered, but not with a usable completion (e.g. a 400 for a too-long prompt)."""
 
 

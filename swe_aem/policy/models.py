@@ -15,12 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from swe_aem.errors import SetupError
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 CACHE_DIR = Path(os.environ.get("SWE_AEM_CACHE", Path.home() / ".cache" / "swe-aem"))
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(SetupError, RuntimeError):
     """The model folder cannot be produced here (e.g. the hub is unreachable)."""
 
 

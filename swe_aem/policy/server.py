@@ -24,6 +24,7 @@ from typing import Self
 
 import httpx
 
+from swe_aem.errors import RunError, SetupError
 from swe_aem.policy.models import CACHE_DIR, ModelPreset
 
 # How the trainer's weights reach a server: "disk" (safetensors, then POST /collective_rpc
@@ -39,11 +40,11 @@ PLACEMENT_TRANSFER = {"split": "nccl", "colocated": "ipc"}
 LOGPROBS_MODE = "processed_logprobs"
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(SetupError, RuntimeError):
     """The server process died or did not become healthy in time."""
 
 
-class WeightUpdateError(RuntimeError):
+class WeightUpdateError(RunError, RuntimeError):
     """A weight reload on a running server failed."""
 
 

@@ -13,6 +13,7 @@ from typing import Self
 
 import httpx
 
+from swe_aem.errors import SetupError
 from swe_aem.policy.client import NEUTRAL_SAMPLING, PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import (
@@ -40,7 +41,7 @@ def sampling_record(temperature: float, top_p: float = 1.0) -> dict[str, float |
             "server_generation_config": ServerOptions.generation_config, "logprobs_mode": LOGPROBS_MODE}
 
 
-class PolicySetupError(RuntimeError):
+class PolicySetupError(SetupError, RuntimeError):
     """No policy to roll out with: vLLM missing, a server that does not answer or cannot take weights."""
 
 

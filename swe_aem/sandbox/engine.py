@@ -15,6 +15,8 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from swe_aem.errors import RunError
+
 # Labels on every container we start: the reaper finds leftovers by them.
 LABEL_MANAGED = "swe-aem.managed"
 LABEL_RUN_ID = "swe-aem.run-id"
@@ -25,7 +27,7 @@ MAX_POOL = 128
 log = logging.getLogger(__name__)
 
 
-class SandboxError(RuntimeError):
+class SandboxError(RunError, RuntimeError):
     """A sandbox operation failed (container died, exec failed, file missing in the image)."""
 
 

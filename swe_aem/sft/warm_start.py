@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swe_aem.config import WarmStartConfig
+from swe_aem.errors import RunError
 from swe_aem.isolate import call_in_child
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 9
 
 
-class WarmStartError(RuntimeError):
+class WarmStartError(RunError, RuntimeError):
     """The warm start could not be built; the message says which part failed."""
 
 

