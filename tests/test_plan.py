@@ -222,6 +222,13 @@ def test_plan_command(capsys):
     assert cli_main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] and out["processes"][0]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    # what rollouts sample with, every field named: softmax(z / T) over the whole vocabulary
+    assert out["sampling"]["top_k"] == 0 and out["sampling"]["repetition_penalty"] == 1.0
+    assert out["sampling"]["server_generation_config"] == "vllm"
+    command = out["processes"][0]["command"]
+    assert command[command.index("--generation-config") + 1] == "vllm"
+    assert cli_main(args) == 0
+    assert "sampling: temperature 0.6, top_p 1.0, top_k 0" in capsys.readouterr().out
     assert cli_main([*args, "--recipe", "deepswe", "rollout.max_context_tokens=32768",
                      "vllm.sleep_mode=false"]) == 1  # does not fit: exit 1, the reasons printed
     text = capsys.readouterr().out

