@@ -49,3 +49,32 @@ def test_ties_go_to_the_lowest_rank_and_equal_lengths_deal_out_like_round_robin(
     assert balanced_shards([7], 2) == [[0], []]
     with pytest.raises(ValueError, match="world"):
         balanced_shards([1], 0)
+
+
+def test_update_plan_draws_minibatches_then_balances_each_over_ranks():
+    """Each optimizer step's mini-batch is the draw the update always made (order[m::M] of the
+    step's permutation); only its split over ranks changes, by workload."""
+    import random
+
+    import torch
+
+    from swe_aem.train.batch import plan_update, update_lower_bound, whole_batch_shards, workload
+
+    rng = random.Random(1)
+    lengths = [max(5_000, min(36_864, int(rng.lognormvariate(9.4, 0.6)))) for _ in range(512)]
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(4)).tolist()
+    for world in (1, 8, 64):
+        plan = plan_update(lengths, world, 8, torch.Generator().manual_seed(4))
+        assert len(plan.minibatches) == 8 and all(len(mb) == world for mb in plan.minibatches)
+        for m, mb in enumerate(plan.minibatches):
+            assert sorted(i for part in mb for i in part) == sorted(order[m::8])
+            for part in mb:  # within a rank, the draw's order (one rank: the update as before)
+                assert part == [i for i in order[m::8] if i in set(part)]
+        assert sorted(i for r in range(world) for i in plan.shard(r)) == list(range(512))
+        old = whole_batch_shards(lengths, world, 8, torch.Generator().manual_seed(4))
+        bound = update_lower_bound(lengths, plan)
+        assert plan.busiest_over_mean(lengths) <= max(1.10, 1.05 * bound)
+        assert plan.busiest_over_mean(lengths) <= old.busiest_over_mean(lengths)
+    one = plan_update(lengths, 1, 8, torch.Generator().manual_seed(4))
+    assert [mb[0] for mb in one.minibatches] == [order[m::8] for m in range(8)]
+    assert workload(24_576) == 2 * 24_576  # attention's term equals the linear one there

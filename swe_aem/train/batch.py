@@ -175,7 +175,93 @@ def collate(
     }
 
 
-def balanced_shards(lengths: Sequence[int], world: int) -> list[list[int]]:
+# Attention's quadratic term in a sequence's cost, as a number of tokens: a sequence of L
+# tokens costs about L * (ATTENTION_TOKENS + L) / ATTENTION_TOKENS token-equivalents (the
+# linear layers ~ 24 h^2 L FLOPs, attention ~ 4 h L^2: their ratio at h = 4096-5120 puts the
+# crossover near 24k tokens, the figure verl's sequence balancing weighs with too)
+ATTENTION_TOKENS = 24_576
+
+
+def workload(length: int, attention_tokens: int = ATTENTION_TOKENS) -> float:
+    """A sequence's forward/backward cost in token-equivalents: its tokens plus attention's
+    quadratic term (at 36k tokens a trajectory costs 2.5x its tokens)."""
+    return length * (1.0 + length / attention_tokens)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """Which samples each data-parallel rank trains in each optimizer step.
+
+    `minibatches[m][r]`: the samples rank r trains in mini-batch m. The composition is drawn
+    once per step, before `forward_old`, so the old log-probs live on the rank that trains
+    each sample, and it is kept across PPO epochs (no gather of old log-probs between ranks).
+    """
+
+    minibatches: list[list[list[int]]]
+
+    def shard(self, rank: int) -> list[int]:
+        """Every sample rank `rank` scores and trains, in index order."""
+        return sorted(i for mb in self.minibatches for i in mb[rank])
+
+    def busiest_over_mean(self, lengths: Sequence[int]) -> float:
+        """The update's time over a perfectly even one: each optimizer step lasts as long as
+        its busiest rank, so the sum over mini-batches of the busiest rank's workload over
+        the sum of the mean rank's (1.0: no rank ever waits)."""
+        busiest = mean = 0.0
+        for mb in self.minibatches:
+            loads = [sum(workload(lengths[i]) for i in part) for part in mb]
+            busiest, mean = busiest + max(loads, default=0.0), mean + sum(loads) / max(len(loads), 1)
+        return busiest / mean if mean else 1.0
+
+
+def plan_update(lengths: Sequence[int], world: int, mini_batches: int,
+                generator: torch.Generator | None = None) -> UpdatePlan:
+    """Draw each optimizer step's mini-batch first (a random 1/mini_batches of the samples,
+    as before), then balance each over the ranks by workload (`balanced_shards` on
+    `workload`: tokens plus attention's quadratic term), so no rank holds a mini-batch's
+    long tail while the others wait. Within a rank's part the samples keep the draw's
+    order: on one rank the update is the one the per-mini-batch slicing gave."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    plans = []
+    for mb in range(mini_batches):
+        members = order[mb::mini_batches]
+        parts = balanced_shards([workload(lengths[i]) for i in members], world)
+        plans.append([[members[j] for j in part] for part in parts])
+    return UpdatePlan(plans)
+
+
+def whole_batch_shards(lengths: Sequence[int], world: int, mini_batches: int,
+                       generator: torch.Generator | None = None) -> UpdatePlan:
+    """The assignment before `plan_update`: the whole batch balanced over ranks by tokens,
+    then each mini-batch a random slice intersected with every rank's fixed shard. Kept as
+    the bench's baseline (scripts/bench_update.py): a mini-batch's busiest rank holds 1.5x
+    the mean at 8 ranks and 4x at 64 on DeepSWE's length mix."""
+    shards = balanced_shards(lengths, world)
+    owner = {i: r for r, shard in enumerate(shards) for i in shard}
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    plans = []
+    for mb in range(mini_batches):
+        parts: list[list[int]] = [[] for _ in range(world)]
+        for i in order[mb::mini_batches]:
+            parts[owner[i]].append(i)
+        plans.append(parts)
+    return UpdatePlan(plans)
+
+
+def update_lower_bound(lengths: Sequence[int], plan: UpdatePlan) -> float:
+    """The best `busiest_over_mean` any assignment of the plan's mini-batches to ranks can
+    reach: a mini-batch's busiest rank holds at least its mean and at least its longest
+    sequence, which cannot be split (at 64 ranks and 64 sequences a mini-batch, one each)."""
+    busiest = mean = 0.0
+    for mb in plan.minibatches:
+        loads = [workload(lengths[i]) for part in mb for i in part]
+        if loads:
+            even = sum(loads) / len(mb)
+            busiest, mean = busiest + max(max(loads), even), mean + even
+    return busiest / mean if mean else 1.0
+
+
+def balanced_shards(lengths: Sequence[float], world: int) -> list[list[int]]:
     """Split sample indices over `world` data-parallel ranks by tokens, not by count.
 
     Longest first, each sample goes to the rank holding the fewest tokens so far (the
