@@ -22,6 +22,7 @@ from swe_aem.sandbox import (
     SandboxConfig,
     SandboxError,
     SandboxPool,
+    classify_breakage,
     connect,
     reap,
 )
@@ -189,6 +190,89 @@ def test_a_command_killing_the_runner_gets_a_new_one(sandbox):
     assert result.exit_code == 137 and "command runner was killed" in result.output
     assert sandbox._runner is not None and sandbox._runner is not first
     assert sandbox.exec("echo fine").output == "fine\n"
+
+
+# ------------------------------------------------------------------ the agent's own damage
+# Which commands really end a sandbox here (tini is PID 1, pids and memory limits, the group
+# kill at a tool timeout), measured: these are observations, the container lives on ...
+SURVIVABLE = {
+    "OOM": ("python3 -c 'b = bytearray(400 << 20)'", 60),  # the kernel kills the hog, not tini
+    "exit of the shell": ("exit 3", 10),
+    "kill -9 1": ("kill -9 1", 10),  # the kernel ignores SIGKILL to its namespace's init
+}
+# ... and these end it (the container exits) or leave it unable to run a command in its repo.
+BREAKING = {
+    "kill 1": ("kill 1", None, "is exited (exit code 143"),  # tini forwards SIGTERM and exits
+    "kill -9 -1": ("kill -9 -1", None, "is exited (exit code 137"),  # tini's child dies, so does tini
+    "rm -rf / as root": ("rm -rf / --no-preserve-root", "root", "runs but cannot run git"),
+    "rm -rf /bin /usr/bin as root": ("rm -rf /bin /usr/bin", "root", "runs but cannot run git"),
+}
+
+
+def test_damage_that_does_not_end_the_sandbox_is_an_observation(docker_client, local_instance):
+    with _small(docker_client, local_instance, memory="256m", pids_limit=64) as sb:
+        for name, (command, timeout) in SURVIVABLE.items():
+            result = sb.exec(command, timeout=timeout)  # never raises: an observation
+            assert sb.exec("echo alive").output == "alive\n", (name, result)
+            verdict = classify_breakage(sb)
+            assert not verdict.own and "not broken" in verdict.reason, (name, verdict)
+
+
+def test_a_fork_bomb_is_an_observation_that_outlives_its_call(docker_client, local_instance):
+    """Measured here: the pids limit holds the bomb, the call comes back timed out (no error,
+    the container runs), but the group SIGKILL does not end a bash fork bomb (forks in flight
+    escape it) and no `docker exec` can start to kill the rest: later commands mostly fail
+    to fork. Never an infrastructure failure; the episode goes on."""
+    with _small(docker_client, local_instance, pids_limit=64, kill_grace_s=1) as sb:
+        result = sb.exec(":(){ :|:& };:", timeout=2)
+        assert result.timed_out and "fork" in result.output
+        sb.container.reload()
+        assert sb.container.status == "running"
+        verdict = classify_breakage(sb)  # own (no process can start) or, between forks, fine
+        assert verdict.own or "not broken" in verdict.reason, verdict
+
+
+def test_a_sandbox_without_its_repository_is_broken(docker_client, local_instance):
+    """`rm -rf /` as the sandbox's user (swe) deletes only what swe owns: the container runs on
+    and the call is an observation, but the repository is gone, so no diff can be taken."""
+    with _small(docker_client, local_instance) as sb:
+        sb.exec("rm -rf / --no-preserve-root", timeout=60)
+        assert sb.exec("ls -A /testbed").output == ""
+        verdict = classify_breakage(sb)
+        assert verdict.own and "cannot run git in /testbed" in verdict.reason, verdict
+
+
+@pytest.mark.parametrize("name", list(BREAKING))
+def test_damage_that_ends_the_sandbox_is_its_own(docker_client, local_instance, name):
+    command, user, says = BREAKING[name]
+    with _small(docker_client, local_instance, user=user) as sb:
+        try:
+            result = sb.exec(command, timeout=60)
+        except SandboxError:  # the container exited under the command
+            result = None
+        if user == "root":
+            assert result is not None and sb.exec("true").exit_code == 126  # no /bin/sh to run
+        verdict = classify_breakage(sb)
+        assert verdict.own and says in verdict.reason, verdict
+
+
+def test_sandboxes_of_a_run_down_together_or_removed_are_infrastructure(docker_client, local_instance):
+    run = f"pytest-together-{os.getpid()}"
+    boxes = [Sandbox.start(docker_client, local_instance.image, run_id=run) for _ in range(3)]
+    try:
+        boxes[0].container.kill()  # one alone, the others running: looks like its own kill 1
+        assert classify_breakage(boxes[0]).own
+        for sb in boxes[1:]:  # now all of the run is down at once: a daemon or host failure
+            sb.container.kill()
+        for sb in boxes:
+            verdict = classify_breakage(sb)
+            assert not verdict.own and "none left running" in verdict.reason, verdict
+        boxes[0].container.remove(force=True)
+        verdict = classify_breakage(boxes[0])
+        assert not verdict.own and "removed from outside" in verdict.reason
+    finally:
+        for sb in boxes:
+            sb.close()
 
 
 def test_image_without_python_falls_back_to_exec_per_command(docker_client):

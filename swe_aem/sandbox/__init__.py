@@ -7,8 +7,8 @@ describe a task through `SandboxSpec` (swe_aem.data's Instance satisfies it).
 from swe_aem.sandbox.engine import DockerUnavailableError, SandboxError, connect
 from swe_aem.sandbox.images import ImageNotInRegistryError, ImageStore, ImageUnavailableError
 from swe_aem.sandbox.pool import SandboxPool, SandboxSpec, reap
-from swe_aem.sandbox.sandbox import ExecResult, Sandbox, SandboxConfig
+from swe_aem.sandbox.sandbox import Breakage, ExecResult, Sandbox, SandboxConfig, classify_breakage
 
-__all__ = ["DockerUnavailableError", "ExecResult", "ImageNotInRegistryError", "ImageStore",
+__all__ = ["Breakage", "DockerUnavailableError", "ExecResult", "ImageNotInRegistryError", "ImageStore",
            "ImageUnavailableError", "Sandbox", "SandboxConfig", "SandboxError", "SandboxPool",
-           "SandboxSpec", "connect", "reap"]
+           "SandboxSpec", "classify_breakage", "connect", "reap"]

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import docker
@@ -433,3 +434,103 @@ class Sandbox:
         if result.exit_code != 0:
             raise SandboxError(f"git diff failed in {self.config.workdir}: {result.output[-1000:]}")
         return result.output
+
+
+
+# ---------------------------------------------------------------------- whose failure
+# Other sandboxes of the same run on the same daemon that ended within this many seconds of
+# this one count as having gone down "at once" (a daemon restart, a host failure).
+_AT_ONCE_S = 30.0
+_PING_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Breakage:
+    """The answer to "a sandbox operation failed: is the sandbox itself broken, and by whom?".
+
+    `own` is True when this one container is unusable while its daemon answers and the run's
+    other sandboxes on that daemon do not share its fate: the only actor left is the code
+    running inside it, i.e. the agent's own commands (`kill 1`, deleting the repository or
+    /bin). False: an infrastructure failure (the daemon does not answer, the container was
+    removed from outside, every sandbox of the run went down at once) or no breakage at all
+    (the container is fine; the failure was elsewhere). `reason` says which, for the record.
+    """
+
+    own: bool
+    reason: str
+
+
+def classify_breakage(sandbox: Sandbox) -> Breakage:
+    """Decide whether a failure seen on `sandbox` is the sandbox's own damage (see Breakage).
+
+    Blocking (a few Docker API calls); call it right after the failure, before closing the
+    sandbox. Checks, in order: the daemon answers a ping; the container still exists (an
+    agent cannot remove its own container: gone means someone outside did it); it has exited
+    or cannot run `git rev-parse` in its workdir (what every later tool call and the final
+    diff need); and it is not one of several sandboxes of its run that ended together with
+    none of the run's left running (a daemon restart or a host failure takes them all).
+    """
+    container = sandbox.container
+    api = container.client.api
+    try:  # requests.Session.get with its own short timeout: a dead TCP peer must not stall us
+        answer = api.get(f"{api.base_url}/_ping", timeout=_PING_TIMEOUT_S)
+        answer.raise_for_status()
+    except (requests.exceptions.RequestException, OSError) as exc:
+        return Breakage(False, f"the Docker daemon does not answer a ping ({type(exc).__name__}: {exc})")
+    try:
+        container.reload()
+    except NotFound:
+        return Breakage(False, f"container {container.name} was removed from outside the sandbox")
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        return Breakage(False, f"container {container.name} cannot be inspected ({type(exc).__name__}: {exc})")
+    state = container.attrs.get("State", {})
+    if state.get("Status") == "running":
+        try:
+            probe = container.exec_run(["git", "rev-parse", "--is-inside-work-tree"],
+                                       workdir=sandbox.config.workdir)
+        except (APIError, NotFound) as exc:
+            return Breakage(False, f"container {container.name} runs but the daemon refused a probe: {exc}")
+        if probe.exit_code == 0:
+            return Breakage(False, f"container {container.name} runs and answers: not broken")
+        text = probe.output.decode("utf-8", errors="replace").strip()[-300:]
+        return Breakage(True, f"container {container.name} runs but cannot run git in "
+                              f"{sandbox.config.workdir} (exit code {probe.exit_code}: {text})")
+    what = (f"container {container.name} is {state.get('Status')} (exit code {state.get('ExitCode')}, "
+            f"OOMKilled={state.get('OOMKilled')})")
+    together = _ended_together(container, state.get("FinishedAt", ""))
+    if together is not None:
+        return Breakage(False, f"{what}, with {together}")
+    return Breakage(True, what)
+
+
+def _ended_together(container, finished_at: str) -> str | None:
+    """Whether `container` went down with every other sandbox of its run on its daemon (what
+    is said about them), else None. A sandbox alone on its daemon ended alone."""
+    api = container.client.api
+    run_id = container.labels.get(LABEL_RUN_ID, "")
+    try:
+        rows = api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN_ID}={run_id}"]})
+        others = [row for row in rows if row["Id"] != container.id]
+        if not others or any(row.get("State") == "running" for row in others):
+            return None
+        mine = _docker_time(finished_at)
+        ended = 0
+        for row in others:
+            theirs = _docker_time(api.inspect_container(row["Id"])["State"].get("FinishedAt", ""))
+            ended += mine is not None and theirs is not None and abs(theirs - mine) <= _AT_ONCE_S
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+        return None  # the daemon answered the ping; a sibling removed meanwhile is no evidence
+    if not ended:
+        return None
+    return f"{ended} other sandbox(es) of run {run_id} ending within {_AT_ONCE_S:g} s and none left running"
+
+
+def _docker_time(stamp: str) -> float | None:
+    """Seconds since the epoch of a Docker state time ("2024-05-01T12:00:00.123456789Z", always
+    UTC; whole seconds kept); None when unset ("0001-01-01T00:00:00Z") or unreadable."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    try:
+        return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
