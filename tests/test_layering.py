@@ -21,6 +21,7 @@ RANKS = {
     "swe_aem": 1,  # swe_aem/__init__.py: the version only
     "jsonl": 1,  # the one JSONL reader/writer (stdlib only)
     "isolate": 1,  # call_in_child (stdlib only)
+    "hostmem": 1,  # host memory: RSS, node memory, malloc arenas and trim (stdlib only)
     "algo": 1,  # pure torch
     "sandbox": 1,  # Docker
     "policy": 1,  # model presets, vLLM, the client

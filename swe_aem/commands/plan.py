@@ -31,6 +31,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from swe_aem.config import ConfigError, load_config
     from swe_aem.plan import PlanError, format_plan, make_plan
+    from swe_aem.plan.host import format_host_plan
 
     overrides = list(args.overrides)
     if args.model:
@@ -40,9 +41,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.algo, args.recipe, overrides)
         cluster = cluster_of(args)
-        if cluster is None:
-            raise PlanError("no GPU is visible here: give --gpus-per-node and --gpu-memory-gib "
-                            "(and --nodes) of the machines to plan for")
+        if cluster is None:  # no GPU and none named: this machine's host RAM
+            host = host_plan_here(cfg)
+            if host is None:
+                raise PlanError("no GPU is visible here: give --gpus-per-node and --gpu-memory-gib "
+                                "(and --nodes) of the machines to plan for")
+            print(json.dumps(host.to_json(), indent=1) if args.json else format_host_plan(host))
+            return 0 if host.fits else 1
         preset, path = preset_of(cfg.model)
         plan = make_plan(cfg, preset, cluster, model_path=path)
     except (ConfigError, PlanError, KeyError, ValueError) as exc:
@@ -50,6 +55,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(plan.to_json(), indent=1) if args.json else format_plan(plan))
     return 0 if plan.fits else 1
+
+
+def host_plan_here(cfg):
+    """The host-RAM plan of a CPU run on this machine (swe_aem.plan.host): its memory, Ray's
+    threshold (RAY_memory_usage_threshold); None where it does not apply (a GPU preset, or a
+    fleet on a Ray cluster of other nodes: run.ray_address)."""
+    import os
+
+    from swe_aem.hostmem import node_memory
+    from swe_aem.plan.host import RAY_THRESHOLD, host_plan
+
+    preset, _ = preset_of(cfg.model)
+    if preset.num_gpus > 0 or cfg.run.ray_address is not None or preset.architecture is None:
+        return None
+    threshold = float(os.environ.get("RAY_memory_usage_threshold", RAY_THRESHOLD))
+    return host_plan(cfg, preset, node_bytes=node_memory()[0], threshold=threshold)
 
 
 def preset_of(model: str):
@@ -129,8 +150,7 @@ def check_before_launch(cfgs: list, args: argparse.Namespace, console,
         console.print(f"[red]error:[/red] {exc}")
         return False, None
     if cluster is None:
-        console.print("plan: not applicable (no GPU visible and no --nodes / --gpus-per-node): skipped")
-        return True, None
+        return check_host(cfgs, args, console), None
     shown, first = None, None
     for cfg in cfgs:
         try:
@@ -149,3 +169,28 @@ def check_before_launch(cfgs: list, args: argparse.Namespace, console,
                           "not launching", soft_wrap=True)
             return False, plan
     return True, first
+
+
+def check_host(cfgs: list, args: argparse.Namespace, console) -> bool:
+    """A CPU run's host-RAM plan on this machine, printed: False when it does not fit (refuse).
+    A KV cache the plan sized (vllm.kv_cache_gib null) becomes an override in `args.overrides`,
+    so the servers start with it (in launched ranks and after the warm start too)."""
+    from swe_aem.plan.host import HostPlanError, format_host_plan
+
+    for cfg in cfgs:
+        try:
+            host = host_plan_here(cfg)
+        except (HostPlanError, KeyError) as exc:
+            console.print(f"plan: not made ({exc.args[0]}); launching without one")
+            return True
+        if host is None:
+            console.print("plan: not applicable (no GPU visible and no --nodes / --gpus-per-node): skipped")
+            return True
+        console.print(format_host_plan(host), markup=False, highlight=False, soft_wrap=True)
+        if not host.fits:
+            console.print("[red]error:[/red] the run does not fit this machine's memory (above: the numbers "
+                          "and what to change); not launching", soft_wrap=True)
+            return False
+        if host.kv_sized and cfg.vllm.kv_cache_gib is None and hasattr(args, "overrides"):
+            args.overrides = [*args.overrides, f"vllm.kv_cache_gib={host.kv_cache_gib}"]
+    return True

@@ -130,9 +130,12 @@ def run(args: argparse.Namespace) -> int:
     # before any launch or warm start (not again in each launched rank): refuse what cannot fit
     plan = None
     if "LOCAL_RANK" not in os.environ:
+        given = len(args.overrides)
         fits, plan = check_before_launch([cfg], args, console, hostfile=args.hostfile)
         if not fits:
             return 1
+        if args.overrides[given:]:  # what the host plan sized (each server's KV cache)
+            cfg = load_config(args.algo, args.recipe, [*overrides, *args.overrides[given:]])
     # placement=split: the trainer's ranks keep off the server's GPUs (node 0's first ones);
     # torchrun runs once per node (NODE_RANK), DeepSpeed's launcher once for all from node 0
     node = int(os.environ.get("NODE_RANK", "0")) if args.launcher == "torchrun" else 0

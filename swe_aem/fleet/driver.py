@@ -57,6 +57,43 @@ class _Replica:
     gone: bool = False  # dead for good (restarts used up)
     incarnation: int = 0  # deaths noticed so far
     waiting: Any = None  # the ready() call of a restart
+    deaths: list[str] = field(default_factory=list)  # why it died, each time (death_reason)
+
+
+MEMORY_KNOBS = ("lower rollout.replicas, vllm.kv_cache_gib or trainer.micro_batch_tokens, or run on a "
+                "node with more memory (`swe-aem plan` counts each process's host RAM against the node's)")
+
+
+def death_reason(exc: BaseException) -> str:
+    """Why Ray says an actor died, in one line: its memory monitor's kill (the node's memory
+    and the threshold, as Ray reports them), else the line of Ray's message that says why."""
+    import re
+
+    text = str(exc)
+    if "NODE_OUT_OF_MEMORY" in text or "low on memory" in text or "memory pressure" in text:
+        used = re.search(r"was ([\d.]+GB(?: used)? / [\d.]+GB(?: limit)?) \(([\d.]+)\)", text)
+        share = re.search(r"\(([\d.]+%) of \d+B limit\)", text) or re.search(r"threshold of ([\d.]+)", text)
+        parts = ([f"node memory {used.group(1)} ({float(used.group(2)):.3f})"] if used else []) + \
+            ([f"Ray's threshold {share.group(1)}"] if share else [])
+        return "killed by Ray's memory monitor (the node ran short of memory" + \
+            (f": {', '.join(parts)}" if parts else "") + ")"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return next((ln for ln in lines if "exit detail" in ln.lower() or "error" in ln.lower()),
+                lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _replica_lost():
+    """The exceptions of a call whose replica died: its actor's death, or Ray's memory kill of it."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    return (RayActorError, OutOfMemoryError)
+
+
+def node_memory_line() -> str:
+    from swe_aem.hostmem import GIB, node_memory
+
+    total, available = node_memory()
+    return f"this node: {(total - available) / GIB:.1f} of {total / GIB:.1f} GiB in use now"
 
 
 class Fleet:
@@ -84,6 +121,8 @@ class Fleet:
             if per is not None and len(per) != replicas:
                 raise FleetError(f"{name} names {len(per)} replicas, not {replicas}")
         self.spec, self.max_reruns, self.restart_timeout_s = spec, max_reruns, restart_timeout_s
+        self.max_restarts = max_restarts
+        self._closing = False
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
@@ -115,12 +154,43 @@ class Fleet:
                     scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0),
                 ).remote(spec, i)
                 self.replicas.append(_Replica(i, handle, group))
-            infos = self._get([r.handle.ready.remote() for r in self.replicas], start_timeout_s,
-                              "replicas did not start")
+            infos = self._start(start_timeout_s)
             self.stats.nodes = {info["index"]: info["node_id"] for info in infos}
         except BaseException:
             self.close()
             raise
+
+    def _start(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Wait until every replica serves (its info), Ray restarting one that dies while it
+        starts up to max_restarts times (each restart after the replica's back-off); a replica
+        whose restarts are used up is gone, and with none left the fleet fails naming why."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        pending = {r.handle.ready.remote(): r for r in self.replicas}
+        infos: list[dict[str, Any]] = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+            if not done:
+                raise FleetError(f"replicas did not start within {timeout_s:.0f} s")
+            replica = pending.pop(done[0])
+            try:
+                infos.append(ray.get(done[0]))
+            except _replica_lost() as exc:
+                replica.deaths.append(death_reason(exc))
+                memory = f"; {node_memory_line()}" if "memory monitor" in replica.deaths[-1] else ""
+                if len(replica.deaths) > self.max_restarts:
+                    replica.live, replica.gone = False, True
+                    print(f"fleet: replica {replica.index} did not start ({replica.deaths[-1]}{memory}); "
+                          "its restarts are used up", flush=True)
+                    continue
+                print(f"fleet: replica {replica.index} died starting ({replica.deaths[-1]}{memory}); restart "
+                      f"{len(replica.deaths)} of at most {self.max_restarts}", flush=True)
+                replica.incarnation += 1
+                pending[replica.handle.ready.options(max_task_retries=-1).remote()] = replica
+        if not infos:
+            raise self._no_replica("start")
+        return infos
 
     # ------------------------------------------------------------------ rollouts
     def rollout(self, instances: Sequence[Any], samples: int | Sequence[int], *, config: AgentConfig,
@@ -133,7 +203,6 @@ class Fleet:
         it to fail a replica mid-step). One rollout at a time; weight pushes may come from
         another thread meanwhile (asynchronous training)."""
         import ray
-        from ray.exceptions import RayActorError
 
         t0 = time.perf_counter()
         self.stats = FleetStats(nodes=dict(self.stats.nodes))
@@ -146,6 +215,8 @@ class Fleet:
         load = self.in_flight = Counter()  # replica index -> episodes in flight
 
         while queue or running:
+            if self._closing:
+                raise FleetError("the fleet was closed during a rollout")
             for job, replica in self._dispatch(queue, jobs, load):
                 inst, k = jobs[job]
                 ref = replica.handle.run.remote(inst, k, config, self.weights, grader, max_retries)
@@ -168,7 +239,7 @@ class Fleet:
             load[replica.index] -= 1
             try:
                 out, node_id = ray.get(ref)
-            except RayActorError as exc:
+            except _replica_lost() as exc:
                 self._died(replica, incarnation, exc)
                 losses[job] += 1
                 if losses[job] > self.max_reruns:
@@ -189,6 +260,8 @@ class Fleet:
         unfinished = [j for j in range(len(jobs)) if results[j] is None]
         if unfinished:
             why = {j: given_up.get(j, "no live replica was left to run it") for j in unfinished}
+            if not allow_partial and all(r.gone for r in self.replicas):
+                raise self._no_replica(f"run {len(unfinished)} of the batch's {len(jobs)} episodes")
             if not allow_partial:
                 first = unfinished[0]
                 raise FleetError(f"{len(unfinished)} of {len(jobs)} episodes could not be run "
@@ -226,20 +299,23 @@ class Fleet:
             replica.incarnation += 1
         replica.live = False
         self.stats.replica_deaths += 1
-        print(f"fleet: replica {replica.index} died ({type(exc).__name__}); its episodes run again "
-              "on the live replicas while Ray restarts it", flush=True)
+        why = death_reason(exc)
+        replica.deaths.append(why)
+        memory = f"; {node_memory_line()}" if "memory monitor" in why else ""
+        print(f"fleet: replica {replica.index} died ({why}{memory}); restart {len(replica.deaths)} of at most "
+              f"{self.max_restarts}, after a back-off; its episodes run again on the live replicas", flush=True)
         replica.waiting = replica.handle.ready.options(max_task_retries=-1).remote(self.weights)
 
     def _restarted(self, replica: _Replica, ref: Any) -> None:
         import ray
-        from ray.exceptions import RayActorError
 
         replica.waiting = None
         try:
             info = ray.get(ref)
-        except RayActorError as exc:
+        except _replica_lost() as exc:
             replica.gone = True
-            print(f"fleet: replica {replica.index} is gone for good: {exc}", flush=True)
+            replica.deaths.append(death_reason(exc))
+            print(f"fleet: replica {replica.index} is gone for good ({replica.deaths[-1]})", flush=True)
             return
         replica.live = True
         self.stats.nodes[replica.index] = info["node_id"]
@@ -257,7 +333,6 @@ class Fleet:
         that dies meanwhile loads them when Ray has restarted it (every later call names
         these weights)."""
         import ray
-        from ray.exceptions import RayActorError
 
         self._version = self._version + 1 if version is None else version
         self.weights = (self._version, str(weights_dir))
@@ -266,10 +341,10 @@ class Fleet:
         for ref, replica in calls.items():
             try:
                 seconds = max(seconds, ray.get(ref))
-            except RayActorError as exc:
+            except _replica_lost() as exc:
                 self._died(replica, replica.incarnation, exc)
         if not any(r.live for r in self.replicas) and not self._restarting():
-            raise FleetError("no rollout replica is left to take the weights")
+            raise self._no_replica("take the weights")
         return seconds
 
     def probe(self, token_ids: list[int]) -> list[float]:
@@ -287,9 +362,23 @@ class Fleet:
 
     def _probed(self) -> Any:
         replica = next((r for r in self.replicas if r.live), None)
+        if replica is None and self._restarting():  # a replica Ray is restarting comes back first
+            self.wait_for_restarts()
+            replica = next((r for r in self.replicas if r.live), None)
         if replica is None:
-            raise FleetError("no live rollout replica to probe")
+            raise self._no_replica("probe")
         return replica
+
+    def _no_replica(self, what: str) -> FleetError:
+        """The error of a fleet with no replica left: what each replica died of and, when the
+        node's memory killed one, the knobs that make the run fit."""
+        deaths = "; ".join(f"replica {r.index}: {len(r.deaths)} death(s), last {r.deaths[-1]}"
+                           for r in self.replicas if r.deaths) or "no death recorded"
+        memory = any("memory monitor" in d for r in self.replicas for d in r.deaths)
+        hint = (f" The rollout replicas do not fit this machine's memory ({node_memory_line()}): "
+                f"{MEMORY_KNOBS}." if memory else "")
+        return FleetError(f"no rollout replica is left to {what} after {self.max_restarts} restart(s) each "
+                          f"({deaths}).{hint}")
 
     def prefetch(self, instances: Sequence[Any]) -> None:
         """Pull the images of the next step's tasks where they will run: every task gets a
@@ -341,6 +430,7 @@ class Fleet:
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        self._closing = True  # a rollout on another thread stops at its next turn
         if not ray.is_initialized():
             return
         closing = [r.handle.close.remote() for r in self.replicas if r.live]

@@ -65,6 +65,11 @@ class ReplicaSpec:
     run_id: str = "fleet"  # replica i labels its containers RUN_ID-rI
     graders: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     stand_in: Callable[..., Any] | None = None
+    # a restarted replica waits restart_backoff_s x 2^(its restarts - 1), at most
+    # max_backoff_s, before it starts its server again: what killed it (the node short of
+    # memory, a daemon down) gets time to pass, and restarts do not thrash the node
+    restart_backoff_s: float = 5.0
+    max_backoff_s: float = 60.0
 
 
 def replica_run_id(run_id: str, index: int) -> str:
@@ -83,6 +88,8 @@ class RolloutReplica:
             self.restarted = bool(ctx.was_current_actor_reconstructed)
         self.spec, self.index = spec, index
         self.node_id = ctx.get_node_id()
+        if self.restarted:
+            self.backoff_s = self._back_off()
         self.run_id = replica_run_id(spec.run_id, index)
         self.weights: Weights = None
         self.stand_in: Any = None
@@ -99,6 +106,21 @@ class RolloutReplica:
             raise self._error
 
     # ------------------------------------------------------------------ set-up
+    def _back_off(self) -> float:
+        """Sleep before a restart's set-up, longer with each restart of this replica (counted in
+        a file of the node's state folder, or of the temporary one); the seconds slept."""
+        import tempfile
+
+        state = Path(self.spec.state_dir or tempfile.gettempdir())
+        state.mkdir(parents=True, exist_ok=True)
+        counter = state / f"restarts.{self.run_id}"
+        n = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+        counter.write_text(str(n))
+        wait = min(self.spec.restart_backoff_s * 2 ** (n - 1), self.spec.max_backoff_s)
+        print(f"rollout replica {self.index}: restart {n}, waiting {wait:.0f} s first", file=sys.stderr, flush=True)
+        time.sleep(wait)
+        return wait
+
     def _live(self) -> None:
         """Open everything, serve the loop until close(), then close everything (one thread)."""
         from transformers import AutoTokenizer

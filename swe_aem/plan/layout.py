@@ -182,7 +182,8 @@ def run_preset(cfg, preset: ModelPreset) -> ModelPreset:
     model preset's (the trainer starts its server from this one)."""
     v = cfg.vllm
     changes = {"placement": cfg.placement, "gpu_memory_utilization": v.gpu_memory_utilization,
-               "tensor_parallel_size": v.tensor_parallel_size, "sleep_mode": v.sleep_mode}
+               "tensor_parallel_size": v.tensor_parallel_size, "sleep_mode": v.sleep_mode,
+               "kv_cache_gib": v.kv_cache_gib}
     return dataclasses.replace(preset, **{k: x for k, x in changes.items() if x is not None})
 
 

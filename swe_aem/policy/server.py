@@ -97,6 +97,7 @@ class ServerOptions:
             max_model_len=preset.max_model_len,
             tensor_parallel_size=preset.tensor_parallel_size,
             gpu_memory_utilization=preset.gpu_memory_utilization,
+            kv_cache_gib=preset.kv_cache_gib,
             enable_sleep_mode=preset.sleeps,
             # split: the node's first GPUs, whatever the trainer's launcher made visible to
             # rank 0 (the others); colocated: the first of those the trainer sees too

@@ -57,6 +57,10 @@ class EngineSettings(ModelTrainerSettings):
     node_local_checkpoints: bool = False
 
 
+# ZeRO's reduce / all-gather buckets on a CPU trainer: 5e7 elements (0.2 GB in float32)
+CPU_BUCKET_ELEMENTS = 50_000_000
+
+
 def deepspeed_config(s: EngineSettings) -> dict:
     """DeepSpeed JSON config. Micro-batches vary in size, so accumulation is unmanaged:
     backward() accumulates and every step() is an optimizer step."""
@@ -69,6 +73,10 @@ def deepspeed_config(s: EngineSettings) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if s.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if not torch.cuda.is_available() and s.zero_stage >= 1:
+        # DeepSpeed's buckets default to 5e8 elements (2 GB each in float32), sized for GPUs:
+        # on a CPU trainer the gradient bucket is host RAM, touched up to the model's size
+        zero["reduce_bucket_size"] = zero["allgather_bucket_size"] = CPU_BUCKET_ELEMENTS
     extra: dict = {"checkpoint": {"use_node_local_storage": True}} if s.node_local_checkpoints else {}
     return {
         "train_micro_batch_size_per_gpu": 1,

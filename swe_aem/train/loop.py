@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 from rich.console import Console
 
+from swe_aem import hostmem
 from swe_aem.agent.trajectory import TERMINATIONS, Episode
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
@@ -168,6 +169,7 @@ class Trainer:
         from swe_aem.policy.models import resolve_model
 
         self.cfg, self.run_dir, self.heldout_report = cfg, Path(run_dir), heldout_report
+        hostmem.limit_malloc_arenas()  # before DeepSpeed's, Ray's and the stream's threads allocate
         self.rank, self.world = init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
@@ -289,6 +291,11 @@ class Trainer:
                     result.metrics["time_checkpoint_s"] = time.perf_counter() - t0
                     if isinstance(self.source, RolloutStream):
                         self.source.forget_before(self.state.step)
+                # the step's batch and activations go back to the kernel (glibc keeps freed heap
+                # pages resident); its peak and what stays are logged (host RAM, GiB)
+                hostmem.trim()
+                result.metrics.update(host_rss_gib=hostmem.rss_bytes() / hostmem.GIB,
+                                      host_peak_rss_gib=hostmem.peak_rss_bytes() / hostmem.GIB)
                 self.metrics.log(self.state.step - 1, result.metrics)
                 if self.is_main:
                     m = result.metrics

@@ -126,6 +126,9 @@ class RolloutStream:
                 future.result(timeout=60)
         self.batches.clear()
         if self._loop_thread is not None:
+            # nothing left pending on our loop when it stops ("Task was destroyed but it is pending!")
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self.loop).result(timeout=60)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._loop_thread.join()
             self.loop.close()
@@ -184,6 +187,14 @@ class RolloutStream:
             write_episodes(path, episodes)  # what the next kill would find
             kept[t] = episodes
         return kept
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait until they have ended."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 def staleness_metrics(episodes: Sequence[Episode], step: int, bound: int | None) -> dict[str, float]:
