@@ -245,3 +245,28 @@ def test_qwen_native_format_episode_gets_reward_one(tokenizer, pool, instances) 
     assert "<tool_response>" in tok.decode(episode.turns[1].prompt_ids)
     assert_token_record_matches_requests(episode, server)
     assert grade_patch(inst, episode.patch).reward == 1.0
+
+
+def test_agent_killing_its_sandbox_ends_as_sandbox_broken(tokenizer, pool, instances) -> None:
+    """`kill 1` ends the container (tini forwards SIGTERM and exits): the agent's own damage,
+    while the daemon and the server are fine. `kill 1` itself may return before the container
+    is down: the damage is seen at the sandbox's next use (here the next call), whose turn ends
+    the episode; nothing more is asked of the server, no patch is taken from the dead container."""
+    inst = instances["swe-aem__textkit-2"]
+    episode, server = play(tokenizer, pool, inst, script([bash("kill 1"), bash("ls"), FINISH]))
+    assert episode.termination == "sandbox_broken", episode.error
+    assert "broke its sandbox" in episode.error and "is exited" in episode.error
+    assert episode.num_turns in (1, 2) and len(server.requests) == episode.num_turns
+    assert episode.turns[0].tool_call.arguments["command"] == "kill 1"
+    assert "the sandbox is unusable" in episode.turns[-1].observation
+    assert episode.patch == ""
+
+
+def test_damage_the_sandbox_survives_is_an_observation(tokenizer, pool, instances) -> None:
+    """`kill -9 1` (ignored by the kernel for a namespace's init) and an OOM under the memory
+    limit: the command fails, the container lives, the episode goes on to finish."""
+    inst = instances["swe-aem__textkit-2"]
+    respond = script([bash("kill -9 1"), bash("python3 -c 'b = bytearray(3 << 30)'"), FINISH])
+    episode, _ = play(tokenizer, pool, inst, respond)
+    assert episode.termination == "finished", episode.error
+    assert episode.num_turns == 3 and episode.turns[1].tool_error  # the hog failed: an observation

@@ -2,7 +2,10 @@
 
 Every way an episode can end is a termination reason on the record, never an
 exception out of run_episode: the rollout keeps going and the trainer decides
-what to do with truncated episodes.
+what to do with truncated episodes. A sandbox that stops working is asked whose
+doing that was (swe_aem.sandbox.classify_breakage): the agent's own damage ends the
+episode as `sandbox_broken` (a 0 the trainer learns from), anything else as `error`
+(an infrastructure failure the rollout retries).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, stop_strings
 from swe_aem.agent.tools import ToolResult, ToolRunner
 from swe_aem.agent.trajectory import Episode, Turn
 from swe_aem.policy.client import PolicyClient, SamplingParams
+from swe_aem.sandbox import Breakage, Sandbox, classify_breakage
 
 
 @dataclass
@@ -130,11 +134,21 @@ async def run_episode(
             except ToolCallError as exc:
                 parse_error = str(exc)
             t1 = time.monotonic()
+            broken: Breakage | None = None
             if call is not None:
-                result = await asyncio.wait_for(
-                    in_thread(executor, tools.run, call, deadline - time.monotonic()),
-                    deadline - time.monotonic(),
-                )
+                try:
+                    result = await asyncio.wait_for(
+                        in_thread(executor, tools.run, call, deadline - time.monotonic()),
+                        deadline - time.monotonic(),
+                    )
+                except TimeoutError:
+                    raise
+                except Exception as exc:  # the sandbox failed under the call: whose doing?
+                    broken = await _own_damage(sandbox, executor)
+                    if broken is None:
+                        raise
+                    result = ToolResult(output=f"{type(exc).__name__}: {exc}\n[the sandbox is unusable: "
+                                               f"{broken.reason}; the episode ends]", error=True)
             observation, truncated = truncate_observation(
                 _observation(result, parse_error), config.max_observation_chars
             )
@@ -155,6 +169,10 @@ async def run_episode(
                 generate_s=generate_s,
                 tool_s=time.monotonic() - t1,
             ))
+            if broken is not None:  # the damaging call's turn is kept: it is what the 0 is for
+                episode.termination = "sandbox_broken"
+                episode.error = f"the agent's own command broke its sandbox: {broken.reason}"
+                break
             if result is not None and result.finished:
                 episode.termination = "finished"
                 break
@@ -174,12 +192,33 @@ async def run_episode(
     return episode
 
 
+async def _own_damage(sandbox: Any, executor: Executor | None) -> Breakage | None:
+    """The sandbox's breakage when it is the agent's own damage, else None (infrastructure, or
+    not broken at all; a stand-in that is no real Sandbox is never judged broken)."""
+    if not isinstance(sandbox, Sandbox):
+        return None
+    breakage = await in_thread(executor, classify_breakage, sandbox)
+    return breakage if breakage.own else None
+
+
 async def _final_patch(sandbox: Any, episode: Episode, executor: Executor | None) -> str:
-    """The sandbox's git diff against base_commit; a failure is recorded, not raised."""
+    """The sandbox's git diff against base_commit; a failure is recorded, not raised.
+
+    A broken sandbox gives no patch (it is not asked: its container is gone or cannot run
+    git). A diff that fails because the agent broke the sandbox at the end (deleted the
+    repository, /bin, then finished) turns the episode into `sandbox_broken`; any other
+    failure is an `error`."""
+    if episode.termination == "sandbox_broken":
+        return ""
     try:
         return await in_thread(executor, sandbox.diff)
     except Exception as exc:  # noqa: BLE001 (a dead container must not lose the episode record)
         note = f"patch unavailable: {type(exc).__name__}: {exc}"
+        broken = await _own_damage(sandbox, executor) if episode.termination != "error" else None
+        if broken is not None:
+            episode.termination = "sandbox_broken"
+            note = f"the agent's own commands broke its sandbox: {broken.reason}; {note}"
+        else:
+            episode.termination = "error"
         episode.error = f"{episode.error}; {note}" if episode.error else note
-        episode.termination = "error"
         return ""

@@ -5,7 +5,11 @@ use, each with its own client, pool and grading callable. An infrastructure
 failure is never a reward: an episode whose container or server failed is run
 again, a patch whose grading failed (timeout, dead container, daemon down) is
 graded again, and a sample that still fails after the retries is dropped with a
-record of why, not scored 0.
+record of why, not scored 0. The agent's own damage is a 0: an episode whose own
+command made its sandbox unusable (termination `sandbox_broken`, decided by
+swe_aem.sandbox.classify_breakage) is not rerun and not graded (its container is
+dead or cannot run git; its patch is empty), it gets reward 0 with grade_status
+`sandbox_broken` and is trained on like any other 0.
 """
 
 from __future__ import annotations
@@ -106,6 +110,9 @@ async def rollout(
                     continue
             if grade is None:
                 break
+            if episode.termination == "sandbox_broken":
+                _grade_broken(episode)
+                break
             failure = await _grade(grade, instance, episode, executor)
             if not failure:
                 break
@@ -153,6 +160,14 @@ async def _episode_in_sandbox(
                                  executor=executor)
     finally:
         await in_thread(executor, manager.__exit__, None, None, None)
+
+
+def _grade_broken(episode: Episode) -> None:
+    """Reward 0 for an episode whose own command broke its sandbox; the grader is not run (the
+    patch of a dead container is empty, and a fresh container would grade the base commit)."""
+    episode.reward = 0.0
+    episode.grade_status = "sandbox_broken"
+    episode.grade_reason = f"not graded: {episode.error or 'the sandbox was broken by its own command'}"
 
 
 async def _grade(grade: Grader, instance: Any, episode: Episode, executor: Executor) -> str:

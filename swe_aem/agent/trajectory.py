@@ -21,7 +21,10 @@ from swe_aem.jsonl import read_jsonl, write_jsonl
 # field version 2 added has a default that says "not recorded".
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls", "error")
+# sandbox_broken: the agent's own command made its sandbox unusable (a 0, trained); error: an
+# infrastructure failure (retried, then dropped; never a reward)
+TERMINATIONS = ("finished", "max_turns", "context_overflow", "timeout", "malformed_calls", "sandbox_broken",
+                "error")
 
 
 @dataclass
