@@ -39,6 +39,24 @@ class AlgoConfig:
     policy_loss: str = "ppo_clip"  # a name in swe_aem.algo.losses.POLICY_LOSSES
     kl_coef: float = 0.0
     tis_cap: float | None = 2.0  # truncated importance weight, rollout vs trainer log-probs
+    # Dual-clip PPO (verl's clip_ratio_c): for a negative advantage the clipped loss is at most
+    # c x |A| (no gradient beyond), so a token whose ratio grew large cannot dominate; > 1.
+    # null: off. Applies to ppo_clip and gspo
+    clip_ratio_c: float | None = None
+    # The rollout/trainer mismatch weight pi_trainer / pi_rollout (capped by tis_cap): per token
+    # ("token"), per response as the product of its tokens' ("sequence") or their geometric
+    # mean ("geometric"); a response is each assistant turn or the whole trajectory
+    # (rollout_is_unit). Token with the cap is today's TIS
+    rollout_is: str = "token"
+    rollout_is_unit: str = "turn"
+    # A mask band (MIS / IcePop): a token (rollout_is=token) or response whose untruncated
+    # weight is below low or above high drops out of the loss (weight 0); metric
+    # is_masked_frac. null: that side unbounded (both null: no mask)
+    rollout_is_mask_low: float | None = None
+    rollout_is_mask_high: float | None = None
+    # GSPO's one ratio (policy_loss=gspo): per "trajectory" (the whole multi-turn sequence) or
+    # per "turn" (each assistant response, AEM's unit). GSPO's paper clips at 3e-4 / 4e-4
+    gspo_unit: str = "trajectory"
     compact_filtering: bool = True  # mask trajectories cut short out of the loss
     filter_terminations: list[str] = field(
         default_factory=lambda: ["max_turns", "context_overflow", "timeout"]
@@ -283,7 +301,7 @@ def load_config(
 
 def validate(cfg: Config) -> None:
     from swe_aem.algo.advantages import ADVANTAGE_ESTIMATORS
-    from swe_aem.algo.losses import LOSS_AGG_MODES, POLICY_LOSSES
+    from swe_aem.algo.losses import LOSS_AGG_MODES, POLICY_LOSSES, ROLLOUT_IS_LEVELS, UNITS
     from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS
 
     checks = [
@@ -293,6 +311,17 @@ def validate(cfg: Config) -> None:
         (cfg.algo.loss_agg in LOSS_AGG_MODES, f"algo.loss_agg must be one of {LOSS_AGG_MODES}"),
         (cfg.algo.policy_loss in POLICY_LOSSES,
          f"algo.policy_loss {cfg.algo.policy_loss!r} not in {sorted(POLICY_LOSSES)}"),
+        (cfg.algo.clip_ratio_c is None or cfg.algo.clip_ratio_c > 1.0,
+         (f"algo.clip_ratio_c={cfg.algo.clip_ratio_c} must be > 1 (dual-clip bounds a negative "
+          "advantage's loss at c x |A|) or null")),
+        (cfg.algo.rollout_is in ROLLOUT_IS_LEVELS,
+         f"algo.rollout_is {cfg.algo.rollout_is!r} not in {ROLLOUT_IS_LEVELS}"),
+        (cfg.algo.rollout_is_unit in UNITS, f"algo.rollout_is_unit must be one of {UNITS}"),
+        (cfg.algo.gspo_unit in UNITS, f"algo.gspo_unit must be one of {UNITS}"),
+        (cfg.algo.tis_cap is None or cfg.algo.tis_cap > 0, "algo.tis_cap must be > 0 or null"),
+        (_band_ok(cfg.algo.rollout_is_mask_low, cfg.algo.rollout_is_mask_high),
+         (f"algo.rollout_is_mask_low={cfg.algo.rollout_is_mask_low} / rollout_is_mask_high="
+          f"{cfg.algo.rollout_is_mask_high}: the band needs 0 <= low < high (null: unbounded)")),
         (cfg.rollout.samples_per_task >= 2, "rollout.samples_per_task must be >= 2 (group baseline)"),
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
         (cfg.vllm.kv_cache_gib is None or cfg.vllm.kv_cache_gib >= 1,
@@ -345,6 +374,12 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _band_ok(low: float | None, high: float | None) -> bool:
+    """A mask band [low, high] on importance weights: 0 <= low < high, either side open."""
+    return (low is None or low >= 0) and (high is None or high > 0) and (
+        low is None or high is None or low < high)
 
 
 def _is_regex(pattern: str | None) -> bool:

@@ -22,7 +22,6 @@ from rich.console import Console
 
 from swe_aem import hostmem
 from swe_aem.agent.trajectory import TERMINATIONS, Episode
-from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
 from swe_aem.policy.client import SamplingParams
@@ -60,7 +59,7 @@ from swe_aem.train.rollouts import (
     uses_fleet,
 )
 from swe_aem.train.stream import RolloutStream, staleness_metrics
-from swe_aem.train.update import forward_old, ppo_update
+from swe_aem.train.update import forward_old, policy_loss_config, ppo_update
 from swe_aem.train.weights import WeightPublisher, WeightSyncError, run_transfer
 
 T = TypeVar("T")
@@ -207,8 +206,7 @@ class Trainer:
             if self.is_main:
                 console.print(f"resumed from {resume_from} at step {self.state.step}")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
-        self.loss_cfg = PolicyLossConfig(cfg.algo.clip_low, cfg.algo.clip_high, cfg.algo.loss_agg,  # type: ignore[arg-type]
-                                         cfg.algo.kl_coef, cfg.algo.tis_cap, cfg.algo.policy_loss)
+        self.loss_cfg = policy_loss_config(cfg.algo)
         if cfg.algo.kl_coef > 0:
             raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
                                      "does not load; the recipes here use no KL term")

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from swe_aem.algo.losses import PolicyLossConfig, get_policy_loss
+from swe_aem.config import AlgoConfig
 from swe_aem.train.batch import Sample, TurnLayout, collate, pack_by_tokens
 
 
@@ -33,6 +34,17 @@ class ForwardStats:
     # token, the one a TIS cap truncates: stale tokens (asynchronous training) widen it
     is_weight_min: float = 1.0
     is_weight_max: float = 1.0
+
+
+def policy_loss_config(algo: AlgoConfig) -> PolicyLossConfig:
+    """The loss settings of the run's `algo` section, as the registered losses take them."""
+    return PolicyLossConfig(
+        clip_low=algo.clip_low, clip_high=algo.clip_high, agg=algo.loss_agg,  # type: ignore[arg-type]
+        kl_coef=algo.kl_coef, tis_cap=algo.tis_cap, name=algo.policy_loss,
+        clip_ratio_c=algo.clip_ratio_c, rollout_is=algo.rollout_is,  # type: ignore[arg-type]
+        rollout_is_unit=algo.rollout_is_unit,  # type: ignore[arg-type]
+        rollout_is_mask_low=algo.rollout_is_mask_low, rollout_is_mask_high=algo.rollout_is_mask_high,
+        gspo_unit=algo.gspo_unit)  # type: ignore[arg-type]
 
 
 def _device(engine) -> torch.device:
@@ -172,6 +184,7 @@ def ppo_update(
                 loss, stats = loss_fn(
                     lp.float(), old.to(dev), adv.to(dev), b["loss_mask"].to(dev), loss_cfg,
                     rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
+                    turn=turn.to(dev),
                 )
                 engine.backward(loss * (world * weight), scale_wrt_gas=False)
                 stat_keys.update(stats)
