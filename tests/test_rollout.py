@@ -6,6 +6,7 @@ one instance gets its gold edits, the other gives up without editing."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -89,3 +90,112 @@ def test_every_agent_flag_reaches_the_episodes() -> None:
     assert got.seed == 5
     assert (got.max_turns, got.max_context_tokens, got.max_new_tokens) == (6, 2000, 99)
     assert (got.temperature, got.top_p, got.episode_timeout_s) == (0.3, 0.9, 77.0)
+
+
+def _bash(command: str) -> str:
+    return f"<function=execute_bash>\n<parameter=command>{command}</parameter>\n</function>"
+
+
+def _roll(tokenizer, pool, instance, respond, grade):
+    import asyncio
+
+    from swe_aem.agent.loop import AgentConfig
+    from swe_aem.agent.rollout import rollout
+    from swe_aem.policy.client import PolicyClient
+
+    with ScriptedPolicyServer(tokenizer, respond) as server:
+        client = PolicyClient(server.base_url, "scripted", retries=1, backoff_s=0.05, timeout=30)
+        result = asyncio.run(rollout([instance], 1, policy=client, tokenizer=tokenizer, pool=pool,
+                                     config=AgentConfig(max_turns=4, temperature=0.0), grade=grade,
+                                     max_retries=1, concurrency=1, progress=False))
+    return result, server
+
+
+def test_agent_breaking_its_sandbox_is_a_kept_zero_not_retried(tokenizer, sandbox_pool, local_instances) -> None:
+    """`kill -9 -1` ends the container while the daemon and the server are healthy: kept,
+    reward 0 without running the grader, never rerun (the stand-in saw one episode's requests)."""
+    from swe_aem.policy.scripted import script
+
+    inst = next(i for i in local_instances if i.instance_id == GIVEN_UP)
+    graded: list[str] = []
+    result, server = _roll(tokenizer, sandbox_pool, inst, script([_bash("kill -9 -1"), _bash("ls"), FINISH]),
+                           grade=lambda instance, patch: graded.append(patch))
+    assert not result.dropped and len(result.episodes) == 1
+    episode = result.episodes[0]
+    assert episode.termination == "sandbox_broken", episode.error
+    assert episode.reward == 0.0 and episode.grade_status == "sandbox_broken"
+    assert "broke its sandbox" in episode.grade_reason and "is exited" in episode.grade_reason
+    assert graded == [] and len(server.requests) == episode.num_turns <= 2
+
+
+@pytest.fixture
+def second_dockerd(local_instances):
+    """A dockerd of this test's own (socket, data-root and exec-root under a short tmp folder:
+    a unix socket path has a 108-byte cap), with one local image loaded; stopped at the end.
+    Yields (its DOCKER_HOST, a function that stops it now). CI's own daemon is never touched."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    import docker
+
+    root = tempfile.mkdtemp(prefix="dkd-", dir="/tmp")
+    sock, pidfile = f"{root}/docker.sock", f"{root}/dockerd.pid"
+    log = open(f"{root}/dockerd.log", "w")  # noqa: SIM115 (the daemon writes it until stopped)
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/x", "--pidfile", pidfile,
+         "-H", f"unix://{sock}", "--bridge", "none", "--iptables=false", "--ip-masq=false",
+         "--shutdown-timeout", "1", "--cgroup-parent", "swe-aem-test-dockerd"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    try:
+        for _ in range(60):
+            if proc.poll() is not None or os.path.exists(sock):
+                break
+            time.sleep(0.5)
+        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=60)
+        client.ping()
+        image = next(i for i in local_instances if i.instance_id == GIVEN_UP).image
+        subprocess.run(f"docker save {image} | docker -H unix://{sock} load -q", shell=True, check=True,
+                       capture_output=True)
+        client.close()
+        yield f"unix://{sock}", stop
+    finally:
+        stop()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_daemon_stopped_mid_episode_is_infrastructure_retried_and_dropped(tokenizer, local_instances,
+                                                                        second_dockerd) -> None:
+    """The agent's call runs when its daemon stops: not the agent's damage (the daemon does
+    not answer a ping): retried (the rerun cannot start a sandbox), then dropped with a record."""
+    import threading
+
+    from swe_aem.sandbox import SandboxPool
+
+    host, stop_daemon = second_dockerd
+    inst = next(i for i in local_instances if i.instance_id == GIVEN_UP)
+
+    def respond(_prompt: str, turn: int) -> str:
+        if turn == 0:
+            threading.Timer(2.0, stop_daemon).start()  # while the call below runs
+        return _bash("sleep 30") if turn == 0 else FINISH
+
+    with SandboxPool([host], max_concurrency=1, run_id="pytest-daemon-stop") as pool:
+        result, server = _roll(tokenizer, pool, inst, respond, grade=lambda instance, patch: None)
+    assert not result.episodes and len(result.dropped) == 1
+    dropped = result.dropped[0]
+    assert dropped.attempts == 2 and "episode error" in dropped.reason, dropped
+    assert len(server.requests) == 1, dropped  # the rerun's sandbox never started: no second request

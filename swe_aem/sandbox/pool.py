@@ -12,6 +12,7 @@ run at a run's start and end.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -23,8 +24,10 @@ from contextlib import contextmanager
 from typing import Protocol, Self
 
 import docker
+import requests
 from docker.errors import NotFound
 
+from swe_aem.sandbox import history
 from swe_aem.sandbox.engine import (
     LABEL_MANAGED,
     LABEL_OWNER,
@@ -63,11 +66,12 @@ class SandboxPool:
 
     def __init__(self, docker_hosts: list[str] | None = None, max_concurrency: int = 4,
                  config: SandboxConfig | None = None, run_id: str | None = None,
-                 images: ImageStore | None = None):
+                 images: ImageStore | None = None, history_guard: bool = True):
         self.hosts: list[str | None] = list(docker_hosts) if docker_hosts else [None]
         self.config = config or SandboxConfig()
         self.run_id = run_id or uuid.uuid4().hex[:10]
         self.images = images or ImageStore()
+        self.history_guard = history_guard  # agents' sandboxes (shell_env) start from a scrubbed image
         self._own_images = images is None  # a store passed in may serve other pools: theirs to close
         self._created: dict[str, tuple[int, str]] = {}  # container id -> (daemon index, name)
         self._slots = threading.BoundedSemaphore(max_concurrency)
@@ -104,18 +108,33 @@ class SandboxPool:
     def sandbox(self, spec: SandboxSpec, *, shell_env: bool = True) -> Iterator[Sandbox]:
         """A fresh sandbox from the spec's image (pulled if missing), inside the environment
         its shell start-up defines (`shell_env=False`: the image's bare environment, for
-        graders, whose eval scripts enter their own), removed on exit whatever happens."""
+        graders, whose eval scripts enter their own), removed on exit whatever happens.
+
+        The repository is at the spec's `workdir` where it has one (else the config's). An
+        agent's sandbox (`shell_env`, the pool's `history_guard`) starts from the image with its
+        git history beyond the task's base scrubbed, and is checked before it is handed out
+        (swe_aem.sandbox.history: a leak raises HistoryLeakError naming the image)."""
+        config = self.config
+        if getattr(spec, "workdir", "") and spec.workdir != config.workdir:
+            config = dataclasses.replace(config, workdir=spec.workdir)
+        guard = history.rules_for(spec, config.workdir) if self.history_guard and shell_env else None
         with self._slots:
             index, client = self._pick()
             try:
                 with self.images.using(client, spec.image):
-                    sandbox = Sandbox.start(client, spec.image, config=self.config,
+                    image = spec.image
+                    if guard is not None:
+                        image = history.guarded_image(client, spec.image, guard)
+                        self.images.touch(image)
+                    sandbox = Sandbox.start(client, image, config=config,
                                             run_id=self.run_id, instance_id=spec.instance_id,
                                             base_commit=spec.base_commit,
                                             env_activate=spec.env_activate if shell_env else "",
                                             shell_env=shell_env,
                                             on_create=lambda c: self._record(index, c))
                     with sandbox:
+                        if guard is not None:
+                            history.check_sandbox(sandbox, spec.image, guard)
                         yield sandbox
                     self._forget(sandbox.container.id)
             finally:
@@ -178,8 +197,8 @@ class SandboxPool:
                 container = client.containers.get(container_id)
             except NotFound:
                 continue
-            except docker.errors.DockerException as exc:
-                log.warning("cannot inspect %s on close: %s", name, exc)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                log.warning("cannot inspect %s on close (its daemon down?): %s", name, exc)
                 continue
             if remove_container(container):
                 removed.append(name)

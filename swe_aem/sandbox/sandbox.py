@@ -241,6 +241,8 @@ class Sandbox:
         except APIError as exc:  # another client removing it already (a reaper): fine
             if not removal_in_progress(exc):
                 raise
+        except requests.exceptions.RequestException:
+            pass  # its daemon is down: nothing can be removed now; `reap(run_id)` does it later
 
     def __enter__(self) -> Self:
         return self
