@@ -112,6 +112,13 @@ class RolloutConfig:
 @dataclass
 class TrainerConfig:
     lr: float = 1e-6
+    # The learning rate over RL steps (swe_aem/algo/schedule.py; logged as `lr`): "constant",
+    # "linear" or "cosine" decay from lr towards lr x lr_min_ratio as the run ends, after
+    # lr_warmup_steps of linear warmup (step s < W at lr (s + 1) / W). By RL step, not
+    # optimizer step (mini-batches, epochs and skipped steps change those), so resumable
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_min_ratio: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
@@ -302,6 +309,7 @@ def load_config(
 def validate(cfg: Config) -> None:
     from swe_aem.algo.advantages import ADVANTAGE_ESTIMATORS
     from swe_aem.algo.losses import LOSS_AGG_MODES, POLICY_LOSSES, ROLLOUT_IS_LEVELS, UNITS
+    from swe_aem.algo.schedule import LR_SCHEDULERS
     from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS
 
     checks = [
@@ -356,6 +364,10 @@ def validate(cfg: Config) -> None:
         (_is_regex(cfg.heldout.instances_matching),
          f"heldout.instances_matching {cfg.heldout.instances_matching!r} is not a regex"),
         (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
+        (cfg.trainer.lr_scheduler in LR_SCHEDULERS,
+         f"trainer.lr_scheduler {cfg.trainer.lr_scheduler!r} not in {LR_SCHEDULERS}"),
+        (cfg.trainer.lr_warmup_steps >= 0, "trainer.lr_warmup_steps must be >= 0"),
+        (0.0 <= cfg.trainer.lr_min_ratio <= 1.0, "trainer.lr_min_ratio must be in [0, 1]"),
         (cfg.placement in (None, "colocated", "split"), "placement must be colocated or split"),
         (cfg.vllm.gpu_memory_utilization is None or 0 < cfg.vllm.gpu_memory_utilization <= 1,
          "vllm.gpu_memory_utilization must be in (0, 1]"),

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from swe_aem import hostmem
 from swe_aem.agent.trajectory import TERMINATIONS, Episode
+from swe_aem.algo.schedule import lr_factor
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
 from swe_aem.policy.client import SamplingParams
@@ -59,7 +60,7 @@ from swe_aem.train.rollouts import (
     uses_fleet,
 )
 from swe_aem.train.stream import RolloutStream, staleness_metrics
-from swe_aem.train.update import forward_old, policy_loss_config, ppo_update
+from swe_aem.train.update import forward_old, policy_loss_config, ppo_update, set_lr
 from swe_aem.train.weights import WeightPublisher, WeightSyncError, run_transfer
 
 T = TypeVar("T")
@@ -353,6 +354,9 @@ class Trainer:
         ids = self._batch_ids(step)
         # rank 0 rolls out; an error there (every episode failed, Docker down) ends every rank
         episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
+        # the step's learning rate, a pure function of the RL step (resumable)
+        m["lr"] = set_lr(self.engine, cfg.trainer.lr * lr_factor(
+            step, cfg.run.steps, cfg.trainer.lr_scheduler, cfg.trainer.lr_warmup_steps, cfg.trainer.lr_min_ratio))
         if not episodes:  # dynamic sampling found no group with signal
             self._label_weights(step + 1)
             return self._skipped_step(m, t_start)

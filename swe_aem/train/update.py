@@ -47,6 +47,16 @@ def policy_loss_config(algo: AlgoConfig) -> PolicyLossConfig:
         gspo_unit=algo.gspo_unit)  # type: ignore[arg-type]
 
 
+def set_lr(engine, lr: float) -> float:
+    """Give every parameter group of the engine's optimizer learning rate `lr` (ZeRO's
+    optimizers expose their inner optimizer's groups; DeepSpeed's CPU Adam reads the group's
+    rate at each step) and return it as the engine reports it. The rate of an RL step comes
+    from `swe_aem.algo.schedule.lr_factor`."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    return float(engine.get_lr()[0])
+
+
 def _device(engine) -> torch.device:
     return next(engine.module.parameters()).device
 
