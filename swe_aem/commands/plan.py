@@ -70,7 +70,8 @@ def host_plan_here(cfg):
     if preset.num_gpus > 0 or cfg.run.ray_address is not None or preset.architecture is None:
         return None
     threshold = float(os.environ.get("RAY_memory_usage_threshold", RAY_THRESHOLD))
-    return host_plan(cfg, preset, node_bytes=node_memory()[0], threshold=threshold)
+    total, available = node_memory()  # a shared node: what others use counts against the threshold
+    return host_plan(cfg, preset, node_bytes=total, threshold=threshold, others_bytes=total - available)
 
 
 def preset_of(model: str):

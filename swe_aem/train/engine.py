@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from swe_aem.algo.entropy import chunked_logprobs_and_entropy
 from swe_aem.config import ModelTrainerSettings
+from swe_aem.plan.host import CPU_BUCKET_ELEMENTS
 
 
 class PolicyLogprobs(nn.Module):
@@ -55,10 +56,6 @@ class EngineSettings(ModelTrainerSettings):
     # nodes without a shared run folder: each node's LOCAL_RANK 0 writes the module state
     # on its own disk (DeepSpeed's checkpoint.use_node_local_storage), not global rank 0 only
     node_local_checkpoints: bool = False
-
-
-# ZeRO's reduce / all-gather buckets on a CPU trainer: 5e7 elements (0.2 GB in float32)
-CPU_BUCKET_ELEMENTS = 50_000_000
 
 
 def deepspeed_config(s: EngineSettings) -> dict:
