@@ -21,17 +21,19 @@ Rules per family are in ../shared/datasets/README.md; the choices made here:
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from swe_aem.errors import InputError
 
-FORMATS = ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
-GRADERS = ("swebench", "swesmith", "r2e")
+FORMATS = ("swe-bench", "swe-gym", "swe-smith", "r2e-gym", "swe-rebench", "swe-bench-pro", "multi-swe-bench")
+GRADERS = ("swebench", "swesmith", "r2e", "swe-rebench", "swe-bench-pro", "multi-swe-bench")
 
 # R2E-Gym images keep a venv in /testbed/.venv; R2E-Gym's runtime puts it first on PATH
 # (through /root/.venv -> /testbed/.venv and /root/.local/bin links).
@@ -51,12 +53,21 @@ class FormatError(InputError, ValueError):
 def detect_format(dataset: str, row: Mapping[str, Any]) -> str:
     """The family of `dataset`: from its name, else from the first row's columns."""
     name = dataset.lower()
-    for needle, fmt in (("swe-gym", "swe-gym"), ("swe_gym", "swe-gym"), ("swe-smith", "swe-smith"),
+    for needle, fmt in (("rebench", "swe-rebench"), ("swe-bench_pro", "swe-bench-pro"),
+                        ("swe_bench_pro", "swe-bench-pro"), ("swe-bench-pro", "swe-bench-pro"),
+                        ("multi-swe", "multi-swe-bench"), ("multi_swe", "multi-swe-bench"),
+                        ("swe-gym", "swe-gym"), ("swe_gym", "swe-gym"), ("swe-smith", "swe-smith"),
                         ("swe_smith", "swe-smith"), ("r2e", "r2e-gym")):
         if needle in name:
             return fmt
     if "docker_image" in row and "expected_output_json" in row:
         return "r2e-gym"
+    if "install_config" in row and "FAIL_TO_PASS" in row:
+        return "swe-rebench"
+    if "before_repo_set_cmd" in row or ("repo_language" in row and "fail_to_pass" in row):
+        return "swe-bench-pro"
+    if "fix_patch" in row and "org" in row:
+        return "multi-swe-bench"
     if "image_name" in row:
         return "swe-smith"
     if "eval_script" not in row and isinstance(row.get("FAIL_TO_PASS"), list) \
@@ -330,6 +341,267 @@ def r2e_gym(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ADAPTERS = {"swe-bench": swe_bench, "swe-gym": swe_gym, "swe-smith": swe_smith, "r2e-gym": r2e_gym}
+# ---------------------------------------------------------------- shared by the 2026 families
+
+def _text_field(row: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    """A text column, JSON-decoded when the export stored it JSON-encoded (SWE-bench Pro's
+    problem_statement is the text `"## Title ..."`, quotes and `\\n` escapes included)."""
+    value = row.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise FormatError(f"column {name!r} must be a non-empty string, got {type(value).__name__}")
+    stripped = value.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        try:
+            decoded = json.loads(stripped)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
+def _name_list(value: Any, name: str) -> list[str]:
+    """A list of test names: a real list, JSON text, or Python-literal text (SWE-bench Pro's
+    fail_to_pass is `['TestLoad']`, its pass_to_pass `["..."]`; its harness eval()s both)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value) if value.strip() else []
+        except (ValueError, SyntaxError) as exc:
+            raise FormatError(f"column {name!r} is not a list literal: {exc}") from exc
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise FormatError(f"column {name!r} must be a list of strings, got {value!r:.80}")
+    return list(value)
+
+
+def _commit(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{40}", value):
+        raise FormatError(f"column {name!r} must be a 40-hex commit id, got {value!r:.60}")
+    return value
+
+
+# ---------------------------------------------------------------- SWE-rebench (V1 and V2)
+
+# V1 rows run the SWE-bench fork's Python harness: these are the parsers its rows name.
+SWE_REBENCH_V1_PARSERS = ("parse_log_pytest", "parse_log_pytest_options", "parse_log_pytest_v2")
+# The fork's _clean_install_config prefixes the install and test commands with this.
+_REBENCH_LOCALE = "LANG=C.UTF-8 LC_ALL=C.UTF-8 "
+# The two pass rules (recorded in the verdict): OpenRewardEnv's and the usual SWE rule, or
+# V2's scripts/eval.py, whose set of passing tests must equal F2P + P2P exactly.
+REBENCH_PASS_RULES = ("f2p_p2p_passed", "exact_passed_set")
+
+
+def swe_rebench_v1_image(instance_id: str) -> str:
+    """swerebench/sweb.eval.x86_64.<id, lower-cased, "__" -> "_1776_">:latest (the fork's
+    TestSpec.instance_image_key with --namespace swerebench)."""
+    return f"swerebench/sweb.eval.x86_64.{instance_id.lower()}:latest".replace("__", "_1776_")
+
+
+def _commands(value: Any, name: str) -> list[str]:
+    """install / test_cmd: a str or a list of str (eval.py turns both into a list)."""
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FormatError(f"column 'install_config' field {name!r} must be a string or a list of strings")
+    return value
+
+
+def _created_at(value: Any) -> str:
+    """ISO 8601 UTC: V2 stores milliseconds since the epoch, V1 (SWE-bench style) a date string."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise FormatError(f"column 'created_at' must be a date string or epoch milliseconds, got {value!r:.40}")
+    if isinstance(value, str):
+        return value
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def rebench_v2_eval_script(workdir: str, test_patch: str, test_cmd: list[str]) -> str:
+    """V2's eval.py script after the model patch is applied: the test patch (its own git
+    apply flags), then each test_cmd line under `set -e`, between the output markers."""
+    apply = "git apply -v --3way --recount --ignore-space-change --whitespace=nowarn"
+    return "\n".join(["#!/bin/bash", f"cd {workdir}", "set -e",
+                      f"{apply} - <<'{_HEREDOC}'\n{test_patch}\n{_HEREDOC}",
+                      START, *test_cmd, END]) + "\n"
+
+
+def swe_rebench(row: dict[str, Any]) -> dict[str, Any]:
+    """SWE-rebench row -> Instance fields. V2 rows (`language`, install_config.base_image_name)
+    run in /<repo name> of their image_name, graded by the named parser; V1 rows are the
+    SWE-bench fork's: /testbed, its Python eval script, swebench's pytest parsers."""
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+
+    cfg = _json_field(row, "install_config")
+    if not isinstance(cfg, dict):
+        raise FormatError(f"column 'install_config' must be an object, got {type(cfg).__name__}")
+    repo = row.get("repo")
+    if not isinstance(repo, str) or repo.count("/") != 1:
+        raise FormatError(f"column 'repo' must be owner/name, got {repo!r:.60}")
+    base = _commit(row.get("base_commit"), "base_commit")
+    test_patch = row.get("test_patch")
+    if not isinstance(test_patch, str) or not test_patch.strip():
+        raise FormatError("column 'test_patch' must be a non-empty diff")
+    test_cmd = _commands(cfg.get("test_cmd"), "test_cmd")
+    if not test_cmd:
+        raise FormatError("column 'install_config' has no test_cmd: nothing would run the tests")
+    parser = cfg.get("log_parser")
+    v2 = "language" in row or "base_image_name" in cfg
+    supported = sorted(PARSER_REGISTRY) if v2 else list(SWE_REBENCH_V1_PARSERS)
+    if parser not in supported:
+        raise FormatError(f"column 'install_config' names log_parser {parser!r}, not one of the "
+                          f"{'V2' if v2 else 'V1'} parsers supported here: {', '.join(supported)}")
+    out = {**row, "base_commit": base, "created_at": _created_at(row.get("created_at")),
+           "install_config": cfg, "rebench_version": "v2" if v2 else "v1", "log_parser": parser}
+    if not v2:
+        install = _commands(cfg.get("install"), "install")
+        out.update(
+            image=row.get("docker_image") or row.get("image_name") or swe_rebench_v1_image(str(row.get("instance_id", ""))),
+            eval_script=swebench_eval_script(
+                base, test_patch, _REBENCH_LOCALE + " && ".join(test_cmd),
+                " && ".join(_REBENCH_LOCALE + c for c in install),
+                tuple(_commands(cfg.get("eval_commands"), "eval_commands"))),
+            eval_type="pass_and_fail", grader="swebench", workdir="/testbed")
+        return out
+    image = row.get("image_name")
+    if not isinstance(image, str) or not image.strip():
+        raise FormatError("column 'image_name' must name the task's image (V2 rows carry it)")
+    workdir = "/" + repo.split("/")[1]
+    out.update(image=image, workdir=workdir, eval_script=rebench_v2_eval_script(workdir, test_patch, test_cmd),
+               eval_type="f2p_p2p_passed", grader="swe-rebench", language=str(row.get("language") or ""))
+    return out
+
+
+# ---------------------------------------------------------------- SWE-bench Pro
+
+SWE_BENCH_PRO_IMAGE_REPO = "jefzda/sweap-images"
+_PRO_LISTS = ("fail_to_pass", "pass_to_pass", "selected_test_files_to_run", "issue_specificity", "issue_categories")
+_GOLD_CHECKOUT = re.compile(r"^\s*git checkout ([0-9a-f]{40}) -- (.+?)\s*$")
+
+
+def swe_bench_pro_tag(repo: str, instance_id: str) -> str:
+    """The image tag as SWE-bench Pro's helper_code/image_uri.py derives it (rows from before
+    the dockerhub_tag column): `<owner>.<name>-<id without "instance_">`, repo lower-cased,
+    element-hq/element-web named "element", a trailing "-vnan" dropped, at most 128 characters."""
+    owner, _, name = repo.lower().partition("/")
+    if not owner or not name:
+        raise FormatError(f"column 'repo' must be owner/name, got {repo!r:.60}")
+    if f"{owner}/{name}" == "element-hq/element-web":
+        name = "element"  # image_uri.py keeps "element-web" for one instance it names; not known here
+    tail = instance_id.replace("instance_", "")
+    tail = tail.removesuffix("-vnan")
+    return f"{owner}.{name}-{tail}"[:128]
+
+
+def swe_bench_pro(row: dict[str, Any]) -> dict[str, Any]:
+    """SWE-bench Pro row -> Instance fields: every column is text (lists as Python or JSON
+    literals, the prose JSON-encoded); the repository at /app; the gold commit read from the
+    last line of before_repo_set_cmd (`git checkout <gold> -- <test files>`)."""
+    iid = row.get("instance_id")
+    if not isinstance(iid, str) or not iid.startswith("instance_"):
+        raise FormatError(f"column 'instance_id' must start with 'instance_', got {iid!r:.60}")
+    repo = row.get("repo")
+    if not isinstance(repo, str):
+        raise FormatError("column 'repo' must be owner/name")
+    lists = {name: _name_list(row.get(name, "[]"), name) for name in _PRO_LISTS}
+    if not lists["fail_to_pass"]:
+        raise FormatError("column 'fail_to_pass' is empty: nothing would show the fix works")
+    setup = row.get("before_repo_set_cmd")
+    if not isinstance(setup, str) or not setup.strip():
+        raise FormatError("column 'before_repo_set_cmd' must hold the harness's set-up commands")
+    gold = _GOLD_CHECKOUT.match(setup.strip().splitlines()[-1])
+    if gold is None:
+        raise FormatError("column 'before_repo_set_cmd' does not end with `git checkout <gold commit> -- <files>`")
+    statement = _text_field(row, "problem_statement")
+    requirements = _text_field(row, "requirements", required=False)
+    interface = _text_field(row, "interface", required=False)
+    tag = row.get("dockerhub_tag") or swe_bench_pro_tag(repo, iid)
+    if not isinstance(tag, str) or len(tag) > 128:
+        raise FormatError(f"column 'dockerhub_tag' must be a Docker tag of at most 128 characters, got {tag!r:.140}")
+    prompt = statement + (f"\n\nRequirements:\n{requirements}" if requirements.strip() else "") + (
+        f"\n\nNew interfaces:\n{interface}" if interface.strip() else "")
+    return {**{k: v for k, v in row.items() if k not in _PRO_LISTS},
+            "base_commit": _commit(row.get("base_commit"), "base_commit"),
+            "problem_statement": prompt, "issue_text": statement, "requirements": requirements,
+            "interface": interface, "FAIL_TO_PASS": lists["fail_to_pass"], "PASS_TO_PASS": lists["pass_to_pass"],
+            "selected_test_files_to_run": lists["selected_test_files_to_run"],
+            "issue_specificity": lists["issue_specificity"], "issue_categories": lists["issue_categories"],
+            "image": f"{SWE_BENCH_PRO_IMAGE_REPO}:{tag}", "workdir": "/app",
+            "gold_commit": gold.group(1), "gold_test_files": gold.group(2).split(),
+            "language": str(row.get("repo_language") or ""), "grader": "swe-bench-pro",
+            "log_parser": "swe_bench_pro", "eval_type": "f2p_p2p_passed"}
+
+
+# ---------------------------------------------------------------- Multi-SWE-bench / Multi-SWE-RL
+
+MSB_STATES = ("PASS", "FAIL", "SKIP", "NONE")
+MSB_TEST_COLUMNS = ("fixed_tests", "p2p_tests", "f2p_tests", "s2p_tests", "n2p_tests")
+MSB_RESULT_COLUMNS = ("run_result", "test_patch_result", "fix_patch_result")
+# Baked into every Multi-SWE-bench image (the gold fix and the hidden tests): the agent's
+# image loses them; the grader mounts the model's patch at /home/fix.patch in the original.
+MSB_BAKED_PATCHES = ("/home/fix.patch", "/home/test.patch")
+
+
+def multi_swe_bench_image(org: str, repo: str, number: int) -> str:
+    """mswebench/<org>_m_<repo>:pr-<number>, lower-cased (the harness's Image.image_name())."""
+    return f"mswebench/{org}_m_{repo}".lower() + f":pr-{number}"
+
+
+def _msb_tests(row: Mapping[str, Any], name: str) -> dict[str, dict[str, str]]:
+    value = _json_field(row, name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FormatError(f"column {name!r} must be an object of test -> {{run, test, fix}}")
+    for test, states in value.items():
+        if not isinstance(states, dict) or any(states.get(k) not in MSB_STATES for k in ("run", "test", "fix")):
+            raise FormatError(f"column {name!r}: test {test!r} needs run/test/fix in {'/'.join(MSB_STATES)}, "
+                              f"got {states!r:.80}")
+    return value
+
+
+def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
+    """Multi-SWE-bench (and Multi-SWE-RL) row -> Instance fields: the issue from resolved_issues,
+    the base from base.sha, F2P / P2P from f2p_tests / p2p_tests (s2p, n2p and the row's
+    before-patch results kept for the harness's report check), the repository at /home/<repo>."""
+    org, name, number = row.get("org"), row.get("repo"), row.get("number")
+    if not isinstance(org, str) or not org or not isinstance(name, str) or not name:
+        raise FormatError("columns 'org' and 'repo' must be non-empty strings")
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise FormatError(f"column 'number' must be an integer, got {number!r:.40}")
+    base = row.get("base")
+    if not isinstance(base, dict):
+        raise FormatError("column 'base' must be an object with the base commit's sha")
+    for col in ("fix_patch", "test_patch"):
+        if not isinstance(row.get(col), str) or not row[col].strip():
+            raise FormatError(f"column {col!r} must be a non-empty diff")
+    tests = {col: _msb_tests(row, col) for col in MSB_TEST_COLUMNS}
+    results = {}
+    for col in MSB_RESULT_COLUMNS:
+        value = _json_field(row, col)
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), list)
+                                                  for k in ("passed_tests", "failed_tests", "skipped_tests")):
+            raise FormatError(f"column {col!r} must be an object with passed_tests, failed_tests, skipped_tests")
+        results[col] = value
+    issues = row.get("resolved_issues") or []
+    if not isinstance(issues, list) or not all(isinstance(i, dict) for i in issues):
+        raise FormatError("column 'resolved_issues' must be a list of {number, title, body}")
+    statement = "\n\n".join(f"{i.get('title') or ''}\n{i.get('body') or ''}".strip() for i in issues).strip() \
+        or f"{row.get('title') or ''}\n{row.get('body') or ''}".strip()
+    if not statement:
+        raise FormatError("columns 'resolved_issues', 'title' and 'body' are empty: no issue to solve")
+    return {**{k: v for k, v in row.items() if k not in ("repo", "base")}, **tests, **results,
+            "instance_id": row.get("instance_id") or f"{org}__{name}-{number}",
+            "repo": f"{org}/{name}", "base_commit": _commit(base.get("sha"), "base.sha"),
+            "problem_statement": statement, "patch": row["fix_patch"],
+            "FAIL_TO_PASS": sorted(tests["f2p_tests"]), "PASS_TO_PASS": sorted(tests["p2p_tests"]),
+            "image": multi_swe_bench_image(org, name, number), "workdir": f"/home/{name}",
+            "history_remove_paths": list(MSB_BAKED_PATCHES), "language": str(row.get("lang") or ""),
+            "grader": "multi-swe-bench", "log_parser": "multi_swe_bench", "eval_type": "msb_report"}
+
+
+ADAPTERS = {"swe-bench": swe_bench, "swe-gym": swe_gym, "swe-smith": swe_smith, "r2e-gym": r2e_gym,
+            "swe-rebench": swe_rebench, "swe-bench-pro": swe_bench_pro, "multi-swe-bench": multi_swe_bench}
 
 __all__ = ["FORMATS", "GRADERS", "FormatError", "adapt", "detect_format"]

@@ -22,6 +22,7 @@ from swe_aem.errors import InputError
 
 REQUIRED = ("instance_id", "repo", "base_commit", "problem_statement")
 LIST_FIELDS = ("FAIL_TO_PASS", "PASS_TO_PASS")
+TUPLE_FIELDS = (*LIST_FIELDS, "history_remove_paths")
 
 
 class DatasetError(InputError, ValueError):
@@ -50,12 +51,15 @@ class Instance:
     grader: str = "swebench"  # how the verdict is read: swebench | swesmith | r2e
     env_activate: str = ""  # bash after the image's shell start-up (R2E-Gym's PATH); "" for none
     setup_script: str = ""  # runs once in a fresh container, before the agent or the grader
+    workdir: str = "/testbed"  # the repository's folder in the image (/testbed, /<repo>, /app, /home/<repo>)
+    gold_commit: str = ""  # the fix's commit where the row names it (the history guard checks it is absent)
+    history_remove_paths: tuple[str, ...] = ()  # files the agent's image loses (baked-in gold patches)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_swebench(self) -> dict[str, Any]:
         """The dict swebench's make_test_spec / get_eval_report expect (lists, not tuples)."""
         row = {k: v for k, v in asdict(self).items() if k != "extra"}
-        row.update({k: list(row[k]) for k in LIST_FIELDS})
+        row.update({k: list(row[k]) for k in TUPLE_FIELDS})
         return {**self.extra, **row}
 
 
@@ -94,7 +98,7 @@ def instance_from_row(raw: Any, where: str) -> Instance:
     for name in _KNOWN:
         if name not in raw or raw[name] is None:
             continue
-        if name in LIST_FIELDS:
+        if name in TUPLE_FIELDS:
             values[name] = _as_list(raw[name], row, name)
         elif not isinstance(raw[name], str):
             raise DatasetError(f"{row}: field {name!r} must be a string, got {type(raw[name]).__name__}")
@@ -122,6 +126,15 @@ def native_instance(raw: Any, where: str, dataset_format: str) -> Instance:
     return inst
 
 
+# Families whose rows map to instances but whose harness is not reimplemented yet (issue 31):
+# refused at load time, so no run scores them 0 for want of a grader.
+UNGRADED = {
+    "swe-bench-pro": "its per-instance run scripts and parsers (SWE-bench_Pro-os run_scripts/) are not "
+                     "reimplemented, nor --harness-dir",
+    "multi-swe-bench": "the multi-swe-bench package's per-repo parsers and report check are not wired in",
+}
+
+
 def check_gradable(inst: Instance, where: str) -> None:
     """Refuse, at load time, an instance whose tests could not be run or whose verdict could not be read."""
     from swebench.harness.constants import END_TEST_OUTPUT, START_TEST_OUTPUT, EvalType
@@ -131,8 +144,19 @@ def check_gradable(inst: Instance, where: str) -> None:
     row = f"{where} (instance_id={inst.instance_id!r})"
     if inst.grader not in GRADERS:
         raise DatasetError(f"{row}: unknown grader {inst.grader!r}; one of {', '.join(GRADERS)}")
+    if inst.grader in UNGRADED:
+        raise DatasetError(f"{row}: {inst.grader} rows load (image, folder, tests) but their grader "
+                           f"is not built yet: {UNGRADED[inst.grader]}")
     if not inst.eval_script.strip():
         raise DatasetError(f"{row}: the eval script is empty: nothing would run the tests")
+    if inst.grader == "swe-rebench":
+        from swe_aem.data.families import REBENCH_PASS_RULES
+
+        if inst.eval_type not in REBENCH_PASS_RULES:
+            raise DatasetError(f"{row}: pass rule {inst.eval_type!r} is not one of {', '.join(REBENCH_PASS_RULES)}")
+        if inst.log_parser not in PARSER_REGISTRY:
+            raise DatasetError(f"{row}: log_parser {inst.log_parser!r} is not one of swebench's parsers")
+        return
     if inst.grader == "r2e":
         if not isinstance(inst.extra.get("expected_output"), dict):
             raise DatasetError(f"{row}: an r2e instance needs its expected test-status map")

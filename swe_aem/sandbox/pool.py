@@ -33,6 +33,7 @@ from swe_aem.sandbox.engine import (
     LABEL_OWNER,
     LABEL_RUN_ID,
     DockerUnavailableError,
+    SandboxError,
     connect,
     host_label,
     remove_container,
@@ -126,12 +127,18 @@ class SandboxPool:
                     if guard is not None:
                         image = history.guarded_image(client, spec.image, guard)
                         self.images.touch(image)
-                    sandbox = Sandbox.start(client, image, config=config,
-                                            run_id=self.run_id, instance_id=spec.instance_id,
-                                            base_commit=spec.base_commit,
-                                            env_activate=spec.env_activate if shell_env else "",
-                                            shell_env=shell_env,
-                                            on_create=lambda c: self._record(index, c))
+                    try:
+                        sandbox = Sandbox.start(client, image, config=config,
+                                                run_id=self.run_id, instance_id=spec.instance_id,
+                                                base_commit=spec.base_commit,
+                                                env_activate=spec.env_activate if shell_env else "",
+                                                shell_env=shell_env,
+                                                on_create=lambda c: self._record(index, c))
+                    except SandboxError as exc:  # name the dataset's image, not only its scrubbed copy
+                        if image == spec.image:
+                            raise
+                        raise type(exc)(str(exc).replace(
+                            image, f"{spec.image} (as its history-scrubbed copy {image})")) from exc
                     with sandbox:
                         if guard is not None:
                             history.check_sandbox(sandbox, spec.image, guard)
