@@ -15,6 +15,9 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 export VLLM_CACHE_ROOT ?= $(HOME)/.cache/swe-aem/vllm
+# DeepSpeed's JIT-built C++ ops (cpu_adam for optimizer offload: its first build took 150 s
+# wall, 108 s of g++ CPU, on a shared 2-core machine), kept with the project's other caches
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/swe-aem/torch_extensions
 # pip rides out a flaky connection: per-request retries and resumed downloads, and
 # scripts/retry.sh reruns a whole install that still fails.
 export PIP_RETRIES ?= 10
