@@ -267,8 +267,9 @@ def test_the_plan_before_a_launch_on_cpu_and_from_a_hostfile(tmp_path, monkeypat
     monkeypatch.setattr(plan_cmd, "local_gpus", lambda: None)  # a CPU-only machine
     console = Console(record=True, width=200)
     none = argparse.Namespace(nodes=None, gpus_per_node=None, gpu_memory_gib=None)
-    assert plan_cmd.check_before_launch([load_config()], none, console) == (True, None)  # CPU: unchanged
-    assert "plan: not applicable" in console.export_text()
+    # CPU: the host-RAM plan (swe_aem/plan/host.py, tests/test_plan_host.py), no GPU plan
+    assert plan_cmd.check_before_launch([load_config()], none, console) == (True, None)
+    assert "plan (host RAM, no GPU): tiny" in console.export_text()
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# the run's nodes\nnode-a slots=8\nnode-b slots=8  # second\n")
     assert plan_cmd.hostfile_shape(str(hostfile)) == (2, 8)
