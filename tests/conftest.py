@@ -19,6 +19,23 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+# What an in-process Trainer sets for its one-rank process group (train/engine.py). Left in
+# the environment, a later `swe-aem train` subprocess would take itself for a launched rank
+# and skip the checks made before a launch.
+_RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_rendezvous_left_behind():
+    before = {k: os.environ.get(k) for k in _RENDEZVOUS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     from swe_aem.sandbox import DockerUnavailableError, connect

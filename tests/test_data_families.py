@@ -259,4 +259,155 @@ def test_format_from_name_or_columns(tmp_path):
     assert detect_format("rows.jsonl", rows("swebench_verified_classic.sample.jsonl")[0]) == "swe-bench"
     with pytest.raises(DatasetError, match="unknown dataset format 'swe-foo'"):
         load_instances(str(shared("swe_gym.sample.jsonl")), dataset_format="swe-foo")
-    assert families.FORMATS == ("swe-bench", "swe-gym", "swe-smith", "r2e-gym")
+    assert families.FORMATS == ("swe-bench", "swe-gym", "swe-smith", "r2e-gym", "swe-rebench",
+                                "swe-bench-pro", "multi-swe-bench")
+    assert detect_format("nebius/SWE-rebench-V2", {}) == "swe-rebench"
+    assert detect_format("ScaleAI/SWE-bench_Pro", {}) == "swe-bench-pro"
+    assert detect_format("ByteDance-Seed/Multi-SWE-RL", {}) == "multi-swe-bench"
+    assert detect_format("rows.jsonl", rows("swe_rebench_v2.sample.jsonl")[0]) == "swe-rebench"
+    assert detect_format("rows.jsonl", rows("swe_bench_pro.sample.jsonl")[0]) == "swe-bench-pro"
+    assert detect_format("rows.jsonl", rows("multi_swe_bench.sample.jsonl")[0]) == "multi-swe-bench"
+
+
+# ---------------------------------------------------------------- the 2026 families (issue 31)
+
+def _adapted(fmt: str, row: dict, where: str = "row"):
+    from swe_aem.data.instances import instance_from_row
+
+    return instance_from_row(families.adapt(fmt, row), where)
+
+
+def test_swe_rebench_v2_row_maps_field_by_field():
+    [raw] = rows("swe_rebench_v2.sample.jsonl")
+    [inst] = load_instances(str(shared("swe_rebench_v2.sample.jsonl")))  # format from the columns
+    assert inst.instance_id == "unidata__netcdf-c-1925" and inst.repo == "Unidata/netcdf-c"
+    assert inst.image == "docker.io/swerebenchv2/unidata-netcdf-c:1925-ad6bff3" == raw["image_name"]
+    assert inst.workdir == "/netcdf-c" and inst.base_commit == raw["base_commit"]
+    assert (inst.grader, inst.log_parser, inst.eval_type) == ("swe-rebench", "parse_log_jq", "f2p_p2p_passed")
+    assert inst.FAIL_TO_PASS == tuple(raw["FAIL_TO_PASS"]) and inst.PASS_TO_PASS == tuple(raw["PASS_TO_PASS"])
+    assert inst.created_at == "2020-12-30T03:14:33Z"  # 1609298073000 ms after the epoch
+    assert inst.patch == raw["patch"] and inst.extra["language"] == "c"
+    assert inst.extra["rebench_version"] == "v2" and inst.extra["meta"] == raw["meta"]
+    script = inst.eval_script
+    assert script.startswith("#!/bin/bash\ncd /netcdf-c\nset -e\n")
+    assert raw["test_patch"] in script and "git apply -v --3way --recount --ignore-space-change" in script
+    assert script.index(families.START) < script.index("make check") < script.index(families.END)
+    # install_config as JSON text (a parquet export) reads the same
+    same = _adapted("swe-rebench", {**raw, "install_config": json.dumps(raw["install_config"])})
+    assert same.eval_script == script
+
+
+def test_swe_rebench_v1_rows_from_the_schema():
+    """No verbatim V1 row is public (FAMILIES-2026.md 1d): a row built from the schema, on a real
+    SWE-bench row's fields, with V1's install_config keys."""
+    base = rows("swebench_verified_v5.sample.jsonl")[0]
+    row = {k: base[k] for k in ("instance_id", "repo", "base_commit", "patch", "test_patch",
+                                "problem_statement", "FAIL_TO_PASS", "PASS_TO_PASS", "created_at",
+                                "version", "environment_setup_commit", "hints_text")}
+    row["install_config"] = {"python": "3.9", "packages": "requirements.txt", "install": "pip install -e .",
+                             "test_cmd": "pytest --no-header -rA --tb=no -p no:cacheprovider",
+                             "log_parser": "parse_log_pytest"}
+    inst = _adapted("swe-rebench", row)
+    assert inst.image == "swerebench/sweb.eval.x86_64." + row["instance_id"].lower().replace("__", "_1776_") + ":latest"
+    assert (inst.grader, inst.workdir, inst.log_parser) == ("swebench", "/testbed", "parse_log_pytest")
+    assert "LANG=C.UTF-8 LC_ALL=C.UTF-8 pytest --no-header -rA" in inst.eval_script
+    assert "LANG=C.UTF-8 LC_ALL=C.UTF-8 pip install -e ." in inst.eval_script
+    with pytest.raises(families.FormatError, match="log_parser 'parse_log_gotest', not one of the V1 parsers"):
+        families.adapt("swe-rebench", {**row, "install_config": {**row["install_config"], "log_parser": "parse_log_gotest"}})
+
+
+@pytest.mark.parametrize(("change", "column"), [
+    ({"install_config": "not json"}, "'install_config' is not valid JSON"),
+    ({"install_config": {"test_cmd": ["make check"], "log_parser": "parse_log_nope", "base_image_name": "c"}},
+     "log_parser 'parse_log_nope', not one of the V2 parsers"),
+    ({"install_config": {"log_parser": "parse_log_jq", "base_image_name": "c"}}, "has no test_cmd"),
+    ({"base_commit": "main"}, "column 'base_commit' must be a 40-hex"),
+    ({"image_name": ""}, "column 'image_name'"),
+    ({"created_at": [1]}, "column 'created_at'"),
+])
+def test_bad_swe_rebench_rows_name_the_row_and_column(tmp_path, change, column):
+    [raw] = rows("swe_rebench_v2.sample.jsonl")
+    path = write_jsonl(tmp_path / "r.jsonl", [raw, {**raw, "instance_id": "x__y-2", **change}])
+    with pytest.raises(DatasetError) as err:
+        load_instances(path)
+    assert "r.jsonl:2 (instance_id='x__y-2', format swe-rebench)" in str(err.value) and column in str(err.value)
+
+
+def test_swe_bench_pro_rows_map_field_by_field():
+    raws = rows("swe_bench_pro.sample.jsonl")
+    insts = [_adapted("swe-bench-pro", r) for r in raws]
+    assert [i.image.split(":", 1)[1] for i in insts] == [  # FAMILIES-2026.md 2a, derived by image_uri.py
+        "flipt-io.flipt-flipt-io__flipt-a0cbc0cb65ae601270bdbe3f5313e2dfd49c80e4",
+        "qutebrowser.qutebrowser-qutebrowser__qutebrowser-6dd402c0d0f7665d32a74c43c5b4cf5dc8aff28d-"
+        "v5fc38aaf22415ab0b70567368332beee7955b",
+        "nodebb.nodebb-NodeBB__NodeBB-97c8569a798075c50e93e585ac741ab55cb7c28b-vf2cf3cbd463b7ad942381f1c6d077626485a1e9e"]
+    assert all(i.image.startswith("jefzda/sweap-images:") and len(i.image.split(":", 1)[1]) <= 128 for i in insts)
+    flipt, qute, nodebb = insts
+    assert (flipt.workdir, flipt.base_commit, flipt.gold_commit) == (
+        "/app", "fee220d0a20adfb21686685bef2a1d6c2ff6fc17", "a0cbc0cb65ae601270bdbe3f5313e2dfd49c80e4")
+    assert flipt.extra["gold_test_files"] == ["internal/config/config_test.go"]
+    assert flipt.FAIL_TO_PASS == ("TestLoad",) and flipt.PASS_TO_PASS == ()  # Python literal and JSON forms
+    assert qute.FAIL_TO_PASS == ("tests/unit/components/test_braveadblock.py::test_corrupt_cache_handling",)
+    assert len(nodebb.PASS_TO_PASS) == len(json.loads(raws[2]["pass_to_pass"]))
+    # the JSON-encoded prose is decoded: no quotes or \n escapes left
+    assert flipt.problem_statement.startswith("## Title: Cannot reference environment variables")
+    assert json.loads(raws[0]["problem_statement"]) == flipt.extra["issue_text"]
+    assert "\nRequirements:\n- Ensure YAML" in flipt.problem_statement and "\\n" not in flipt.problem_statement
+    assert [i.extra["language"] for i in insts] == ["go", "python", "js"]
+    assert flipt.extra["selected_test_files_to_run"] == ["TestLoad"]
+    # a row with the current dockerhub_tag column uses it as it is
+    tagged = _adapted("swe-bench-pro", {**raws[0], "dockerhub_tag": "navidrome.navidrome-x"})
+    assert tagged.image == "jefzda/sweap-images:navidrome.navidrome-x"
+    assert families.swe_bench_pro_tag("element-hq/element-web", "instance_element-hq__element-web-ab-vnan") \
+        == "element-hq.element-element-hq__element-web-ab"
+    with pytest.raises(DatasetError, match="grader is not built yet"):
+        load_instances(str(shared("swe_bench_pro.sample.jsonl")))
+
+
+@pytest.mark.parametrize(("change", "column"), [
+    ({"fail_to_pass": "['unclosed"}, "column 'fail_to_pass' is not a list literal"),
+    ({"pass_to_pass": "[1, 2]"}, "column 'pass_to_pass' must be a list of strings"),
+    ({"before_repo_set_cmd": "git reset --hard HEAD"}, "column 'before_repo_set_cmd' does not end with"),
+    ({"instance_id": "flipt-1"}, "column 'instance_id' must start with 'instance_'"),
+    ({"problem_statement": 3}, "column 'problem_statement' must be a non-empty string"),
+    ({"dockerhub_tag": "x" * 129}, "column 'dockerhub_tag'"),
+])
+def test_bad_swe_bench_pro_rows_name_the_row_and_column(tmp_path, change, column):
+    raw = rows("swe_bench_pro.sample.jsonl")[0]
+    path = write_jsonl(tmp_path / "p.jsonl", [{**raw, **change}])
+    with pytest.raises(DatasetError) as err:
+        load_instances(path, dataset_format="swe-bench-pro")
+    assert "p.jsonl:1 (instance_id=" in str(err.value) and column in str(err.value)
+
+
+def test_multi_swe_bench_rows_map_field_by_field():
+    raws = rows("multi_swe_bench.sample.jsonl")
+    gson, gson2, dubbo = (_adapted("multi-swe-bench", r) for r in raws)
+    assert (gson.instance_id, gson.repo, gson.image, gson.workdir) == (
+        "google__gson-1093", "google/gson", "mswebench/google_m_gson:pr-1093", "/home/gson")
+    assert dubbo.image == "mswebench/apache_m_dubbo:pr-7041" and dubbo.workdir == "/home/dubbo"
+    assert gson.base_commit == raws[0]["base"]["sha"] and gson.patch == raws[0]["fix_patch"]
+    assert gson.FAIL_TO_PASS == ("com.google.gson.stream.JsonWriterTest",) and len(gson.PASS_TO_PASS) == 87
+    assert gson2.FAIL_TO_PASS == () and len(gson2.extra["n2p_tests"]) == 8  # n2p kept for the report check
+    assert gson.extra["run_result"] == raws[0]["run_result"]
+    assert gson.extra["test_patch_result"]["failed_count"] == 4
+    assert gson.problem_statement.startswith(raws[0]["resolved_issues"][0]["title"])
+    assert gson.history_remove_paths == ("/home/fix.patch", "/home/test.patch")
+    with pytest.raises(DatasetError, match="grader is not built yet"):
+        load_instances(str(shared("multi_swe_bench.sample.jsonl")))
+
+
+@pytest.mark.parametrize(("change", "column"), [
+    ({"number": "1093"}, "column 'number' must be an integer"),
+    ({"base": {"sha": "nope"}}, "column 'base.sha' must be a 40-hex"),
+    ({"p2p_tests": {"T": {"run": "PASS", "test": "OK", "fix": "PASS"}}}, "column 'p2p_tests': test 'T'"),
+    ({"run_result": {"passed_count": 1}}, "column 'run_result' must be an object"),
+    ({"fix_patch": ""}, "column 'fix_patch' must be a non-empty diff"),
+])
+def test_bad_multi_swe_bench_rows_name_the_row_and_column(tmp_path, change, column):
+    raw = rows("multi_swe_bench.sample.jsonl")[0]
+    path = write_jsonl(tmp_path / "m.jsonl", [{**raw, **change}])
+    with pytest.raises(DatasetError) as err:
+        load_instances(path)
+    assert "m.jsonl:1 (instance_id='google__gson-1093', format multi-swe-bench)" in str(err.value)
+    assert column in str(err.value)

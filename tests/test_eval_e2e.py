@@ -45,8 +45,10 @@ def test_reproduce_tiny_runs_every_stage(tmp_path, capsys):
     assert rec["published"]["aem_pass1"] == pytest.approx(43.7)
     assert rec["measured"]["n_instances"] == 2 and rec["measured"]["runs_base"] == 2
     for arm in ("base", "aem"):
-        metrics = (out / arm / "train" / "metrics.jsonl").read_text().splitlines()
-        assert len(metrics) == 1
+        metrics = [json.loads(line) for line in (out / arm / "train" / "metrics.jsonl").read_text().splitlines()]
+        # one training step, after the sampling-parity probe's record of step 0
+        assert [m.get("kind", "step") for m in metrics] == ["parity", "step"]
+        assert metrics[0]["parity_kl"] < 1e-3
         assert (out / arm / "train" / "final_model" / "model.safetensors").is_file()
         assert (out / arm / "eval" / "eval.json").is_file()
     cfg_base = (out / "base" / "train" / "config.yaml").read_text()

@@ -1,5 +1,5 @@
-"""swe_aem.sandbox is a leaf like swe_aem.algo: nothing else of the project is imported there,
-and swe_aem.data's Instance satisfies the pool's SandboxSpec protocol."""
+"""swe_aem.sandbox is a leaf like swe_aem.algo: nothing else of the project is imported there
+but swe_aem.errors (the one base of user-facing errors, itself importing nothing), and swe_aem.data's Instance satisfies the pool's SandboxSpec protocol."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _project_imports(path: Path) -> list[str]:
 def test_sandbox_imports_only_itself():
     files = sorted(SANDBOX.glob("*.py"))
     assert len(files) >= 5
-    outside = {f.name: [m for m in _project_imports(f) if not m.startswith("swe_aem.sandbox")] for f in files}
+    outside = {f.name: [m for m in _project_imports(f) if not m.startswith("swe_aem.sandbox") and m != "swe_aem.errors"] for f in files}
     assert {name: mods for name, mods in outside.items() if mods} == {}
 
 

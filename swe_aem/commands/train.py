@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    # the arguments first: no plan or launch for a command that cannot run
+    if args.nproc is not None and args.nproc < 1:
+        console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
+        return 2
+    if args.launcher == "none" and "LOCAL_RANK" not in os.environ and (args.nproc or 1) > 1:
+        console.print(f"[red]error:[/red] --nproc {args.nproc} needs a launcher; drop --launcher none")
+        return 2
     from swe_aem.policy.models import load_preset, preset_names
 
     preset = None
@@ -144,12 +151,6 @@ def run(args: argparse.Namespace) -> int:
     if split is not None and args.launcher == "none":
         console.print(f"[red]error:[/red] placement=split puts the trainer on GPUs {split[1]} of node 0: "
                       "it needs a launcher; drop --launcher none")
-        return 2
-    if args.nproc is not None and args.nproc < 1:
-        console.print(f"[red]error:[/red] --nproc must be >= 1 (got {args.nproc})")
-        return 2
-    if args.launcher == "none" and "LOCAL_RANK" not in os.environ and (args.nproc or 1) > 1:
-        console.print(f"[red]error:[/red] --nproc {args.nproc} needs a launcher; drop --launcher none")
         return 2
     if cfg.warm_start.enabled and not cfg.run.replay and "LOCAL_RANK" not in os.environ:
         # before any launch: the ranks all start from the warm-started folder
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError,
             DatasetError) as exc:
         console.print(f"[red]error:[/red] {exc}")
+        _leave_process_group()
         return 1
     console.print(f"done: {state.step} steps, {state.episodes_seen} episodes -> {run_dir}")
     if trainer.is_main:
@@ -209,6 +211,16 @@ def run(args: argparse.Namespace) -> int:
 
         console.print(f"curves: {plot_run(run_dir)}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear down this rank's process group before an error exit: a gloo group left alive when
+    the interpreter ends aborts the process (SIGABRT, "terminate called without an active
+    exception") and the error's exit code is lost."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _warm_start(cfg, args: argparse.Namespace, console):

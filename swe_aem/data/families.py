@@ -399,7 +399,9 @@ def swe_rebench_v1_image(instance_id: str) -> str:
 
 
 def _commands(value: Any, name: str) -> list[str]:
-    """install / test_cmd: a str or a list of str (eval.py turns both into a list)."""
+    """install / test_cmd: a str or a list of str (eval.py turns both into a list); absent is none."""
+    if value is None:
+        return []
     if isinstance(value, str):
         value = [value] if value.strip() else []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -88,9 +88,8 @@ class RolloutReplica:
             self.restarted = bool(ctx.was_current_actor_reconstructed)
         self.spec, self.index = spec, index
         self.node_id = ctx.get_node_id()
-        if self.restarted:
-            self.backoff_s = self._back_off()
         self.run_id = replica_run_id(spec.run_id, index)
+        self.backoff_s = self._back_off() if self.restarted else 0.0
         self.weights: Weights = None
         self.stand_in: Any = None
         self.harness: Any = None

@@ -444,6 +444,7 @@ class Sandbox:
 # this one count as having gone down "at once" (a daemon restart, a host failure).
 _AT_ONCE_S = 30.0
 _PING_TIMEOUT_S = 10.0
+_STOPPING_WAIT_S = 5.0  # how long a container whose init is exiting may still read "running"
 
 
 @dataclass(frozen=True)
@@ -491,18 +492,39 @@ def classify_breakage(sandbox: Sandbox) -> Breakage:
             probe = container.exec_run(["git", "rev-parse", "--is-inside-work-tree"],
                                        workdir=sandbox.config.workdir)
         except (APIError, NotFound) as exc:
-            return Breakage(False, f"container {container.name} runs but the daemon refused a probe: {exc}")
-        if probe.exit_code == 0:
-            return Breakage(False, f"container {container.name} runs and answers: not broken")
-        text = probe.output.decode("utf-8", errors="replace").strip()[-300:]
-        return Breakage(True, f"container {container.name} runs but cannot run git in "
-                              f"{sandbox.config.workdir} (exit code {probe.exit_code}: {text})")
+            state = _settled_state(container, "stopped state")  # a refusal may be its exit showing
+            if state.get("Status") == "running":
+                return Breakage(False, f"container {container.name} runs but the daemon refused a probe: {exc}")
+        else:
+            if probe.exit_code == 0:
+                return Breakage(False, f"container {container.name} runs and answers: not broken")
+            text = probe.output.decode("utf-8", errors="replace").strip()[-300:]
+            state = _settled_state(container, text)
+            if state.get("Status") == "running":
+                return Breakage(True, f"container {container.name} runs but cannot run git in "
+                                      f"{sandbox.config.workdir} (exit code {probe.exit_code}: {text})")
     what = (f"container {container.name} is {state.get('Status')} (exit code {state.get('ExitCode')}, "
             f"OOMKilled={state.get('OOMKilled')})")
     together = _ended_together(container, state.get("FinishedAt", ""))
     if together is not None:
         return Breakage(False, f"{what}, with {together}")
     return Breakage(True, what)
+
+
+def _settled_state(container, probe_output: str) -> dict:
+    """The container's state once a failed probe's cause is known: runc refuses an exec into a
+    container whose init is exiting ("cannot exec in a stopped state") while Docker still says
+    running, for a moment; wait up to _STOPPING_WAIT_S for the exit to show."""
+    deadline = time.monotonic() + (_STOPPING_WAIT_S if "stopped state" in probe_output else 0.0)
+    while True:
+        try:
+            container.reload()
+        except (NotFound, docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            return {"Status": "running"}  # the probe's own verdict stands
+        state = container.attrs.get("State", {})
+        if state.get("Status") != "running" or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.2)
 
 
 def _ended_together(container, finished_at: str) -> str | None:
