@@ -338,8 +338,8 @@ def test_swe_bench_pro_rows_map_field_by_field():
     insts = [_adapted("swe-bench-pro", r) for r in raws]
     assert [i.image.split(":", 1)[1] for i in insts] == [  # FAMILIES-2026.md 2a, derived by image_uri.py
         "flipt-io.flipt-flipt-io__flipt-a0cbc0cb65ae601270bdbe3f5313e2dfd49c80e4",
-        "qutebrowser.qutebrowser-qutebrowser__qutebrowser-6dd402c0d0f7665d32a74c43c5b4cf5dc8aff28d-"
-        "v5fc38aaf22415ab0b70567368332beee7955b",
+        ("qutebrowser.qutebrowser-qutebrowser__qutebrowser-6dd402c0d0f7665d32a74c43c5b4cf5dc8aff28d-"
+         "v5fc38aaf22415ab0b70567368332beee7955b"),
         "nodebb.nodebb-NodeBB__NodeBB-97c8569a798075c50e93e585ac741ab55cb7c28b-vf2cf3cbd463b7ad942381f1c6d077626485a1e9e"]
     assert all(i.image.startswith("jefzda/sweap-images:") and len(i.image.split(":", 1)[1]) <= 128 for i in insts)
     flipt, qute, nodebb = insts
