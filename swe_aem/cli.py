@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("swe_aem.train.plot_cmd", "draw a training run's curves (metrics.jsonl) to PNG"),
     "generate": ("swe_aem.commands.generate", "regenerate the generated suite: procedural bugs in the local repos, validated in containers"),
     "rollout": ("swe_aem.commands.rollout", "run the agent G times per instance, grade, write trajectories + predictions"),
+    "view": ("swe_aem.commands.view", "the run viewer: a web page over a run folder, eval report or rollout output"),
     "sft": ("swe_aem.commands.sft", "supervised warm start: gold-patch demonstrations, SFT on episodes (reward-filtered)"),
 }
 

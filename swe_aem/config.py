@@ -109,9 +109,38 @@ class RolloutConfig:
     max_staleness: int | None = None
 
 
+# LoRA's learning rate when trainer.lora.lr is left at its default: ten times full
+# fine-tuning's 1e-6. An adapter's update B @ A starts at zero and moves by lr x alpha / r per
+# entry of A and B, so full fine-tuning's rate barely moves it; LoRA's best rate is about 10x
+# full fine-tuning's across model sizes (Schulman et al., "LoRA Without Regret", 2025)
+LORA_DEFAULT_LR = 1e-5
+
+
+@dataclass
+class LoraConfig:
+    """LoRA RL (swe_aem/train/lora.py): low-rank adapters injected into the trainer's model by
+    peft, only they trained, in the optimizer and pushed to vLLM (which serves the base plus
+    the adapter). `trainer.lora: null` is full fine-tuning."""
+
+    rank: int = 16  # r, the adapters' rank; at most vLLM's largest --max-lora-rank (512)
+    alpha: float | None = None  # the update's scale is alpha / rank; None: 2 x rank (scale 2)
+    # Adapter dropout. 0 only in RL: the trainer runs in train mode (gradient checkpointing),
+    # so dropout would also act in the no-grad passes (the proximal log-probs, the weight and
+    # the parity probe), which must be deterministic and equal to what vLLM serves (no dropout)
+    dropout: float = 0.0
+    # Module names (leaf names, as peft matches them) to adapt; None: every linear layer of the
+    # decoder's attention and MLP blocks. Never the head or the embeddings (tiny ties them; vLLM
+    # serves neither as a LoRA module)
+    target_modules: list[str] | None = None
+    # An existing peft adapter folder (adapter_config.json + adapter_model.safetensors) to start
+    # from; its rank and target modules must be this config's
+    init_from: str | None = None
+    lr: float = LORA_DEFAULT_LR  # the run's learning rate with LoRA (in place of trainer.lr)
+
+
 @dataclass
 class TrainerConfig:
-    lr: float = 1e-6
+    lr: float = 1e-6  # full fine-tuning's; with trainer.lora, trainer.lora.lr is used instead
     # The learning rate over RL steps (swe_aem/algo/schedule.py; logged as `lr`): "constant",
     # "linear" or "cosine" decay from lr towards lr x lr_min_ratio as the run ends, after
     # lr_warmup_steps of linear warmup (step s < W at lr (s + 1) / W). By RL step, not
@@ -134,6 +163,12 @@ class TrainerConfig:
     offload_params: bool | None = None
     bf16: bool | None = None
     gradient_checkpointing: bool | None = None
+    lora: LoraConfig | None = None  # LoRA RL; None: full fine-tuning
+
+    def learning_rate(self) -> float:
+        """The run's base learning rate (before trainer.lr_scheduler): LoRA's or full
+        fine-tuning's."""
+        return self.lora.lr if self.lora is not None else self.lr
 
 
 @dataclass(frozen=True)
@@ -382,10 +417,34 @@ def validate(cfg: Config) -> None:
           "memory on the same GPU only); or disk")),
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
+        *_lora_checks(cfg.trainer.lora),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _lora_checks(lora: LoraConfig | None) -> list[tuple[bool, str]]:
+    """trainer.lora's own checks (what needs the model or vLLM is checked in swe_aem/train/lora.py)."""
+    if lora is None:
+        return []
+    from swe_aem.policy.lora import VLLM_MAX_LORA_RANK
+
+    return [
+        (1 <= lora.rank <= VLLM_MAX_LORA_RANK,
+         (f"trainer.lora.rank={lora.rank} must be in [1, {VLLM_MAX_LORA_RANK}] (vLLM's largest "
+          "--max-lora-rank: a larger adapter cannot be served)")),
+        (lora.alpha is None or lora.alpha > 0, "trainer.lora.alpha must be > 0 or null (2 x rank)"),
+        (lora.dropout == 0.0,
+         (f"trainer.lora.dropout={lora.dropout}: RL trains LoRA without dropout. The trainer runs in "
+          "train mode (gradient checkpointing), so dropout would also act in its no-grad passes: "
+          "the proximal log-probs of the PPO ratio, the weight probe and the sampling parity probe "
+          "would be random and differ from what vLLM serves (no dropout); set 0")),
+        (lora.target_modules is None or len(lora.target_modules) > 0,
+         ("trainer.lora.target_modules must name at least one module, or be null (every attention "
+          "and MLP linear)")),
+        (lora.lr > 0, "trainer.lora.lr must be > 0"),
+    ]
 
 
 def _band_ok(low: float | None, high: float | None) -> bool:

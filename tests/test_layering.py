@@ -32,6 +32,7 @@ RANKS = {
     "reward": 3,  # grading: data's instances in sandbox containers
     "fleet": 3,  # rollout replicas as Ray actors (agent, policy, sandbox); graders given as factories
     "plan": 3,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
+    "view": 3,  # the run viewer: reads run folders (jsonl only), writes or serves the page
     # peers: neither imports the other (the held-out evaluation's report writer reaches the
     # trainer from the edge)
     "eval": 4,  # `swe-aem eval` (agent + reward) and its reports

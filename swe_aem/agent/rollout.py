@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from swe_aem.agent.loop import AgentConfig, in_thread, run_episode
-from swe_aem.agent.trajectory import Episode
+from swe_aem.agent.trajectory import Episode, grade_tests_of
 from swe_aem.policy.client import PolicyClient
 from swe_aem.sandbox import SandboxError
 from swe_aem.sandbox.setup_script import prepare
@@ -181,4 +181,5 @@ async def _grade(grade: Grader, instance: Any, episode: Episode, executor: Execu
     episode.reward = float(verdict.reward)
     episode.grade_status = str(verdict.status)
     episode.grade_reason = str(verdict.reason)
+    episode.grade_tests = grade_tests_of(getattr(verdict, "report", None))  # per test, for a viewer
     return ""

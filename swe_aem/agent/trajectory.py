@@ -89,6 +89,10 @@ class Episode:
     reward: float | None = None  # None until graded
     grade_status: str | None = None
     grade_reason: str | None = None
+    # the grader's verdict per test: {kind: {test: status}} (kind FAIL_TO_PASS / PASS_TO_PASS,
+    # status "pass" / "fail"; R2E-Gym's parsed map under "tests"); None: not recorded (a version-1
+    # record, an ungraded episode, a grader without per-test results)
+    grade_tests: dict[str, dict[str, str]] | None = None
     model: str = ""
     wall_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
@@ -129,6 +133,19 @@ class Episode:
             call = raw.pop("tool_call", None)
             turns.append(Turn(**raw, tool_call=ToolCall(**call) if call else None))
         return cls(**data, turns=turns)
+
+
+def grade_tests_of(report: dict[str, Any] | None) -> dict[str, dict[str, str]] | None:
+    """The per-test statuses of a grader's per-instance report (`GradeResult.report`), as the
+    episode keeps them. swebench's and SWE-smith's `tests_status` hold {kind: {success: [...],
+    failure: [...]}}; R2E-Gym's holds the parsed {test: status}. None when it has neither."""
+    status = (report or {}).get("tests_status")
+    if not isinstance(status, dict) or not status:
+        return None
+    if all(isinstance(v, dict) and {"success", "failure"} >= set(v) for v in status.values()):
+        return {kind: {**{t: "pass" for t in v.get("success", [])}, **{t: "fail" for t in v.get("failure", [])}}
+                for kind, v in status.items()}
+    return {"tests": {str(t): str(v) for t, v in status.items()}}
 
 
 def write_episodes(path: str | Path, episodes: Iterable[Episode], append: bool = False) -> None:

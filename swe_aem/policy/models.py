@@ -128,6 +128,11 @@ class ModelPreset:
     # vllm.kv_cache_gib over it, or the host plan's size of what the node has left
     kv_cache_gib: int = 4
     architecture: Architecture | None = None  # None: unknown (no memory plan)
+    # A LoRA run's server (set from trainer.lora by swe_aem.train.lora.serving_preset, never in
+    # a preset file): it serves adapters up to this rank, max_loras of them loaded (the versions
+    # in flight); None: no LoRA, weight pushes reload the full model
+    lora_rank: int | None = None
+    max_loras: int = 1
 
     def __post_init__(self) -> None:
         if self.tool_call_format not in ("qwen", "xml"):

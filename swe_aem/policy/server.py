@@ -88,6 +88,10 @@ class ServerOptions:
     # server) or "auto" (vLLM's own default: the fields a request leaves unset come from the
     # model folder's generation_config.json; what a server started by hand does)
     generation_config: str = "vllm"
+    # LoRA (swe_aem/policy/lora.py): serve adapters of up to this rank (--enable-lora, runtime
+    # loading), max_loras of them at once; None: no LoRA
+    lora_rank: int | None = None
+    max_loras: int = 1
     extra_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -104,6 +108,8 @@ class ServerOptions:
             cuda_visible_devices=(",".join(map(str, range(preset.tensor_parallel_size)))
                                   if preset.placement == "split" else None),
             weight_transfer=PLACEMENT_TRANSFER[preset.placement],
+            lora_rank=preset.lora_rank,
+            max_loras=preset.max_loras,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -177,6 +183,10 @@ class VLLMServer:
         else:
             # CUDA-graph-free: otherwise every start recompiles for 60-140 s on CPU.
             cmd += ["--enforce-eager"]
+        if o.lora_rank is not None:
+            from swe_aem.policy.lora import server_lora_args
+
+            cmd += server_lora_args(o.lora_rank, o.max_loras)
         return cmd + list(o.extra_args)
 
     @property
@@ -196,6 +206,8 @@ class VLLMServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str(CACHE_DIR / "vllm"))
         env["VLLM_SERVER_DEV_MODE"] = "1"
+        if self.options.lora_rank is not None:  # POST /v1/load_lora_adapter, /v1/unload_lora_adapter
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if not self.gpu:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.options.kv_cache_gib))

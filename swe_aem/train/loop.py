@@ -36,6 +36,7 @@ from swe_aem.train.batch import (
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
+from swe_aem.train.credit_log import record_credit
 from swe_aem.train.engine import (
     EngineSettings,
     build_engine,
@@ -43,6 +44,7 @@ from swe_aem.train.engine import (
     load_model,
     wait_group,
 )
+from swe_aem.train.lora import add_lora, check_engine, make_publisher, serving_preset
 from swe_aem.train.metrics import MetricsLogger, thinking_metrics
 from swe_aem.train.parity import (
     PARITY_SEED,
@@ -61,7 +63,7 @@ from swe_aem.train.rollouts import (
 )
 from swe_aem.train.stream import RolloutStream, staleness_metrics
 from swe_aem.train.update import forward_old, policy_loss_config, ppo_update, set_lr
-from swe_aem.train.weights import WeightPublisher, WeightSyncError, run_transfer
+from swe_aem.train.weights import WeightSyncError, run_transfer
 
 T = TypeVar("T")
 
@@ -93,7 +95,7 @@ def task_batch(task_ids: list[str], step: int, size: int, seed: int) -> list[str
 
 def engine_settings(cfg: Config, preset) -> EngineSettings:
     t = cfg.trainer
-    return EngineSettings(**asdict(resolve_trainer(t, preset)), lr=t.lr, betas=(t.betas[0], t.betas[1]),
+    return EngineSettings(**asdict(resolve_trainer(t, preset)), lr=t.learning_rate(), betas=(t.betas[0], t.betas[1]),
                           weight_decay=t.weight_decay, grad_clip=t.grad_clip, eps=t.adam_eps)
 
 
@@ -188,17 +190,21 @@ class Trainer:
                                 node_local_checkpoints=not self.storage.shared)
         cfg = self.cfg = with_preset_defaults(cfg, self.preset)  # before config.yaml records it
         check_async(cfg, self.preset)
+        check_engine(cfg.trainer.lora, self.settings.zero_stage)  # LoRA: ZeRO-2 only, for now
+        self.preset = serving_preset(self.preset, cfg.trainer.lora, cfg.rollout.max_staleness)  # LoRA: vLLM's flags
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(recorded_config(cfg))
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints,
-                                      node_local=not self.storage.shared)
+                                      node_local=not self.storage.shared,
+                                      adapter_only=cfg.trainer.lora is not None)
         # rank 0's step for every rank, checked before the engine is built (a clear error)
         resume_from = self.ckpt.resume_point() if resume else None
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
         lm = load_model(self.model_path, self.settings, dtype)  # under ZeRO-3 each rank's shard only
+        lm = add_lora(lm, cfg.trainer.lora) if cfg.trainer.lora is not None else lm  # adapters in place
         self.lm_config = lm.config
         self.engine = build_engine(lm, self.settings, cfg.trainer.logprob_chunk_size)
         self.state = TrainState()
@@ -213,8 +219,8 @@ class Trainer:
                                      "does not load; the recipes here use no KL term")
         self.run_id = f"train-{uuid.uuid4().hex[:8]}"
         self.source = None
-        self.publisher = WeightPublisher(self.run_dir / "weights", self.lm_config,
-                                         run_transfer(cfg, self.preset), self.preset.load_s)
+        self.publisher = make_publisher(cfg, self.preset, self.run_dir / "weights", self.lm_config,
+                                        run_transfer(cfg, self.preset))  # LoRA: adapter folders
         self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
         try:
             self.source = self._rollout_source()
@@ -355,7 +361,7 @@ class Trainer:
         # rank 0 rolls out; an error there (every episode failed, Docker down) ends every rank
         episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
         # the step's learning rate, a pure function of the RL step (resumable)
-        m["lr"] = set_lr(self.engine, cfg.trainer.lr * lr_factor(
+        m["lr"] = set_lr(self.engine, cfg.trainer.learning_rate() * lr_factor(
             step, cfg.run.steps, cfg.trainer.lr_scheduler, cfg.trainer.lr_warmup_steps, cfg.trainer.lr_min_ratio))
         if not episodes:  # dynamic sampling found no group with signal
             self._label_weights(step + 1)
@@ -381,6 +387,8 @@ class Trainer:
         credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
                                cfg.algo)
         m["time_credit_s"] = time.perf_counter() - t0
+        if self.is_main:  # every turn's entropy, alpha and advantages: credit/step-N.jsonl
+            record_credit(self.run_dir, step, episodes, samples, layout, fwd, credit)
 
         # No trainable turn with a non-zero advantage: no gradient, so no optimizer step
         # (Adam's moments and weight decay would still move the weights) and no push.
