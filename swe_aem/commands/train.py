@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         from swe_aem.train.metrics import plot_run
 
         console.print(f"curves: {plot_run(run_dir)}")
+        console.print(f"view: swe-aem view {run_dir}  (writes {run_dir / 'view'}/index.html; "
+                      "--port 8000 serves it, refreshing as a run writes)")
     return 0
 
 

@@ -46,8 +46,10 @@ function h(tag, attrs, ...kids) {
   }
   return el;
 }
+// d decimals; a small non-zero value (a group's entropy range of 1e-5) keeps 3 significant digits
 const fmt = (x, d = 3) =>
-  x === null || x === undefined ? "–" : typeof x === "number" ? (Number.isInteger(x) ? String(x) : x.toFixed(d)) : String(x);
+  x === null || x === undefined ? "–" : typeof x !== "number" ? String(x) : Number.isInteger(x) ? String(x)
+    : x !== 0 && Math.abs(x) < 10 ** -d ? x.toExponential(2) : x.toFixed(d);
 const link = (href, ...kids) => h("a", { href }, ...kids);
 const mainEl = () => document.getElementById("main");
 
@@ -246,7 +248,7 @@ function rangeBanner(st, aem) {
   if (!st) return h("div", { class: "banner off" }, "no credit record for this step");
   const txt = `entropy range ${fmt(st.range, 4)} nats (${fmt(st.lo, 4)} – ${fmt(st.hi, 4)}, ${st.level} level) against AEM's floor min_range ${fmt(st.floor, 4)}`;
   return h("div", { class: "banner " + (st.active ? "on" : "off"), id: "range", "data-range": st.range, "data-floor": st.floor,
-    "data-active": st.active }, txt, ": ",
+    "data-active": String(Boolean(st.active)) }, txt, ": ",
     h("b", {}, st.active ? "AEM active" : aem === false ? "AEM off" : "AEM inactive: range below min_range"),
     ` · alpha ${fmt(st.alpha_min)} – ${fmt(st.alpha_max)}`);
 }

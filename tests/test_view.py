@@ -1,0 +1,175 @@
+"""The run viewer (issue 32) in a real headless Chromium (Debian's, driven by Playwright through
+its executable path; .ci/run installs it), over a run folder this module trains: the real
+trainer (DeepSpeed on the small random Llama), real containers and grading, a stand-in policy
+at the HTTP boundary whose samples mix reward 1 and 0 (test_train_async's SeededPlans), AEM on
+with no entropy floor, so its alphas differ from 1.
+
+What the page shows is checked against the run's own records: trajectories/step-N.jsonl,
+credit/step-N.jsonl (every trained turn's entropy, alpha, advantages) and the grading per test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from test_train_async import INSTANCE, SAMPLES, SeededPlans, config
+from transformers import AutoTokenizer
+
+from swe_aem.cli import main
+from swe_aem.jsonl import scan_jsonl
+from swe_aem.train import loop
+from swe_aem.view.data import RunSource, group_stats
+from swe_aem.view.site import Site, make_server
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"  # kept after the run
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("no chromium on PATH: .ci/run installs Debian's (apt install chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(local_instances, small_model, tmp_path_factory) -> Path:
+    """Two synchronous RLOO + AEM steps of 4 samples on one task, as `swe-aem train` runs them."""
+    inst = next(i for i in local_instances if i.instance_id == INSTANCE)
+    folder = tmp_path_factory.mktemp("view") / "run"
+    with SeededPlans(AutoTokenizer.from_pretrained(small_model), inst) as policy:
+        loop.Trainer(config(small_model, policy.base_url, "run.steps=2"), folder).train()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _page(browser, seen: list[str]):
+    """A page that records every URL it requests (none may leave this machine)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("request", lambda req: seen.append(req.url))
+    return page
+
+
+def _credit(run: Path, step: int) -> list[dict]:
+    return [ln.row for ln in scan_jsonl(run / "credit" / f"step-{step:06d}.jsonl")]
+
+
+def _episodes(run: Path, step: int) -> list[dict]:
+    return [ln.row for ln in scan_jsonl(run / "trajectories" / f"step-{step:06d}.jsonl")]
+
+
+def test_the_run_records_what_the_viewer_shows(run):
+    """Rank 0's credit record holds one row per trained turn, AEM's alphas among them not all 1
+    (the group's samples differ in entropy; no floor); the episodes keep the grading per test."""
+    for step in (0, 1):
+        episodes, credit = _episodes(run, step), _credit(run, step)
+        assert sorted(e["sample_index"] for e in episodes) == list(range(SAMPLES))
+        assert len(credit) == sum(len(e["turns"]) for e in episodes)
+        assert {(r["task"], r["sample"], r["turn"]) for r in credit} == {
+            (e["instance_id"], e["sample_index"], k) for e in episodes for k in range(len(e["turns"]))}
+        assert any(abs(r["alpha"] - 1.0) > 1e-6 for r in credit)
+        for r in credit:  # AEM scales the advantage by alpha (turn level, no masking here)
+            assert r["advantage_aem"] == pytest.approx(r["alpha"] * r["advantage"], rel=1e-5, abs=1e-7)
+        solved = [e for e in episodes if e["reward"] == 1.0]
+        assert solved and all(set(e["grade_tests"]["FAIL_TO_PASS"].values()) == {"pass"} for e in solved)
+
+
+def test_the_page_from_files_shows_the_runs_episodes_turns_and_alphas(run, browser, tmp_path):
+    out = tmp_path / "page"
+    assert main(["view", str(run), "--out", str(out)]) == 0
+    seen: list[str] = []
+    page = _page(browser, seen)
+    index = (out / "index.html").resolve().as_uri()
+
+    # the run: its curves
+    page.goto(index + "#/0/run")
+    page.wait_for_selector("[data-chart='AEM alpha range']")
+
+    # step 1's table: every episode of the step, once
+    episodes = _episodes(run, 1)
+    page.goto(index + "#/0/set/s000001")
+    page.wait_for_selector("#episodes tr.ep")
+    rows = page.query_selector_all("#episodes tr.ep")
+    assert sorted((r.get_attribute("data-task"), int(r.get_attribute("data-sample"))) for r in rows) == sorted(
+        (e["instance_id"], e["sample_index"]) for e in episodes)
+
+    # one episode (a click on its row): its turns, their tool calls, and the alpha of each as
+    # the credit record says
+    row = rows[0]
+    sample = int(row.get_attribute("data-sample"))
+    row.query_selector("td[data-col='reward']").click()
+    page.wait_for_selector(".card.turn")
+    shown = page.query_selector_all(".card.turn")
+    ep = next(e for e in episodes if e["sample_index"] == sample)
+    assert len(shown) == len(ep["turns"])
+    assert [c.get_attribute("data-tool") for c in shown] == [
+        (t.get("tool_call") or {}).get("name", "") for t in ep["turns"]]
+    credit = sorted((r for r in _credit(run, 1) if r["sample"] == sample), key=lambda r: r["turn"])
+    assert [float(c.get_attribute("data-alpha")) for c in shown] == [r["alpha"] for r in credit]
+    if ep["reward"] == 1.0:
+        assert "pass" in page.inner_text("table")  # the grading per test
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-episode.png"), full_page=False)
+
+    # the task's group: its entropy range against AEM's floor, as the credit rows give them
+    page.goto(index + "#/0/group/s000001/0")
+    banner = page.wait_for_selector("#range")
+    want = group_stats(_credit(run, 1), min_range=0.0)[INSTANCE]
+    assert float(banner.get_attribute("data-range")) == pytest.approx(want["range"], rel=1e-12)
+    assert float(banner.get_attribute("data-floor")) == 0.0
+    assert banner.get_attribute("data-active") == "true" and "AEM active" in banner.inner_text()
+    assert len(page.query_selector_all(".card.sample")) == SAMPLES
+    page.close()
+    assert seen and all(u.startswith("file://") for u in seen), [u for u in seen if not u.startswith("file://")]
+
+
+def test_the_served_page_refreshes_and_shows_a_bad_line_as_such(run, browser, tmp_path):
+    """Served (`swe-aem view RUN --port`): a line appended to a step's trajectories while the
+    page is open appears as a bad line of the table, and the rest stays."""
+    live = tmp_path / "live"
+    shutil.copytree(run, live)
+    server = make_server(Site([RunSource(live)], live=True), "127.0.0.1", 0, refresh_s=0.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seen: list[str] = []
+    try:
+        page = _page(browser, seen)
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/#/0/set/s000000")
+        page.wait_for_selector("#episodes tr.ep")
+        with (live / "trajectories" / "step-000000.jsonl").open("a") as fh:
+            fh.write('{"instance_id": "cut-short", "turns": [\n')  # a malformed line
+        bad = page.wait_for_selector("#episodes tr.bad", timeout=15_000)
+        assert "not valid JSON" in bad.inner_text()
+        assert len(page.query_selector_all("#episodes tr.ep")) == SAMPLES
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and all(u.startswith("http://127.0.0.1:") for u in seen), seen
+
+
+def test_a_tolerant_scan_names_bad_and_half_written_lines(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"a": 1}) + "\n" + "{oops\n" + "\n" + json.dumps({"b": 2}) + "\n" + '{"c": ')
+    lines = list(scan_jsonl(path))
+    assert [(ln.line, ln.row) for ln in lines if ln.error is None] == [(1, {"a": 1}), (4, {"b": 2})]
+    assert "t.jsonl:2: not valid JSON" in lines[1].error
+    assert lines[-1].error == "half-written line (no newline yet)" and lines[-1].line == 5
+    # a scan resumed at the half-written line's offset reads it once it is finished
+    with path.open("a") as fh:
+        fh.write("3}\n")
+    [again] = scan_jsonl(path, lines[-1].offset, lines[-1].line)
+    assert again.row == {"c": 3} and again.line == 5
