@@ -226,8 +226,10 @@ class Trainer:
             self.source = self._rollout_source()
             # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
             self.pushes_weights = bool(_broadcast(self.source.pushes_weights if self.is_main else None))
-            if resume and self.state.step > 0 and self.pushes_weights:
-                self._sync_weights(self.state.step)  # the server started from the base weights
+            if self.pushes_weights and (resume and self.state.step > 0 or cfg.trainer.lora is not None):
+                # the server started from the base weights: a resumed run's, and a LoRA run's
+                # adapter (B = 0, or trainer.lora.init_from's) before its first rollout
+                self._sync_weights(self.state.step)
             elif self.state.step > 0:
                 self._label_weights(self.state.step)
         except BaseException:
