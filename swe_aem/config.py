@@ -226,6 +226,10 @@ class RunConfig:
     sandbox_memory: str = "1g"
     grade_timeout_s: float = 300.0
     replay: str | None = None  # trajectories.jsonl to train on instead of live rollouts
+    # Experiment trackers beside metrics.jsonl (swe_aem/train/loggers.py), each imported only
+    # when named: "tensorboard" (RUN/tensorboard), "wandb" (offline unless WANDB_MODE says
+    # otherwise), "mlflow" (MLFLOW_TRACKING_URI, else the file store RUN/mlruns)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     # how long ranks wait in a collective while rank 0 rolls out or evaluates: longer than
     # a step's rollout (DeepSpeed's 10-minute default is shorter than one DeepSWE episode)
     collective_timeout_s: float = 86400.0

@@ -45,7 +45,7 @@ from swe_aem.train.engine import (
     wait_group,
 )
 from swe_aem.train.lora import add_lora, check_engine, make_publisher, serving_preset
-from swe_aem.train.metrics import MetricsLogger, thinking_metrics
+from swe_aem.train.metrics import MetricsLogger, episode_row, thinking_metrics
 from swe_aem.train.parity import (
     PARITY_SEED,
     PARITY_TOKENS,
@@ -212,7 +212,8 @@ class Trainer:
             self.state = self.ckpt.load(self.engine, resume_from)
             if self.is_main:
                 console.print(f"resumed from {resume_from} at step {self.state.step}")
-        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, trackers=cfg.run.loggers,
+                                     name=self.run_dir.name, config=asdict(cfg))
         self.loss_cfg = policy_loss_config(cfg.algo)
         if cfg.algo.kl_coef > 0:
             raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
@@ -371,6 +372,7 @@ class Trainer:
         if not cfg.run.replay:  # each turn's weights version, against the bound
             m.update(staleness_metrics(episodes, step, cfg.rollout.max_staleness))
         m.update(thinking_metrics(episodes))  # per-turn thinking tokens, their share of the context
+        self.metrics.table(step, "episode_table", [episode_row(e) for e in episodes])  # for W&B, MLflow
         # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
         # probing the weights that rolled out for the push to compare with; the others wait
         probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None

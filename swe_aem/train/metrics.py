@@ -1,14 +1,16 @@
-"""Per-step metrics: JSONL (the record) and TensorBoard (for browsing), plus plots."""
+"""Per-step metrics: JSONL (the record) and the trackers of `run.loggers` (TensorBoard by
+default; W&B, MLflow), plus plots."""
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from swe_aem.agent.trajectory import Episode
 from swe_aem.jsonl import read_jsonl
+from swe_aem.train.loggers import open_trackers
 
 
 def thinking_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
@@ -29,15 +31,25 @@ def thinking_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     }
 
 
+def episode_row(ep: Episode) -> dict[str, Any]:
+    """One episode as a tracker's table row (what the viewer's table shows, token ids left out)."""
+    versions = [t.policy_version for t in ep.turns]
+    return {"task": ep.instance_id, "sample": ep.sample_index, "reward": ep.reward,
+            "termination": ep.termination, "grade_status": ep.grade_status, "turns": len(ep.turns),
+            "tokens": sum(len(t.response_ids) for t in ep.turns),
+            "version_min": min(versions, default=0), "version_max": max(versions, default=0)}
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    """A run's metrics: metrics.jsonl always (rank 0), and the trackers `run.loggers` names
+    (swe_aem/train/loggers.py: tensorboard, wandb, mlflow)."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, trackers: Sequence[str] = ("tensorboard",),
+                 name: str = "", config: Mapping[str, Any] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
-        self._tb = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.trackers = open_trackers(trackers, Path(run_dir), name or Path(run_dir).name,
+                                      config or {}) if enabled else []
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         """One row of metrics.jsonl; rows other than a training step's carry their `kind`
@@ -48,14 +60,18 @@ class MetricsLogger:
                **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        for key, value in metrics.items():
-            if math.isfinite(float(value)):
-                self._tb.add_scalar(key, float(value), step)
-        self._tb.flush()
+        for tracker in self.trackers:
+            tracker.log(step, metrics, kind)
+
+    def table(self, step: int, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A table of the step (its episodes) for the trackers that keep tables."""
+        for tracker in self.trackers if self.enabled else ():
+            tracker.table(step, name, rows)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def read_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
