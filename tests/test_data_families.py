@@ -411,3 +411,25 @@ def test_bad_multi_swe_bench_rows_name_the_row_and_column(tmp_path, change, colu
         load_instances(path)
     assert "m.jsonl:1 (instance_id='google__gson-1093', format multi-swe-bench)" in str(err.value)
     assert column in str(err.value)
+
+
+def test_swe_rebench_v2_verdict_follows_its_harness():
+    """V2's rule on a jq-style log (the parser its real row names): ANSI codes and timing
+    suffixes do not change a name; every F2P and P2P must pass; eval.py's exact rule also
+    refuses extra passing tests."""
+    from swe_aem.reward import rebench
+
+    log = ("Applied patch tests/x.test cleanly.\n" + rebench.START + "\n"
+           "\x1b[32mPASS\x1b[0m: tests/one.test\r\nPASS: tests/two.test [1.34 ms]\nFAIL: tests/three.test\n"
+           "PASS: tests/extra.test\n" + rebench.END + "\n")
+    ok = rebench.verdict(log, "parse_log_jq", "f2p_p2p_passed", ["tests/one.test"], ["tests/two.test"])
+    assert ok["resolved"] and ok["tests_status"]["FAIL_TO_PASS"] == {"success": ["tests/one.test"], "failure": []}
+    bad = rebench.verdict(log, "parse_log_jq", "f2p_p2p_passed", ["tests/three.test"], ["tests/two.test"])
+    assert not bad["resolved"] and "FAIL_TO_PASS not passing: tests/three.test" in bad["reason"]
+    exact = rebench.verdict(log, "parse_log_jq", "exact_passed_set", ["tests/one.test"], ["tests/two.test"])
+    assert not exact["resolved"] and "tests/extra.test" in exact["reason"]
+    missing = rebench.verdict("no markers, no tests\n", "parse_log_jq", "f2p_p2p_passed", ["tests/one.test"], [])
+    assert not missing["resolved"]
+    # the row's own script echoes the markers the verdict reads between
+    [inst] = load_instances(str(shared("swe_rebench_v2.sample.jsonl")))
+    assert f'echo "{families.START}"' in inst.eval_script and f'echo "{families.END}"' in inst.eval_script

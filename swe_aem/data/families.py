@@ -424,9 +424,10 @@ def rebench_v2_eval_script(workdir: str, test_patch: str, test_cmd: list[str]) -
     """V2's eval.py script after the model patch is applied: the test patch (its own git
     apply flags), then each test_cmd line under `set -e`, between the output markers."""
     apply = "git apply -v --3way --recount --ignore-space-change --whitespace=nowarn"
+    # the markers echoed (no `set -x` here): the verdict grades what lies between them
     return "\n".join(["#!/bin/bash", f"cd {workdir}", "set -e",
                       f"{apply} - <<'{_HEREDOC}'\n{test_patch}\n{_HEREDOC}",
-                      START, *test_cmd, END]) + "\n"
+                      f'echo "{START}"', *test_cmd, f'echo "{END}"']) + "\n"
 
 
 def swe_rebench(row: dict[str, Any]) -> dict[str, Any]:

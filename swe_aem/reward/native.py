@@ -41,4 +41,7 @@ def verdict(instance: Instance, output: str) -> dict[str, Any]:
         return r2e.verdict(output, instance.extra["expected_output"])
     if instance.grader == "swesmith":
         return swesmith.verdict(output, instance.FAIL_TO_PASS, instance.PASS_TO_PASS)
+    if instance.grader == "swe-rebench":
+        return rebench.verdict(output, instance.log_parser, instance.eval_type, instance.FAIL_TO_PASS,
+                               instance.PASS_TO_PASS)
     raise ValueError(f"{instance.instance_id}: grader {instance.grader!r} has no native verdict")
