@@ -15,7 +15,7 @@ from typing import Any
 
 from swe_aem.data.families import R2E_PROTECTED
 from swe_aem.data.instances import Instance
-from swe_aem.reward import r2e, swesmith
+from swe_aem.reward import r2e, rebench, swesmith
 from swe_aem.sandbox import Sandbox
 
 
