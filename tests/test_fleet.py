@@ -197,7 +197,9 @@ def test_a_lost_docker_daemon_has_its_replicas_episodes_run_elsewhere(cluster, t
             result = fleet.rollout(tasks, 4, config=CONFIG, grader="train", on_result=lose_daemon)
             assert lost, "replica 1 had no episode in flight"
             check_batch(result, 4)
-            assert fleet.stats.replica_deaths >= 1 and fleet.stats.reruns >= lost[0]
+            # at least one of the episodes in flight when the proxy closed ran again (another may
+            # have come back in between the count and the close)
+            assert fleet.stats.replica_deaths >= 1 and fleet.stats.reruns >= 1
             fleet.wait_for_restarts(120)
             assert [r.index for r in fleet.replicas if r.live] == [0]
     finally:

@@ -41,6 +41,14 @@ def _cmdlines() -> dict[int, list[str]]:
     return out
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
 def _running(marker: str) -> list[int]:
     return [pid for pid, args in _cmdlines().items() if marker in args and pid != os.getpid()]
 
@@ -102,12 +110,16 @@ class _Watch:
     def _poll(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
-            for pid, args in _cmdlines().items():
+            lines = _cmdlines()
+            for pid, args in lines.items():
                 for arm, d in self.dirs.items():
                     if any(a == "--run-dir" and b == d for a, b in pairwise(args)):
                         first, _ = self.seen.get(arm, (now, now))
                         self.seen[arm] = (first, now)
-                        if args[1:4] == ["-u", "-m", "swe_aem.commands.train"]:
+                        # a rank, not a child a rank forked (a fork keeps its parent's command
+                        # line: DeepSpeed's op builds, multiprocessing workers)
+                        if args[1:4] == ["-u", "-m", "swe_aem.commands.train"] and \
+                                lines.get(_parent(pid), [])[1:4] != args[1:4]:
                             self.ranks[arm].add(pid)
                         elif "deepspeed.launcher.runner" in args:
                             self.launchers[arm].add(" ".join(args))
@@ -168,3 +180,10 @@ def test_reproduce_with_a_hostfile_launches_each_arm_as_two_ranks_one_after_the_
     assert watch.seen["base"][1] < watch.seen["aem"][0], watch.seen
     rec = json.loads((out / "reproduction.json").read_text())
     assert rec["measured"]["n_instances"] == 1 and rec["measured"]["runs_base"] == 1
+    # every stage of `make reproduce MODEL=tiny`: the published numbers beside the measured,
+    # a servable model per arm, the report
+    assert rec["published"]["base_pass1"] == pytest.approx(42.3)
+    assert rec["published"]["aem_pass1"] == pytest.approx(43.7)
+    for arm in dirs:
+        assert (out / arm / "train" / "final_model" / "model.safetensors").is_file()
+    assert "42.3" in (out / "reproduction.md").read_text()
