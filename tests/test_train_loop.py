@@ -105,6 +105,7 @@ def test_replay_training_logs_and_checkpoints(small_model, replay_file, tmp_path
                 "trajectories_filtered", "aem_share_of_step"):
         assert key in rows[0], key
     assert rows[0]["alpha_max"] > 1.0 > rows[0]["alpha_min"]
+    assert rows[0]["update_balance"] == 1.0  # one rank never waits for another
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
     assert (tmp_path / "run" / "config.yaml").read_text().count("aem: true") == 1
     after = _params(trainer)

@@ -110,6 +110,8 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
     one, two = _metrics(tmp_path / "ranks1"), _metrics(tmp_path / "ranks2")
     assert one["frac_pos_adv"] > 0 and one["frac_neg_adv"] > 0  # rewards 0 and 1 in a group
     assert one["trajectories_filtered"] == 1 and one["optimizer_steps"] == two["optimizer_steps"] == 2
+    # each mini-batch balanced over the ranks by workload (plan_update): one rank never waits
+    assert one["update_balance"] == 1.0 and 1.0 <= two["update_balance"] < 2.0
     # measured on one CPU: 5e-6 relative for the loss and the gradient norm, 20x below this
     for key in ("loss", "grad_norm", "ratio_mean", "approx_kl", "response_entropy_mean", "alpha_max",
                 "reward_mean"):

@@ -29,9 +29,9 @@ from swe_aem.policy.client import SamplingParams
 from swe_aem.policy.models import ModelPreset
 from swe_aem.train.batch import (
     TurnLayout,
-    balanced_shards,
     groups_with_signal,
     groups_with_signal_ids,
+    plan_update,
     samples_from_episodes,
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
@@ -379,8 +379,14 @@ class Trainer:
         self._probe_before = on_rank0(lambda: self.source.release_gpus(probe), "vLLM sleep")
         samples = samples_from_episodes(episodes, self._untrainable())
         layout = TurnLayout.of(samples)
-        # by tokens, not count: a rank holding every long sample would gate the step
-        shard = balanced_shards([len(s.input_ids) for s in samples], self.world)[self.rank]
+        # each optimizer step's mini-batch drawn first, then balanced over the ranks by
+        # workload (tokens and attention's quadratic term): no rank holds a mini-batch's long
+        # tail while the others wait; the old log-probs live where each sample trains
+        gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
+        lengths = [len(s.input_ids) for s in samples]
+        plan = plan_update(lengths, self.world, cfg.trainer.mini_batches, gen)
+        shard = plan.shard(self.rank)
+        m["update_balance"] = plan.busiest_over_mean(lengths)
 
         t0 = time.perf_counter()
         fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
@@ -402,11 +408,10 @@ class Trainer:
         stats: dict[str, float] = {}
         if has_signal:
             t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
             stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
                                self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
                                mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                               generator=gen, indices=shard, temperature=cfg.rollout.temperature)
+                               indices=shard, temperature=cfg.rollout.temperature, plan=plan)
             m["time_update_s"] = time.perf_counter() - t0
             tokens = sum(len(samples[i].input_ids) for i in shard)
             m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(

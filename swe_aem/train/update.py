@@ -17,7 +17,7 @@ from torch import Tensor
 
 from swe_aem.algo.losses import PolicyLossConfig, get_policy_loss
 from swe_aem.config import AlgoConfig
-from swe_aem.train.batch import Sample, TurnLayout, collate, pack_by_tokens
+from swe_aem.train.batch import Sample, TurnLayout, UpdatePlan, collate, pack_by_tokens
 
 
 @dataclass
@@ -79,7 +79,7 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     micro = [[shard[j] for j in idx] for idx in
              pack_by_tokens([len(samples[i].input_ids) for i in shard], micro_tokens)]
     for k in range(int(_all_reduce(len(micro), dev, op="max"))):
-        idx = micro[k] if k < len(micro) else [shard[0] if shard else 0]
+        idx = micro[k] if k < len(micro) else [padding_index(samples)]
         b = collate(samples, idx, layout, pad_id)
         lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev),
                          temperature)
@@ -117,6 +117,12 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
                         is_weight_max=math.exp(hi) if tokens else 1.0)
 
 
+def padding_index(samples: Sequence[Sample]) -> int:
+    """The sample a rank with no micro-batch left forwards to keep ZeRO-3's collectives in
+    step (its result is dropped): the shortest, so the idle rank's extra work is least."""
+    return min(range(len(samples)), key=lambda i: len(samples[i].input_ids)) if samples else 0
+
+
 def _all_reduce_tensor(t: Tensor, device: torch.device) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         moved = t.to(device)
@@ -147,6 +153,7 @@ def ppo_update(
     generator: torch.Generator | None = None,
     indices: Sequence[int] | None = None,
     temperature: float = 1.0,
+    plan: UpdatePlan | None = None,
 ) -> dict[str, float]:
     """The policy loss named by `loss_cfg.name` (PPO-clip by default) over `epochs` x
     `mini_batches` optimizer steps; returns stats of the whole batch (every rank's).
@@ -157,6 +164,11 @@ def ppo_update(
     parallelism leave the gradient unchanged. `grad_norm` is the global gradient
     norm before clipping, averaged over optimizer steps. Log-probs are taken at the
     rollout's sampling `temperature`, as in `forward_old`.
+
+    `plan` (swe_aem.train.batch.plan_update): which samples this rank trains in each
+    mini-batch, each mini-batch balanced over the ranks by workload and the same in every
+    epoch; without it, each epoch draws mini-batches from `generator` and intersects them with
+    `indices` (a whole-batch shard, so a mini-batch's long tail can sit on one rank).
     """
     loss_fn = get_policy_loss(loss_cfg.name)
     dev = _device(engine)
@@ -166,11 +178,15 @@ def ppo_update(
     stat_keys: set[str] = set()  # the same on every rank that ran a micro-batch (padding too)
     tokens, steps = 0.0, 0
     grad_norms: list[float] = []
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     for _ in range(epochs):
-        order = torch.randperm(len(samples), generator=generator).tolist()
-        for mb in range(mini_batches):
-            chosen = [i for i in order[mb::mini_batches]
-                      if i in shard and samples[i].trainable and any(samples[i].loss_mask)]
+        if plan is not None:  # each mini-batch balanced over the ranks, kept across epochs
+            parts = [mb[rank] for mb in plan.minibatches]
+        else:
+            order = torch.randperm(len(samples), generator=generator).tolist()
+            parts = [[i for i in order[mb::mini_batches] if i in shard] for mb in range(mini_batches)]
+        for members in parts:
+            chosen = [i for i in members if samples[i].trainable and any(samples[i].loss_mask)]
             local = (sum(sum(samples[i].loss_mask) for i in chosen)
                      if loss_cfg.agg == "token-mean" else len(chosen))
             normalizer = _all_reduce(float(local), dev)
@@ -182,7 +198,7 @@ def ppo_update(
             # run the same number of micro-batches; the extra ones carry zero loss.
             n_micro = int(_all_reduce(len(micro), dev, op="max"))
             for k in range(n_micro):
-                ids, weight = (micro[k], 1.0) if k < len(micro) else ([0], 0.0)
+                ids, weight = (micro[k], 1.0) if k < len(micro) else ([padding_index(samples)], 0.0)
                 b = collate(samples, ids, layout, pad_id)
                 old = torch.zeros_like(b["rollout_logprobs"])
                 for row, i in enumerate(ids):
