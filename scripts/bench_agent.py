@@ -22,8 +22,8 @@ import time
 from transformers import AutoTokenizer
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.loop import AgentConfig
-from swe_aem.agent.rollout import rollout
+from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.rollout_batch import rollout
 from swe_aem.agent.toolcalls import parse_tool_call
 from swe_aem.data import load_instances
 from swe_aem.policy.client import PolicyClient, SamplingParams

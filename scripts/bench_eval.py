@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from swe_aem.eval.metrics import paired_compare, pass_at_k, summarize_runs
+from swe_aem.eval.estimators import paired_compare, pass_at_k, summarize_runs
 
 
 def _timed(fn, *args, **kw):

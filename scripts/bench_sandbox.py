@@ -29,7 +29,7 @@ from swe_aem.data import load_instances
 from swe_aem.data.local_suite import build_local_suite
 from swe_aem.reward.grade import grade_predictions
 from swe_aem.sandbox import Sandbox, SandboxConfig, connect, reap
-from swe_aem.sandbox.images import build_base
+from swe_aem.sandbox.image_store import build_base
 
 console = Console(stderr=True)
 

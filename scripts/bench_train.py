@@ -52,7 +52,8 @@ def child(stage: int, n_traj: int, length: int, steps: int) -> dict:
     from swe_aem.policy.models import prepare_model
     from swe_aem.train.batch import TurnLayout
     from swe_aem.train.credit import assign_credit
-    from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+    from swe_aem.train.model import EngineSettings, build_engine
+    from swe_aem.train.ranks import init_distributed
     from swe_aem.train.update import forward_old, ppo_update
 
     init_distributed()
@@ -89,7 +90,8 @@ def weight_sync(step_s: float) -> dict:
 
     from swe_aem.policy.models import load_preset, prepare_model
     from swe_aem.policy.server import ServerOptions, VLLMServer
-    from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+    from swe_aem.train.model import EngineSettings, build_engine
+    from swe_aem.train.ranks import init_distributed
     from swe_aem.train.weights import WeightPublisher
 
     init_distributed()
@@ -100,9 +102,9 @@ def weight_sync(step_s: float) -> dict:
     pub = WeightPublisher(Path("runs/bench/weights"), lm.config)
     with VLLMServer(path, ServerOptions.from_preset(load_preset("tiny"))) as server:
         times = []
-        for _ in range(3):
+        for version in range(1, 4):
             t0 = time.perf_counter()
-            pub.save(engine)
+            pub.save(engine, version)
             saved = time.perf_counter()
             server.reload_weights(pub.path)
             times.append({"save_s": saved - t0, "reload_s": time.perf_counter() - saved,

@@ -67,7 +67,8 @@ def _reinstate_before() -> None:
     from safetensors.torch import save_file
 
     from swe_aem import hostmem
-    from swe_aem.train import engine, weights
+    from swe_aem.train import model as engine
+    from swe_aem.train import weights
 
     new_config = engine.deepspeed_config
 
@@ -125,7 +126,7 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
         with meter.phase("step (batch, credit)"):
             out = step(self)
         with meter.phase("weight source for a push (safetensors write)"):
-            self.publisher.save(self.engine)
+            self.publisher.save(self.engine, self.state.step)
         return out
     loop.Trainer.step = step_then_push
 
@@ -133,6 +134,8 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
                  "heldout.split=null", "run.save_every=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=2"]
     if arm == "before":
         overrides += ["trainer.gradient_checkpointing=false", "trainer.micro_batch_tokens=4096"]
+    if arm == "zero0":  # no ZeRO partition: no float32 master copy, no partition gradients
+        overrides += ["trainer.zero_stage=0"]
     cfg = load_config("rloo_aem", None, overrides)
     t0 = time.perf_counter()
     trainer = loop.Trainer(cfg, run_dir)
@@ -150,7 +153,7 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--arms", nargs="+", default=["before", "after"], choices=["before", "after"])
+    p.add_argument("--arms", nargs="+", default=["before", "after"], choices=["before", "after", "zero0"])
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replay", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)

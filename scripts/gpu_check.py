@@ -27,7 +27,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cuda")
 from swe_aem.algo.entropy import chunked_logprobs_and_entropy, naive_logprobs_and_entropy
 from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
 from swe_aem.train.batch import Sample, TurnLayout, collate
-from swe_aem.train.engine import EngineSettings, PolicyLogprobs, build_engine, init_distributed
+from swe_aem.train.model import EngineSettings, PolicyLogprobs, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.update import forward_old, ppo_update
 
 DEV = torch.device("cuda")

@@ -2,7 +2,7 @@
 
 One process, no DeepSpeed (so no ZeRO gathering): random-weight models of the presets'
 widths (fewer layers where the full model would not fit beside its gradients), wrapped as
-the trainer wraps them (swe_aem.train.engine.PolicyLogprobs, chunked LM head), one
+the trainer wraps them (swe_aem.train.model.PolicyLogprobs, chunked LM head), one
 forward + backward of the longest micro-batch. Gradients are allocated before the step,
 so the peak over the step's start is what the plan calls activations + backward peak
 (+ the attention mask of padded rows). Prints one JSON line per shape.
@@ -37,7 +37,7 @@ def measure(name: str, layers: int, longest: int, rows: int, train_mode: bool = 
 
     from swe_aem.plan.memory import GIB, TrainerSettings, trainer_memory
     from swe_aem.policy.models import load_preset
-    from swe_aem.train.engine import PolicyLogprobs
+    from swe_aem.train.model import PolicyLogprobs
 
     arch = dataclasses.replace(load_preset(name).architecture, layers=layers)
     torch.manual_seed(0)

@@ -432,7 +432,7 @@ def _lora_checks(lora: LoraConfig | None) -> list[tuple[bool, str]]:
     """trainer.lora's own checks (what needs the model or vLLM is checked in swe_aem/train/lora.py)."""
     if lora is None:
         return []
-    from swe_aem.policy.lora import VLLM_MAX_LORA_RANK
+    from swe_aem.policy.adapters import VLLM_MAX_LORA_RANK
 
     return [
         (1 <= lora.rank <= VLLM_MAX_LORA_RANK,

@@ -19,7 +19,7 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
-# What an in-process Trainer sets for its one-rank process group (train/engine.py). Left in
+# What an in-process Trainer sets for its one-rank process group (train/model.py). Left in
 # the environment, a later `swe-aem train` subprocess would take itself for a launched rank
 # and skip the checks made before a launch.
 _RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -53,7 +53,7 @@ def local_instances(docker_client):
     """The local suite, with its images built (a no-op when the content-hash tags exist)."""
     from swe_aem.data import load_instances
     from swe_aem.data.local_suite import build_local_suite
-    from swe_aem.sandbox.images import build_base
+    from swe_aem.sandbox.image_store import build_base
 
     build_base(docker_client)
     build_local_suite(docker_client)

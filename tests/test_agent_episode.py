@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from swe_aem.agent.loop import AgentConfig, run_episode
+from swe_aem.agent.episode import AgentConfig, run_episode
 from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch, script

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.loop import AgentConfig, run_episode
+from swe_aem.agent.episode import AgentConfig, run_episode
 from swe_aem.agent.toolcalls import (
     STOP_STRINGS,
     ToolCallError,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.loop import request_seed, truncate_observation
+from swe_aem.agent.episode import request_seed, truncate_observation
 from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, tool_schemas, xml_tool_list
 from swe_aem.agent.trajectory import Episode, ToolCall, Turn, read_episodes, write_episodes
 from swe_aem.policy.models import load_preset

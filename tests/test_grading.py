@@ -16,7 +16,7 @@ from swe_aem.reward.grade import grade_predictions, load_predictions
 from swe_aem.reward.grade import run as grade_cli
 from swe_aem.reward.grading import edited_tests, patch_files
 from swe_aem.sandbox import DockerUnavailableError, SandboxPool
-from swe_aem.sandbox.engine import LABEL_RUN_ID
+from swe_aem.sandbox.daemon import LABEL_RUN_ID
 
 # A code change (on top of the gold patch) that breaks one PASS_TO_PASS test of the instance.
 REGRESSIONS = {

@@ -191,7 +191,7 @@ def test_rows_whose_images_are_absent_fail_clearly(docker_client):
     from swe_aem.data import load_instances
     from swe_aem.reward import grade_patch
     from swe_aem.sandbox import SandboxPool
-    from swe_aem.sandbox.images import ImageStore
+    from swe_aem.sandbox.image_store import ImageStore
 
     if not SHARED.is_dir():
         pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")

@@ -19,7 +19,7 @@ import tarfile
 import pytest
 
 from swe_aem.sandbox import history
-from swe_aem.sandbox.images import image_exists
+from swe_aem.sandbox.image_store import image_exists
 
 pytestmark = [pytest.mark.docker]
 

@@ -24,7 +24,7 @@ def test_a_child_returns_its_result_raises_its_error_and_says_how_it_died() -> N
 def test_a_child_of_an_initialised_process_starts_its_own_world() -> None:
     """The warm start's SFT and the evidence runs start DeepSpeed in a child that inherits
     MASTER_PORT from a parent whose store may be listening on it (EADDRINUSE in CI)."""
-    from swe_aem.train.engine import init_distributed
+    from swe_aem.train.ranks import init_distributed
 
     assert init_distributed() == (0, 1)
     assert call_in_child(init_distributed) == (0, 1)

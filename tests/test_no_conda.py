@@ -179,7 +179,7 @@ def python_case(local_instance, tmp_path_factory) -> Case:
 @pytest.fixture(scope="module")
 def ruby_case(docker_client, tmp_path_factory):
     """The Ruby row, its image built FROM sandboxes/base-ruby (removed afterwards)."""
-    from swe_aem.sandbox.images import build_base
+    from swe_aem.sandbox.image_store import build_base
 
     base_image = build_base(docker_client, recipe="base-ruby")
     work = tmp_path_factory.mktemp("slugger")

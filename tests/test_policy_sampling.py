@@ -100,7 +100,7 @@ def trainer(tiny_path):
     """The trainer's head (PolicyLogprobs) over the tiny model in float32, as the trainer scores."""
     from transformers import AutoModelForCausalLM
 
-    from swe_aem.train.engine import PolicyLogprobs
+    from swe_aem.train.model import PolicyLogprobs
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_path, dtype="float32")
     return PolicyLogprobs(lm).eval()

@@ -99,8 +99,8 @@ def _bash(command: str) -> str:
 def _roll(tokenizer, pool, instance, respond, grade):
     import asyncio
 
-    from swe_aem.agent.loop import AgentConfig
-    from swe_aem.agent.rollout import rollout
+    from swe_aem.agent.episode import AgentConfig
+    from swe_aem.agent.rollout_batch import rollout
     from swe_aem.policy.client import PolicyClient
 
     with ScriptedPolicyServer(tokenizer, respond) as server:

@@ -26,7 +26,7 @@ from swe_aem.sandbox import (
     connect,
     reap,
 )
-from swe_aem.sandbox.engine import LABEL_INSTANCE_ID, LABEL_RUN_ID, is_transient, retry_transient
+from swe_aem.sandbox.daemon import LABEL_INSTANCE_ID, LABEL_RUN_ID, is_transient, retry_transient
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -278,7 +278,7 @@ def test_sandboxes_of_a_run_down_together_or_removed_are_infrastructure(docker_c
 def test_image_without_python_falls_back_to_exec_per_command(docker_client):
     import io
 
-    from swe_aem.sandbox.images import base_tag
+    from swe_aem.sandbox.image_store import base_tag
 
     dockerfile = f"FROM {base_tag()}\nRUN rm -f /usr/bin/python3* /usr/bin/python\n".encode()
     image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag="swe-aem/test-no-python:1",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from swe_aem.sandbox import Sandbox, SandboxError, SandboxPool
-from swe_aem.sandbox.engine import LABEL_RUN_ID
+from swe_aem.sandbox.daemon import LABEL_RUN_ID
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 

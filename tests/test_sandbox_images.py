@@ -13,8 +13,8 @@ import pytest
 
 from swe_aem.commands import images as images_cmd
 from swe_aem.data.local_suite import build_local_suite
-from swe_aem.sandbox import images
-from swe_aem.sandbox.engine import host_label
+from swe_aem.sandbox import image_store as images
+from swe_aem.sandbox.daemon import host_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from swe_aem.sandbox import Sandbox, SandboxPool, reap
-from swe_aem.sandbox.engine import LABEL_RUN_ID, remove_container
+from swe_aem.sandbox.daemon import LABEL_RUN_ID, remove_container
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 

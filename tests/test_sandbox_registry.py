@@ -19,7 +19,7 @@ import pytest
 
 from swe_aem.commands import images as images_cmd
 from swe_aem.sandbox import ImageNotInRegistryError, ImageStore, ImageUnavailableError, SandboxPool
-from swe_aem.sandbox.images import (
+from swe_aem.sandbox.image_store import (
     backoff_delays,
     classify_pull_error,
     image_exists,

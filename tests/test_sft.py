@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
-from swe_aem.sft.data import (
+from swe_aem.sft.batching import (
     epoch_batches,
     loss_tokens,
     masked_nll_sum,

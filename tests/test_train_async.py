@@ -10,11 +10,12 @@ random Llama), real containers and grading, a stand-in policy server at the HTTP
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from swe_aem.agent.loop import request_seed
+from swe_aem.agent.episode import request_seed, step_seed
 from swe_aem.agent.trajectory import read_episodes
 from swe_aem.config import load_config
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch, tool_call_text
@@ -59,7 +60,7 @@ class SeededPlans(ScriptedPolicyServer):
 def mixed_seed(steps):
     """A trainer seed whose every step has both plans among its samples (a group with signal)."""
     for seed in range(100):
-        if all(len({request_seed(seed * 1_000_003 + t, INSTANCE, k, 0) % 2 for k in range(SAMPLES)}) == 2
+        if all(len({request_seed(step_seed(seed, t), INSTANCE, k, 0) % 2 for k in range(SAMPLES)}) == 2
                for t in range(steps)):
             return seed
     raise AssertionError("no seed mixes both plans")
@@ -117,23 +118,23 @@ def test_a_killed_async_run_resumes_without_repeating_a_step_or_an_episode(tmp_p
     cfg = config(small_model, policy.base_url, "rollout.max_staleness=1")
     real_update, calls = loop.ppo_update, []
 
-    def killed_in_step_1(*args, **kwargs):
+    def killed_in_step_2(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt("killed")
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "ppo_update", killed_in_step_1)
+    monkeypatch.setattr(loop, "ppo_update", killed_in_step_2)
     with pytest.raises(KeyboardInterrupt):
         loop.Trainer(cfg, run).train()
     monkeypatch.setattr(loop, "ppo_update", real_update)
     buffered = {t: {(e.instance_id, e.sample_index): e for e in read_episodes(run / "rollout_buffer" / f"step-{t:06d}.jsonl")}
                 for t in (1, 2) if (run / "rollout_buffer" / f"step-{t:06d}.jsonl").is_file()}
-    assert len(buffered.get(1, {})) == SAMPLES  # step 1's batch had finished when the update died
+    assert len(buffered.get(2, {})) == SAMPLES  # step 2's batch had finished when the update died
     first_run_requests = len(policy.requests)
 
     trainer = loop.Trainer(cfg, run, resume=True)
-    assert trainer.state.step == 1
+    assert trainer.state.step == 2
     trainer.train()
     assert [r["step"] for r in train_rows(run)] == [0, 1, 2]  # no finished step twice
     for t, kept in buffered.items():
@@ -142,9 +143,12 @@ def test_a_killed_async_run_resumes_without_repeating_a_step_or_an_episode(tmp_p
             assert episodes[key].to_dict() == ep.to_dict()
     # the turn-0 requests of every episode of the run, each sent once over both processes
     seeds = [r.get("seed") for r in policy.requests if r.get("seed") is not None]
-    firsts = {request_seed(cfg.trainer.seed * 1_000_003 + t, INSTANCE, k, 0) for t in range(3) for k in range(SAMPLES)}
+    firsts = {request_seed(step_seed(cfg.trainer.seed, t), INSTANCE, k, 0) for t in range(3) for k in range(SAMPLES)}
     assert sorted(s for s in seeds if s in firsts) == sorted(firsts)
     assert len(policy.requests) > first_run_requests
+    # one weights version: every push is named by the steps trained, the resume's push too
+    # (it once restarted its own count: v000001 for the weights of step 2)
+    assert [Path(p).name for p in policy.weight_pushes] == ["v000001", "v000002", "v000002", "v000003"]
 
 
 def test_max_staleness_0_through_the_stream_is_the_synchronous_loop(tmp_path, policy, small_model):

@@ -9,7 +9,8 @@ against 3.7 GiB in train mode for Qwen2.5-7B's shape at 4k tokens.
 import pytest
 import torch
 
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.model import EngineSettings, build_engine
+from swe_aem.train.ranks import init_distributed
 
 pytestmark = pytest.mark.slow  # a DeepSpeed engine
 

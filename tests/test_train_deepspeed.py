@@ -8,7 +8,8 @@ import torch
 
 from swe_aem.algo.losses import PolicyLossConfig, ppo_clip_loss
 from swe_aem.train.batch import Sample, TurnLayout, collate
-from swe_aem.train.engine import EngineSettings, PolicyLogprobs, build_engine, init_distributed
+from swe_aem.train.model import EngineSettings, PolicyLogprobs, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.update import forward_old, ppo_update
 
 pytestmark = pytest.mark.slow

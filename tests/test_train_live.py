@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.config import LoraConfig, load_config
 from swe_aem.eval.evaluate import write_rollout_report
+from swe_aem.policy.adapters import adapter_name
 from swe_aem.policy.client import SamplingParams
-from swe_aem.policy.lora import adapter_name
 from swe_aem.policy.models import load_preset
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch
 from swe_aem.policy.server import ServerOptions, VLLMServer

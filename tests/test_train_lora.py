@@ -13,7 +13,7 @@ import torch
 from test_train_deepspeed import LOSS, make_samples, settings, tiny_lm
 
 from swe_aem.config import LORA_DEFAULT_LR, ConfigError, LoraConfig, load_config
-from swe_aem.policy.lora import (
+from swe_aem.policy.adapters import (
     LoraOptionError,
     check_servable,
     refused_options,
@@ -24,7 +24,6 @@ from swe_aem.policy.models import load_preset
 from swe_aem.policy.server import ServerOptions, VLLMServer
 from swe_aem.train.batch import TurnLayout, collate
 from swe_aem.train.checkpoint import CheckpointManager, TrainState
-from swe_aem.train.engine import PolicyLogprobs, build_engine, init_distributed
 from swe_aem.train.lora import (
     adapter_state_dict,
     add_lora,
@@ -33,6 +32,8 @@ from swe_aem.train.lora import (
     serving_preset,
     write_adapter,
 )
+from swe_aem.train.model import PolicyLogprobs, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.update import forward_old, ppo_update
 
 LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -110,7 +111,7 @@ def _lora_lm(stage: int):
     """tiny_lm with rank-4 adapters; under ZeRO-3 built inside zero.Init, as load_model does."""
     import deepspeed
 
-    from swe_aem.train.engine import deepspeed_config
+    from swe_aem.train.model import deepspeed_config
 
     if stage == 3:
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(settings(3))):

@@ -144,7 +144,7 @@ def _two_nodes(dirs: list[Path], model: Path, replay: Path, steps: int, resume: 
         cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--run-dir", str(run_dir),
                f"model={model}", f"run.replay={replay}", f"run.steps={steps}", "run.save_every=1",
                "rollout.tasks_per_step=2", "rollout.samples_per_task=4", "trainer.lr=0.01",
-               "trainer.seed=3", *(["--resume"] if resume else [])]
+               "trainer.seed=3", "trainer.zero_stage=2", *(["--resume"] if resume else [])]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(rank, 2, port), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     try:

@@ -30,7 +30,8 @@ import deepspeed, torch
 sys.path.insert(0, sys.argv[2])
 from test_train_deepspeed import ADAM_EPS, LR, LOSS, make_samples, tiny_lm
 from swe_aem.train.batch import TurnLayout, balanced_shards, pack_by_tokens
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.model import EngineSettings, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.update import forward_old, ppo_update
 
 rank, world = init_distributed()

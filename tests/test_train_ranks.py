@@ -71,7 +71,8 @@ def _train(run_dir: Path, nproc: int, model: Path, replay: Path) -> subprocess.C
     cmd = [sys.executable, "-m", "swe_aem.cli", "train", "--algo", "rloo_aem", "--nproc", str(nproc),
            "--run-dir", str(run_dir), f"model={model}", f"run.replay={replay}", "run.steps=1",
            "rollout.tasks_per_step=2", "rollout.samples_per_task=4", "algo.tis_cap=null",
-           "trainer.lr=0.01", "trainer.adam_eps=1.0", "trainer.mini_batches=2", "trainer.seed=3"]
+           "trainer.lr=0.01", "trainer.adam_eps=1.0", "trainer.mini_batches=2", "trainer.seed=3",
+           "trainer.zero_stage=2"]  # the GPU presets' partitioned optimizer (the tiny default: 0)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(DS_ACCELERATOR="cpu", MASTER_PORT=str(_free_port()))
     return subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True,
@@ -130,8 +131,8 @@ def test_two_gloo_ranks_give_the_one_rank_update(tmp_path):
 
 _WAIT = """
 import sys, time
-from swe_aem.train.engine import init_distributed
-from swe_aem.train.loop import _broadcast
+from swe_aem.train.ranks import init_distributed
+from swe_aem.train.ranks import broadcast as _broadcast
 rank, _ = init_distributed(float(sys.argv[1]))
 if rank == 0:
     time.sleep(float(sys.argv[2]))  # rank 0 rolling out
@@ -143,7 +144,7 @@ except Exception as exc:
 
 _EVAL_ON_RANK0 = """
 import sys, time
-from swe_aem.train.engine import init_distributed
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.loop import on_rank0
 rank, _ = init_distributed(60.0)
 def evaluate():

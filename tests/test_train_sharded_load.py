@@ -35,7 +35,8 @@ from swe_aem.agent.trajectory import read_episodes
 from swe_aem.algo.losses import PolicyLossConfig
 from swe_aem.policy.models import prepare_model
 from swe_aem.train.batch import TurnLayout, balanced_shards, samples_from_episodes
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed, load_model
+from swe_aem.train.model import EngineSettings, build_engine, load_model
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.update import forward_old, ppo_update
 
 def rss_mib():

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from swe_aem.cli import main
 from swe_aem.jsonl import scan_jsonl
 from swe_aem.train import loop
-from swe_aem.view.data import RunSource, group_stats
+from swe_aem.view.run_folder import RunSource, group_stats
 from swe_aem.view.site import Site, make_server
 
 pytestmark = pytest.mark.slow

@@ -45,7 +45,7 @@ from swe_aem.policy.scripted import ScriptedPolicyServer, script
 from swe_aem.policy.server import ServerOptions, VLLMServer
 from swe_aem.policy.session import open_policy
 from swe_aem.train import transfer
-from swe_aem.train.engine import PolicyLogprobs
+from swe_aem.train.model import PolicyLogprobs
 from swe_aem.train.transfer import DeepSpeedSource, VLLMWeightPush
 from swe_aem.train.weights import WeightPublisher, choose_transfer, run_transfer
 
@@ -116,7 +116,8 @@ PUSH = ["POST /start_weight_update", "POST /update_weights", "POST /finish_weigh
 _RANK = """
 import sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
+from swe_aem.train.model import EngineSettings, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.transfer import DeepSpeedSource
 from swe_aem.train.weights import full_state_dict
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swe_aem.agent.loop import AgentConfig
-from swe_aem.agent.rollout import RolloutResult, rollout
+from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.rollout_batch import RolloutResult, rollout
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.sandbox import SandboxConfig, SandboxPool
-from swe_aem.sandbox.images import ImageStore
+from swe_aem.sandbox.image_store import ImageStore
 
 if TYPE_CHECKING:
     from swe_aem.policy.session import PolicySession

@@ -1,6 +1,6 @@
 """`swe-aem generate`: regenerate the generated suite (procedural bugs, validated in containers).
 
-The CLI half of swe_aem/data/generate.py: it joins the pure steps (candidates, issue
+The CLI half of swe_aem/data/generator.py: it joins the pure steps (candidates, issue
 text, splits) with Docker (the per-repo images and one validation container per repo),
 shows progress, and writes `train.jsonl`, `test.jsonl` and `stats.json`.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from swe_aem.data import generate as gen
-from swe_aem.sandbox.engine import connect
-from swe_aem.sandbox.images import console
+from swe_aem.data import generator as gen
+from swe_aem.sandbox.daemon import connect
+from swe_aem.sandbox.image_store import console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ import time
 import docker
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from swe_aem.sandbox.engine import connect
-from swe_aem.sandbox.images import (
+from swe_aem.sandbox.daemon import connect
+from swe_aem.sandbox.image_store import (
     ImageStore,
     ImageUnavailableError,
     build_base,
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         build_base(client, force=args.force)
         if not args.base_only:
             build_local_suite(client, force=args.force)
-            from swe_aem.data.generate import build_images as build_generated
+            from swe_aem.data.generator import build_images as build_generated
 
             build_generated(client, force=args.force)
         return 0

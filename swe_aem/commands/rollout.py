@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from swe_aem.agent.loop import AgentConfig
+from swe_aem.agent.episode import AgentConfig
 from swe_aem.data.families import FORMATS
 
 

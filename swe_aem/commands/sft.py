@@ -72,7 +72,7 @@ def _demos(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from swe_aem.agent.trajectory import read_episodes
     from swe_aem.policy.models import ModelUnavailableError
-    from swe_aem.sft.data import select_episodes
+    from swe_aem.sft.batching import select_episodes
     from swe_aem.sft.trainer import SftConfig, SftTrainer
 
     missing = [str(p) for p in args.data if not p.is_file()]

@@ -203,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
     except (TrainingSetupError, ModelUnavailableError, DockerUnavailableError, CheckpointError,
             DatasetError) as exc:
         console.print(f"[red]error:[/red] {exc}")
-        _leave_process_group()
+        from swe_aem.train.ranks import leave_process_group
+
+        leave_process_group()
         return 1
     console.print(f"done: {state.step} steps, {state.episodes_seen} episodes -> {run_dir}")
     if trainer.is_main:
@@ -213,16 +215,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"view: swe-aem view {run_dir}  (writes {run_dir / 'view'}/index.html; "
                       "--port 8000 serves it, refreshing as a run writes)")
     return 0
-
-
-def _leave_process_group() -> None:
-    """Tear down this rank's process group before an error exit: a gloo group left alive when
-    the interpreter ends aborts the process (SIGABRT, "terminate called without an active
-    exception") and the error's exit code is lost."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _warm_start(cfg, args: argparse.Namespace, console):

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from swe_aem.view.data import RunSource, folder_size
+from swe_aem.view.run_folder import RunSource, folder_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def eval_file(src: RunSource) -> Path | None:
 def comparison(a: RunSource, b: RunSource) -> dict[str, Any]:
     """Per task resolved in A and in B (the share of runs) and the paired statistics of
     `swe-aem compare`, or why there are none."""
-    from swe_aem.eval.metrics import paired_compare
+    from swe_aem.eval.estimators import paired_compare
     from swe_aem.eval.runs import load_runs
 
     fa, fb = eval_file(a), eval_file(b)

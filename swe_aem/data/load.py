@@ -70,8 +70,8 @@ def load_instances(dataset: str, split: str = "test", instance_ids: Iterable[str
         instances = load_local_suite()
         for inst in instances:
             check_gradable(inst, f"local instance {inst.instance_id}")
-    elif dataset == "generated":  # the committed generated suite (swe_aem/data/generate.py)
-        from swe_aem.data.generate import load_generated
+    elif dataset == "generated":  # the committed generated suite (swe_aem/data/generator.py)
+        from swe_aem.data.generator import load_generated
 
         instances = load_generated(split)
         for inst in instances:

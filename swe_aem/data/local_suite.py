@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swe_aem.data.instances import DatasetError, Instance, instance_from_row
-from swe_aem.sandbox.images import (
+from swe_aem.sandbox.image_store import (
     DOCKERFILE,
     SANDBOXES,
     Steps,

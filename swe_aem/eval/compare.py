@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from swe_aem.eval.metrics import Comparison, paired_compare
+from swe_aem.eval.estimators import Comparison, paired_compare
 from swe_aem.eval.runs import load_runs
 
 

@@ -3,7 +3,7 @@
 k runs are k samples per instance from one concurrent rollout (sample r is run
 r). Each run gets its own official predictions file (one row per instance, as
 the harness wants), and the per-instance outcomes go through the statistics in
-swe_aem.eval.metrics: resolve rate per run, Pass@1 over runs with a confidence
+swe_aem.eval.estimators: resolve rate per run, Pass@1 over runs with a confidence
 interval, Pass@k with the unbiased estimator.
 """
 
@@ -50,8 +50,8 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     """
     from transformers import AutoTokenizer
 
+    from swe_aem.agent.episode import AgentConfig
     from swe_aem.agent.harness import open_harness
-    from swe_aem.agent.loop import AgentConfig
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data import load_instances
     from swe_aem.policy.models import resolve_model

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from swe_aem.eval.metrics import EvalSummary, Run, summarize_runs
+from swe_aem.eval.estimators import EvalSummary, Run, summarize_runs
 from swe_aem.eval.runs import load_runs
 
 

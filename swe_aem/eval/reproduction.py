@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from swe_aem.eval.metrics import Comparison, Run, paired_compare, summarize_runs
+from swe_aem.eval.estimators import Comparison, Run, paired_compare, summarize_runs
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from swe_aem.errors import InputError
-from swe_aem.eval.metrics import Run
+from swe_aem.eval.estimators import Run
 from swe_aem.jsonl import read_jsonl
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from swe_aem.config import Config, ConfigError, load_config
-from swe_aem.eval.metrics import Run
+from swe_aem.eval.estimators import Run
 from swe_aem.isolate import ChildDiedError, call_in_child
 from swe_aem.sft.warm_start import WarmStart
 
@@ -157,7 +157,7 @@ def _fmt(x: float | None) -> str:
 
 def evidence_markdown(rec: dict) -> str:
     from swe_aem.eval.compare import comparison_markdown
-    from swe_aem.eval.metrics import Comparison
+    from swe_aem.eval.estimators import Comparison
 
     s, ws, seeds = rec["settings"], rec["warm_start"], rec["settings"]["seeds"]
     start = (f"the SFT warm start {ws['model_dir']} ({len(ws['task_ids'])} demonstrated tasks"
@@ -255,7 +255,7 @@ def run_llm_evidence(out: str | Path, seeds: Sequence[int], steps: int | None = 
                      base: Config | None = None) -> dict:
     """Train both arms on every seed from the shared warm start (`ws`, else the real one),
     then write evidence_llm.{json,md,png} and one combined held-out eval per arm."""
-    from swe_aem.eval.metrics import paired_compare
+    from swe_aem.eval.estimators import paired_compare
     from swe_aem.eval.report import write_eval_result
     from swe_aem.train.metrics import read_metrics
 

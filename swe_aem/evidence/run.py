@@ -24,9 +24,9 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from swe_aem.eval.metrics import t_interval
+from swe_aem.eval.estimators import t_interval
+from swe_aem.evidence.arm import RunConfig, train_run
 from swe_aem.evidence.game import GameConfig
-from swe_aem.evidence.train import RunConfig, train_run
 
 ARMS = ("grpo", "grpo+aem")
 

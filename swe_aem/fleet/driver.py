@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from swe_aem.agent.loop import AgentConfig
-from swe_aem.agent.rollout import Dropped, RolloutResult
+from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.rollout_batch import Dropped, RolloutResult
 from swe_aem.agent.trajectory import Episode
-from swe_aem.errors import RunError
+from swe_aem.errors import RunError, SweAemError
 from swe_aem.fleet.replica import ReplicaSpec, RolloutReplica, Weights, replica_run_id
 
 
@@ -58,6 +58,7 @@ class _Replica:
     incarnation: int = 0  # deaths noticed so far
     waiting: Any = None  # the ready() call of a restart
     deaths: list[str] = field(default_factory=list)  # why it died, each time (death_reason)
+    refusal: BaseException | None = None  # the user-facing error its first set-up failed with
 
 
 MEMORY_KNOBS = ("lower rollout.replicas, vllm.kv_cache_gib or trainer.micro_batch_tokens, or run on a "
@@ -78,6 +79,10 @@ def death_reason(exc: BaseException) -> str:
         return "killed by Ray's memory monitor (the node ran short of memory" + \
             (f": {', '.join(parts)}" if parts else "") + ")"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "creation task" in text:  # its set-up raised: the traceback's last "Class: message" line
+        raised = [m for ln in lines if (m := re.match(r"^[\w.]*?(\w+(?:Error|Exception)): (.+)$", ln))]
+        if raised:
+            return f"its set-up raised {raised[-1].group(1)}: {raised[-1].group(2)}"[:300]
     return next((ln for ln in lines if "exit detail" in ln.lower() or "error" in ln.lower()),
                 lines[0] if lines else type(exc).__name__)[:300]
 
@@ -127,8 +132,7 @@ class Fleet:
         if self._owns_ray:
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
         self.replicas: list[_Replica] = []
-        self.weights: Weights = None
-        self._version = 0
+        self.weights: Weights = None  # (version, folder) every replica serves: the run's version
         self._deaths = threading.Lock()
         self.stats = FleetStats()
         self._home: dict[str, int] = {}  # instance id -> the replica that had it before
@@ -176,6 +180,12 @@ class Fleet:
             replica = pending.pop(done[0])
             try:
                 infos.append(ray.get(done[0]))
+            except SweAemError as exc:  # its set-up refused: a restart would fail the same way
+                cause = getattr(exc, "cause", None) or exc
+                replica.live, replica.gone = False, True
+                replica.deaths.append(str(cause))
+                replica.refusal = cause
+                print(f"fleet: replica {replica.index} cannot start: {cause}", flush=True)
             except _replica_lost() as exc:
                 replica.deaths.append(death_reason(exc))
                 memory = f"; {node_memory_line()}" if "memory monitor" in replica.deaths[-1] else ""
@@ -189,6 +199,9 @@ class Fleet:
                 replica.incarnation += 1
                 pending[replica.handle.ready.options(max_task_retries=-1).remote()] = replica
         if not infos:
+            refusals = [r.refusal for r in self.replicas if r.refusal is not None]
+            if len(refusals) == len(self.replicas) and len({str(e) for e in refusals}) == 1:
+                raise refusals[0]  # every replica refused alike: that error, as a plain run shows it
             raise self._no_replica("start")
         return infos
 
@@ -199,7 +212,7 @@ class Fleet:
                 on_result: Callable[[Fleet], None] | None = None) -> RolloutResult:
         """`samples` episodes of every instance (or these sample indices) over the replicas,
         graded by the spec's grader `grader`; ordered by (instance, sample) like
-        swe_aem.agent.rollout. `on_result` is called after every gathered episode (tests use
+        swe_aem.agent.rollout_batch. `on_result` is called after every gathered episode (tests use
         it to fail a replica mid-step). One rollout at a time; weight pushes may come from
         another thread meanwhile (asynchronous training)."""
         import ray
@@ -324,18 +337,16 @@ class Fleet:
     def label_weights(self, version: int) -> None:
         """The weights served stand for `version` from now on (the trainer stepped without
         changing them); each replica takes the label at its next episode, loading nothing."""
-        self._version = version
         self.weights = (version, self.weights[1] if self.weights is not None else None)
 
-    def push_weights(self, weights_dir: str, version: int | None = None) -> float:
+    def push_weights(self, weights_dir: str, version: int) -> float:
         """Every replica loads the weights in `weights_dir` (a folder each node sees at that
-        path) as `version` (None: one past the last); the slowest push's seconds. A replica
+        path) as `version` (the trainer's step count); the slowest push's seconds. A replica
         that dies meanwhile loads them when Ray has restarted it (every later call names
         these weights)."""
         import ray
 
-        self._version = self._version + 1 if version is None else version
-        self.weights = (self._version, str(weights_dir))
+        self.weights = (version, str(weights_dir))
         calls = {r.handle.push.remote(self.weights): r for r in self.replicas if r.live}
         seconds = 0.0
         for ref, replica in calls.items():

@@ -12,7 +12,9 @@ them first, so a restarted replica serves the current weights however its death 
 A replica whose server stopped answering, or whose Docker daemon did, ends its own process,
 so Ray restarts it and the driver runs its episodes again elsewhere: a dead server or daemon
 is never a dropped episode. (A restart on a node whose daemon is still down fails in set-up:
-Ray then gives the replica up and the others take its work.)
+Ray restarts it again after a longer back-off, and gives it up when its restarts are used
+up; the others take its work. A first start that fails with a user-facing error is not
+restarted: the driver gives the replica up at once with that error's message.)
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swe_aem.agent.loop import AgentConfig
-from swe_aem.agent.rollout import Dropped, rollout
+from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.rollout_batch import Dropped, rollout
 from swe_aem.agent.trajectory import Episode
+from swe_aem.errors import SweAemError
 from swe_aem.policy.models import ModelPreset
 from swe_aem.sandbox import SandboxConfig
 
@@ -101,7 +104,15 @@ class RolloutReplica:
         self._life = threading.Thread(target=self._live, name=f"replica-{index}", daemon=True)
         self._life.start()
         self._ready.wait()
-        if self._error is not None:
+        # a first start that fails with a user-facing error (no Docker daemon, a missing
+        # model folder) is refused, not died: ready() raises it and the driver gives this
+        # replica up at once with that message, since a restart would fail the same way. A
+        # restart's set-up failure raises here, so Ray restarts again after the back-off (a
+        # daemon that went down mid-run may be back by then).
+        self.refusal: SweAemError | None = None
+        if isinstance(self._error, SweAemError) and not self.restarted:
+            self.refusal = self._error
+        elif self._error is not None:
             raise self._error
 
     # ------------------------------------------------------------------ set-up
@@ -126,7 +137,7 @@ class RolloutReplica:
 
         from swe_aem.agent.harness import open_harness
         from swe_aem.sandbox import reap
-        from swe_aem.sandbox.images import ImageStore, parse_size
+        from swe_aem.sandbox.image_store import ImageStore, parse_size
 
         spec = self.spec
         try:
@@ -171,7 +182,10 @@ class RolloutReplica:
 
     # ------------------------------------------------------------------ calls
     def ready(self, weights: Weights = None) -> dict[str, Any]:
-        """Serving `weights` (loaded if need be); where it runs. The driver's call after a restart."""
+        """Serving `weights` (loaded if need be); where it runs. The driver's call after a restart.
+        Raises the set-up's refusal (a user-facing error) when the first start failed with one."""
+        if self.refusal is not None:
+            raise self.refusal
         self._sync(weights)
         return self.info()
 

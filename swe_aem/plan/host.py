@@ -51,7 +51,7 @@ SANDBOX_GIB = 0.1
 KV_DEFAULT_GIB = 4  # ServerOptions.kv_cache_gib: what a server takes when nothing is short
 KV_MIN_GIB = 1  # VLLM_CPU_KVCACHE_SPACE is whole GiB; vLLM needs one max_model_len sequence in it
 RAY_THRESHOLD = 0.95  # RAY_memory_usage_threshold's default
-# ZeRO's reduce / all-gather buckets on a CPU trainer (swe_aem.train.engine.deepspeed_config):
+# ZeRO's reduce / all-gather buckets on a CPU trainer (swe_aem.train.model.deepspeed_config):
 # 5e7 elements, 0.2 GB in float32, not DeepSpeed's 5e8 (2 GB each), which are sized for GPUs
 CPU_BUCKET_ELEMENTS = 50_000_000
 
@@ -125,6 +125,8 @@ def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) ->
     b = 2 if s.bf16 else 4
     for i in mem.items():
         if i.what == "reduce bucket":
+            if s.zero_stage == 0:  # no ZeRO: no bucket (one CPU rank reduces nothing)
+                continue
             i = Item(i.what, min(CPU_BUCKET_ELEMENTS, arch.params) * b, "DeepSpeed's gradient bucket (CPU size)")
         if i.what != "trainer runtime":
             items.append(i)

@@ -88,7 +88,7 @@ class ServerOptions:
     # server) or "auto" (vLLM's own default: the fields a request leaves unset come from the
     # model folder's generation_config.json; what a server started by hand does)
     generation_config: str = "vllm"
-    # LoRA (swe_aem/policy/lora.py): serve adapters of up to this rank (--enable-lora, runtime
+    # LoRA (swe_aem/policy/adapters.py): serve adapters of up to this rank (--enable-lora, runtime
     # loading), max_loras of them at once; None: no LoRA
     lora_rank: int | None = None
     max_loras: int = 1
@@ -184,7 +184,7 @@ class VLLMServer:
             # CUDA-graph-free: otherwise every start recompiles for 60-140 s on CPU.
             cmd += ["--enforce-eager"]
         if o.lora_rank is not None:
-            from swe_aem.policy.lora import server_lora_args
+            from swe_aem.policy.adapters import server_lora_args
 
             cmd += server_lora_args(o.lora_rank, o.max_loras)
         return cmd + list(o.extra_args)

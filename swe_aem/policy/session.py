@@ -15,8 +15,8 @@ from typing import Self
 import httpx
 
 from swe_aem.errors import SetupError
+from swe_aem.policy.adapters import LORA_ROUTES, AdapterVersions
 from swe_aem.policy.client import NEUTRAL_SAMPLING, PolicyClient
-from swe_aem.policy.lora import LORA_ROUTES, AdapterVersions
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import (
     LOGPROBS_MODE,
@@ -68,7 +68,7 @@ class PolicySession:
     asleep: bool = False
     reload_timeout_s: float = 300.0  # one weight load (ModelPreset.load_s)
     # a LoRA run's server (ModelPreset.lora_rank): pushes are adapter folders, each loaded
-    # under a new name that the client's requests then send (swe_aem/policy/lora.py)
+    # under a new name that the client's requests then send (swe_aem/policy/adapters.py)
     adapters: AdapterVersions | None = None
 
     @property

@@ -28,7 +28,7 @@ from swebench.harness.run_evaluation import GIT_APPLY_CMDS
 from swebench.harness.utils import make_test_spec
 
 from swe_aem.data.instances import Instance
-from swe_aem.reward import native
+from swe_aem.reward import rules
 from swe_aem.sandbox import (
     DockerUnavailableError,
     Sandbox,
@@ -87,7 +87,7 @@ def patch_files(patch: str) -> list[str]:
 def edited_tests(instance: Instance, patch: str) -> list[str]:
     """Files of `patch` that are tests or pytest/tox configuration (setup.cfg/pyproject: see below)."""
     hidden = set(_touched_by(instance.test_patch))
-    hidden |= set(native.hidden_tests_edited(instance, patch_files(patch)))
+    hidden |= set(rules.hidden_tests_edited(instance, patch_files(patch)))
     return [p for p in patch_files(patch)
             if p in hidden or _TEST_FILE.search(p) or PurePosixPath(p).name in TEST_CONFIG_FILES]
 
@@ -189,8 +189,8 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
         touched = edited_tests(instance, patch)
         if touched:
             return _result(instance, "rejected", f"strict: patch edits tests: {', '.join(touched)}", start)
-    # SWE-bench and SWE-Gym rows run swebench's spec; SWE-smith / R2E-Gym their own (native.py)
-    spec = make_test_spec(instance.to_swebench()) if instance.grader == "swebench" else None
+    # swebench's test spec, or the row's own eval script read by the family's rule (rules.py)
+    spec = make_test_spec(instance.to_swebench()) if rules.rule_for(instance).swebench_spec else None
     own_pool = pool is None
     pool = pool or SandboxPool(max_concurrency=1, config=config, run_id=run_id)
     try:
@@ -207,7 +207,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
                     return _result(instance, "rejected",
                                    f"strict: patch edits test configuration: {', '.join(touched)}", start)
             script = spec.eval_script if spec is not None else instance.eval_script
-            native.before_eval(sandbox, instance)
+            rules.before_eval(sandbox, instance)
             sandbox.write_file(EVAL_FILE, script)
             _write(log_path, "eval.sh", script)
             run = sandbox.exec(f"/bin/bash {EVAL_FILE}", timeout=timeout, output_limit_bytes=64 << 20)
@@ -226,7 +226,7 @@ def grade_patch(instance: Instance, patch: str | None, *, strict: bool = True,
                        start, test_output=output)
     if spec is None:
         _write(log_path, "test_output.txt", output)
-        report = {instance.instance_id: native.verdict(instance, output)}
+        report = {instance.instance_id: rules.verdict(instance, output)}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             out_file = (log_path or Path(tmp)) / "test_output.txt"

@@ -4,8 +4,8 @@ A leaf package like swe_aem.algo: it imports nothing else of the project. Caller
 describe a task through `SandboxSpec` (swe_aem.data's Instance satisfies it).
 """
 
-from swe_aem.sandbox.engine import DockerUnavailableError, SandboxError, connect
-from swe_aem.sandbox.images import ImageNotInRegistryError, ImageStore, ImageUnavailableError
+from swe_aem.sandbox.daemon import DockerUnavailableError, SandboxError, connect
+from swe_aem.sandbox.image_store import ImageNotInRegistryError, ImageStore, ImageUnavailableError
 from swe_aem.sandbox.pool import SandboxPool, SandboxSpec, reap
 from swe_aem.sandbox.sandbox import Breakage, ExecResult, Sandbox, SandboxConfig, classify_breakage
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import docker
 from docker.errors import APIError, BuildError, ImageNotFound
 
-from swe_aem.sandbox.engine import LABEL_MANAGED, SandboxError
+from swe_aem.sandbox.daemon import LABEL_MANAGED, SandboxError
 
 # Every git call of the scripts trusts the repository whoever owns it (git >= 2.35 refuses
 # a repository owned by another user; the scrub runs as root, the check as the image's

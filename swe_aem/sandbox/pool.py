@@ -28,7 +28,7 @@ import requests
 from docker.errors import NotFound
 
 from swe_aem.sandbox import history
-from swe_aem.sandbox.engine import (
+from swe_aem.sandbox.daemon import (
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_RUN_ID,
@@ -38,7 +38,7 @@ from swe_aem.sandbox.engine import (
     host_label,
     remove_container,
 )
-from swe_aem.sandbox.images import ImageStore
+from swe_aem.sandbox.image_store import ImageStore
 from swe_aem.sandbox.sandbox import Sandbox, SandboxConfig
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ import docker
 import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from swe_aem.sandbox.engine import (
+from swe_aem.sandbox.daemon import (
     LABEL_INSTANCE_ID,
     LABEL_MANAGED,
     LABEL_OWNER,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from swe_aem.sandbox.engine import SandboxError
+from swe_aem.sandbox.daemon import SandboxError
 from swe_aem.sandbox.sandbox import Sandbox
 
 SETUP_TIMEOUT_S = 300.0

@@ -169,8 +169,8 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     from transformers import AutoTokenizer
 
     from swe_aem.agent.chat import ChatTokens
+    from swe_aem.agent.episode import AgentConfig
     from swe_aem.agent.harness import open_harness
-    from swe_aem.agent.loop import AgentConfig
     from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.scripted import ScriptedPolicyServer

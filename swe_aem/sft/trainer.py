@@ -19,10 +19,17 @@ from tqdm import tqdm
 
 from swe_aem.agent.trajectory import Episode
 from swe_aem.config import Config, TrainerConfig
-from swe_aem.sft.data import epoch_batches, loss_tokens, masked_nll_sum, micro_batches, sft_samples
+from swe_aem.sft.batching import (
+    epoch_batches,
+    loss_tokens,
+    masked_nll_sum,
+    micro_batches,
+    sft_samples,
+)
 from swe_aem.train.batch import Sample, TurnLayout, collate
-from swe_aem.train.engine import EngineSettings, build_engine, init_distributed
 from swe_aem.train.loop import check_hardware, engine_settings, seed_everything
+from swe_aem.train.model import EngineSettings, build_engine
+from swe_aem.train.ranks import init_distributed
 from swe_aem.train.weights import WeightPublisher
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from swe_aem.errors import SetupError
+from swe_aem.train import ranks
 
 COMPLETE = "trainer_state.json"  # written last inside the temp dir
 
@@ -42,37 +42,6 @@ class TrainState:
 
 class CheckpointError(SetupError, RuntimeError):
     """A checkpoint that exists but cannot be used."""
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _multi() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _barrier() -> None:
-    if _multi():
-        dist.barrier()
-
-
-def _all_gather(obj) -> list:
-    """Every rank's `obj`, in rank order (a world of one: [obj])."""
-    if not _multi():
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _where() -> str:
-    """This rank, named for an error message."""
-    return f"rank {_rank()} (host {socket.gethostname()}, LOCAL_RANK {_local_rank()})"
 
 
 @dataclass(frozen=True)
@@ -97,17 +66,17 @@ def probe_storage(folder: Path, settle_s: float = 2.0) -> Storage:
     filesystem) and the views are gathered. Shared: every rank sees every node's probe.
     Node-local: every rank sees exactly its own node's. Anything else (some nodes
     sharing a disk, others not) is refused: their checkpoints would overwrite each other."""
-    if not _multi():
+    if not ranks.multi():
         return Storage(shared=True, nodes=1, ranks=1)
     folder = Path(folder)
-    box = [uuid.uuid4().hex if _rank() == 0 else None]
+    box = [uuid.uuid4().hex if ranks.rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     probe = folder / f".storage-probe-{box[0]}"  # a new name: no cached lookup of it anywhere
-    leader = _local_rank() == 0
+    leader = ranks.local_rank() == 0
     if leader:
         probe.mkdir(parents=True, exist_ok=True)
-        (probe / f"rank-{_rank()}").write_text(box[0])
-    nodes = sum(_all_gather(int(leader)))  # also the barrier after the writes
+        (probe / f"rank-{ranks.rank()}").write_text(box[0])
+    nodes = sum(ranks.all_gather(int(leader)))  # also the barrier after the writes
     deadline = time.monotonic() + settle_s
     while True:
         seen = sorted(int(p.name.split("-")[1]) for p in probe.glob("rank-*")) if probe.is_dir() else []
@@ -115,9 +84,9 @@ def probe_storage(folder: Path, settle_s: float = 2.0) -> Storage:
             break
         time.sleep(0.1)
     # every rank has looked before a probe is removed
-    views = _all_gather((_where(), str(folder), seen))
+    views = ranks.all_gather((ranks.where(), str(folder), seen))
     shared = all(len(v) == nodes for _, _, v in views)
-    if leader and (not shared or _rank() == 0):
+    if leader and (not shared or ranks.rank() == 0):
         shutil.rmtree(probe, ignore_errors=True)
     if not shared and any(len(v) != 1 for _, _, v in views):
         seen_by = "; ".join(f"{w} sees in {f} the probes of ranks {v}" for w, f, v in views)
@@ -153,7 +122,7 @@ class CheckpointManager:
 
     def _writer(self) -> bool:
         """This rank makes, completes, renames and prunes the checkpoints on its disk."""
-        return _local_rank() == 0 if self.node_local else _rank() == 0
+        return ranks.local_rank() == 0 if self.node_local else ranks.rank() == 0
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first (an interrupted temp dir is not one)."""
@@ -172,17 +141,17 @@ class CheckpointManager:
         if self._writer():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        ranks.barrier()
         engine.save_checkpoint(str(tmp), tag="deepspeed", exclude_frozen_parameters=self.adapter_only)
-        torch.save(rng_state(), tmp / f"rng-rank{_rank()}.pt")
-        _barrier()
+        torch.save(rng_state(), tmp / f"rng-rank{ranks.rank()}.pt")
+        ranks.barrier()
         if self._writer():
             (tmp / COMPLETE).write_text(json.dumps(asdict(state), indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        ranks.barrier()
         return final
 
     def resume_point(self) -> Path | None:
@@ -192,7 +161,7 @@ class CheckpointManager:
         renames), every rank raises the same CheckpointError naming the node, the step and
         what it has: never a wait in a collective, never ranks at different steps."""
         mine = [int(p.name.split("-")[1]) for p in self.complete()]
-        views = _all_gather((_where(), str(self.root), mine))
+        views = ranks.all_gather((ranks.where(), str(self.root), mine))
         steps = views[0][2]
         chosen = steps[-1] if steps else None
         if chosen is None:  # rank 0 starts afresh: no other rank may hold a checkpoint
@@ -228,7 +197,7 @@ class CheckpointManager:
                                               load_module_strict=not self.adapter_only)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the model/optimizer state in {path}")
-        rng_file = path / f"rng-rank{_rank()}.pt"
+        rng_file = path / f"rng-rank{ranks.rank()}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return state

@@ -16,36 +16,30 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from rich.console import Console
 
 from swe_aem import hostmem
-from swe_aem.agent.trajectory import TERMINATIONS, Episode
+from swe_aem.agent.episode import step_seed
+from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.schedule import lr_factor
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
 from swe_aem.plan import run_preset
 from swe_aem.policy.client import SamplingParams
 from swe_aem.policy.models import ModelPreset
+from swe_aem.train import ranks
 from swe_aem.train.batch import (
     TurnLayout,
     groups_with_signal,
-    groups_with_signal_ids,
     plan_update,
     samples_from_episodes,
 )
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.credit_log import record_credit
-from swe_aem.train.engine import (
-    EngineSettings,
-    build_engine,
-    init_distributed,
-    load_model,
-    wait_group,
-)
 from swe_aem.train.lora import add_lora, check_engine, make_publisher, serving_preset
-from swe_aem.train.metrics import MetricsLogger, episode_row, thinking_metrics
+from swe_aem.train.metrics import MetricsLogger, batch_metrics, episode_row, thinking_metrics, timed
+from swe_aem.train.model import EngineSettings, build_engine, load_model
 from swe_aem.train.parity import (
     PARITY_SEED,
     PARITY_TOKENS,
@@ -172,7 +166,7 @@ class Trainer:
 
         self.cfg, self.run_dir, self.heldout_report = cfg, Path(run_dir), heldout_report
         hostmem.limit_malloc_arenas()  # before DeepSpeed's, Ray's and the stream's threads allocate
-        self.rank, self.world = init_distributed(cfg.run.collective_timeout_s)
+        self.rank, self.world = ranks.init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
         try:
@@ -226,7 +220,7 @@ class Trainer:
         try:
             self.source = self._rollout_source()
             # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
-            self.pushes_weights = bool(_broadcast(self.source.pushes_weights if self.is_main else None))
+            self.pushes_weights = bool(ranks.broadcast(self.source.pushes_weights if self.is_main else None))
             if self.pushes_weights and (resume and self.state.step > 0 or cfg.trainer.lora is not None):
                 # the server started from the base weights: a resumed run's, and a LoRA run's
                 # adapter (B = 0, or trainer.lora.init_from's) before its first rollout
@@ -294,9 +288,8 @@ class Trainer:
                 self.state.episodes_seen += result.episodes
                 self.state.step += 1
                 if self.state.step % self.cfg.run.save_every == 0 or self.state.step == self.cfg.run.steps:
-                    t0 = time.perf_counter()
-                    self.ckpt.save(self.engine, self.state)
-                    result.metrics["time_checkpoint_s"] = time.perf_counter() - t0
+                    with timed(result.metrics, "checkpoint"):
+                        self.ckpt.save(self.engine, self.state)
                     if isinstance(self.source, RolloutStream):
                         self.source.forget_before(self.state.step)
                 # the step's batch and activations go back to the kernel (glibc keeps freed heap
@@ -382,21 +375,18 @@ class Trainer:
         # each optimizer step's mini-batch drawn first, then balanced over the ranks by
         # workload (tokens and attention's quadratic term): no rank holds a mini-batch's long
         # tail while the others wait; the old log-probs live where each sample trains
-        gen = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(step_seed(cfg.trainer.seed, step))
         lengths = [len(s.input_ids) for s in samples]
         plan = plan_update(lengths, self.world, cfg.trainer.mini_batches, gen)
         shard = plan.shard(self.rank)
         m["update_balance"] = plan.busiest_over_mean(lengths)
 
-        t0 = time.perf_counter()
-        fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
-                          indices=shard, temperature=cfg.rollout.temperature)
-        m["time_forward_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
-                               cfg.algo)
-        m["time_credit_s"] = time.perf_counter() - t0
+        with timed(m, "forward"):
+            fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
+                              indices=shard, temperature=cfg.rollout.temperature)
+        with timed(m, "credit"):
+            credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
+                                   cfg.algo)
         if self.is_main:  # every turn's entropy, alpha and advantages: credit/step-N.jsonl
             record_credit(self.run_dir, step, episodes, samples, layout, fwd, credit)
 
@@ -407,12 +397,11 @@ class Trainer:
         m["optimizer_step_skipped"] = float(not has_signal)
         stats: dict[str, float] = {}
         if has_signal:
-            t0 = time.perf_counter()
-            stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
-                               self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
-                               mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                               indices=shard, temperature=cfg.rollout.temperature, plan=plan)
-            m["time_update_s"] = time.perf_counter() - t0
+            with timed(m, "update"):
+                stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
+                                   self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
+                                   mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
+                                   indices=shard, temperature=cfg.rollout.temperature, plan=plan)
             tokens = sum(len(samples[i].input_ids) for i in shard)
             m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
                 m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
@@ -421,29 +410,8 @@ class Trainer:
         if not (has_signal and self.pushes_weights):
             self._label_weights(step + 1)
 
-        rewards = [s.reward for s in samples]
-        by_task: dict[int, list[float]] = {}
-        for s in samples:
-            by_task.setdefault(s.group, []).append(s.reward)
         m.update(stats)
-        m.update(credit.diagnostics)
-        m.update({
-            "reward_mean": float(np.mean(rewards)),
-            "resolve_rate": float(np.mean([r == 1.0 for r in rewards])),
-            "task_any_resolved": float(np.mean([max(v) == 1.0 for v in by_task.values()])),
-            "groups_with_signal": float(len(groups_with_signal_ids(
-                rewards, [s.group for s in samples], [s.trainable for s in samples], cfg.algo.advantage))),
-            "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
-            "rollout_trainer_kl": fwd.rollout_kl,
-            "is_weight_min": fwd.is_weight_min,
-            "is_weight_max": fwd.is_weight_max,
-            "episodes": float(len(episodes)),
-            "trajectories_filtered": float(sum(not s.trainable for s in samples)),
-            "turns_mean": float(layout.num_turns / len(samples)),
-            "response_tokens": float(sum(sum(s.loss_mask) for s in samples)),
-        })
-        for term in TERMINATIONS:
-            m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
+        m.update(batch_metrics(episodes, samples, layout, fwd, credit, cfg.algo.advantage))
         m["time_step_s"] = time.perf_counter() - t_start
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
         m["trainer_idle_share"] = m.get("time_rollout_s", 0.0) / m["time_step_s"]  # waiting for episodes
@@ -492,23 +460,22 @@ class Trainer:
         """Publish the trainer's weights as `version` (the steps they have trained) and check
         that the server took them."""
         t0 = time.perf_counter()
-        self.publisher.save(self.engine)
+        self.publisher.save(self.engine, version)
         before, self._probe_before = self._probe_before, None
         if before is not None:  # a sleeping server wakes into the memory every rank gives back
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
+            ranks.barrier()
         out: dict[str, float] = {}
         if self.is_main:
             probe = self.publisher.probe_ids(self.tokenizer)
             before = before if before is not None else self.source.probe_logprobs(probe)
             # asleep: wake the weights, load the new ones, then wake the KV cache
-            out["time_weight_push_s"] = self.source.push_weights(self.publisher.to_push(self.engine), version)
+            out["time_weight_push_s"] = self.source.push_weights(self.publisher.to_push(self.engine, version), version)
             after = self.source.probe_logprobs(probe)
             out["probe_server_change"] = float(np.max(np.abs(np.subtract(after, before))))
         else:  # a transfer through vLLM's engine is collective: rank 0's push sends with these
-            self.publisher.send(self.engine)
+            self.publisher.send(self.engine, version)
         out.update(self.publisher.compare_probe(self.engine, self.tokenizer,
                                                 after if self.is_main else None))
         if self._probes_parity:
@@ -556,25 +523,15 @@ def on_rank0(fn: Callable[[], T], what: str) -> T:
     it) instead of waiting in a collective for ever."""
     result: T | None = None
     error: Exception | None = None
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+    if ranks.rank() == 0:
         try:
             result = fn()
         except Exception as exc:  # noqa: BLE001 - re-raised below; the other ranks must not wait for it
             error = exc
-    failed, shared = _broadcast((True, f"{what} failed on rank 0: {error}") if error is not None
+    failed, shared = ranks.broadcast((True, f"{what} failed on rank 0: {error}") if error is not None
                                 else (False, result))
     if error is not None:
         raise error
     if failed:
         raise TrainingSetupError(shared)
     return shared
-
-
-def _broadcast(obj):
-    """rank 0's obj on every rank, through the gloo wait group (ranks may wait here for a
-    whole rollout)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=wait_group())
-        return box[0]
-    return obj

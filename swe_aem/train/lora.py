@@ -23,9 +23,10 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from swe_aem.config import LoraConfig
-from swe_aem.policy.lora import LoraOptionError, check_servable, server_max_lora_rank
+from swe_aem.policy.adapters import LoraOptionError, check_servable, server_max_lora_rank
 from swe_aem.policy.models import ModelPreset
-from swe_aem.train.weights import WeightPublisher, _rank, _write_folder, full_state_dict
+from swe_aem.train import ranks
+from swe_aem.train.weights import WeightPublisher, _write_folder, full_state_dict
 
 ADAPTER = "default"  # peft's adapter name inside the module names (lora_A.default.weight)
 PEFT_PREFIX = "base_model.model."  # what peft's save_pretrained puts before each key
@@ -115,7 +116,7 @@ def adapter_state_dict(engine) -> dict[str, Tensor] | None:
     params = {n: p for n, p in lm.named_parameters() if _is_adapter(n)}
     zero3 = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(list(params.values()), enabled=zero3):
-        if _rank() != 0:
+        if ranks.rank() != 0:
             return None
         out = {}
         for name, p in params.items():
@@ -169,12 +170,11 @@ class AdapterPublisher(WeightPublisher):
         self.keep = keep
         self._written: list[Path] = []
 
-    def save(self, engine) -> Path | None:
+    def save(self, engine, version: int) -> Path | None:
         sd = adapter_state_dict(engine)
         if sd is None:
             return None
-        self.version += 1
-        target = write_adapter(sd, lora_of(engine), self.root / f"adapter-v{self.version:06d}")
+        target = write_adapter(sd, lora_of(engine), self.root / f"adapter-v{version:06d}")
         self._written.append(target)
         while len(self._written) > self.keep:
             shutil.rmtree(self._written.pop(0), ignore_errors=True)

@@ -4,13 +4,60 @@ default; W&B, MLflow), plus plots."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from swe_aem.agent.trajectory import Episode
+import numpy as np
+
+from swe_aem.agent.trajectory import TERMINATIONS, Episode
 from swe_aem.jsonl import read_jsonl
+from swe_aem.train.batch import Sample, TurnLayout, groups_with_signal_ids
 from swe_aem.train.loggers import open_trackers
+
+
+@contextmanager
+def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
+    """One named phase of a step, timed into `metrics["time_<name>_s"]` (the step's time
+    split: rollout, forward, credit, update, weight_sync, checkpoint, heldout)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[f"time_{name}_s"] = time.perf_counter() - t0
+
+
+def batch_metrics(episodes: Sequence[Episode], samples: Sequence[Sample], layout: TurnLayout, fwd: Any,
+                  credit: Any, advantage: str) -> dict[str, float]:
+    """What a trained step's batch was: rewards and resolve rate, groups with signal (as the
+    estimator sees them), the trainer's entropy and its mismatch with the rollout, AEM's
+    diagnostics, sizes and every termination's count. `fwd` is the update's ForwardStats,
+    `credit` its Credit."""
+    rewards = [s.reward for s in samples]
+    by_task: dict[int, list[float]] = {}
+    for s in samples:
+        by_task.setdefault(s.group, []).append(s.reward)
+    m = dict(credit.diagnostics)
+    m.update({
+        "reward_mean": float(np.mean(rewards)),
+        "resolve_rate": float(np.mean([r == 1.0 for r in rewards])),
+        "task_any_resolved": float(np.mean([max(v) == 1.0 for v in by_task.values()])),
+        "groups_with_signal": float(len(groups_with_signal_ids(
+            rewards, [s.group for s in samples], [s.trainable for s in samples], advantage))),
+        "response_entropy_mean": float(fwd.turn_entropy.mean()) if layout.num_turns else 0.0,
+        "rollout_trainer_kl": fwd.rollout_kl,
+        "is_weight_min": fwd.is_weight_min,
+        "is_weight_max": fwd.is_weight_max,
+        "episodes": float(len(episodes)),
+        "trajectories_filtered": float(sum(not s.trainable for s in samples)),
+        "turns_mean": float(layout.num_turns / len(samples)),
+        "response_tokens": float(sum(sum(s.loss_mask) for s in samples)),
+    })
+    for term in TERMINATIONS:
+        m[f"term_{term}"] = float(sum(e.termination == term for e in episodes))
+    return m
 
 
 def thinking_metrics(episodes: Sequence[Episode]) -> dict[str, float]:

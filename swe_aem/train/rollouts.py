@@ -1,6 +1,6 @@
 """Where a training step's episodes come from: live agents on vLLM + Docker, or a replay.
 
-Live: rank 0 runs the agents and grades their patches (swe_aem.agent.rollout):
+Live: rank 0 runs the agents and grades their patches (swe_aem.agent.rollout_batch):
 an episode or a grading that failed for infrastructure reasons is retried and
 dropped with a record if it fails again: an infrastructure failure is never scored 0.
 Fleet: the same on rollout replicas as Ray actors (swe_aem.fleet), when the config names
@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Self
 
-from swe_aem.agent.loop import AgentConfig
+from swe_aem.agent.episode import AgentConfig, step_seed
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.config import Config, RolloutConfig
 from swe_aem.errors import SetupError
@@ -67,7 +67,7 @@ class LiveRollouts:
         from swe_aem.policy.session import PolicySetupError
         from swe_aem.reward import grader
         from swe_aem.sandbox import SandboxConfig, reap
-        from swe_aem.sandbox.images import ImageStore, parse_size
+        from swe_aem.sandbox.image_store import ImageStore, parse_size
 
         self.cfg, self.run_dir, self.run_id, self.report = cfg, run_dir, run_id, report
         self.tokenizer = tokenizer
@@ -104,7 +104,7 @@ class LiveRollouts:
     def step_config(self, step: int) -> AgentConfig:
         """The agent settings of step `step`'s episodes. Common random numbers: step k of any
         run with this seed samples with the same seeds, whenever its batch runs."""
-        return dataclasses.replace(self.agent_cfg, seed=self.cfg.trainer.seed * 1_000_003 + step)
+        return dataclasses.replace(self.agent_cfg, seed=step_seed(self.cfg.trainer.seed, step))
 
     def record(self, step: int, result) -> None:
         """A step's batch on disk: its trajectories, and a record of each dropped sample."""

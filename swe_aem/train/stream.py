@@ -27,7 +27,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swe_aem.agent.rollout import RolloutResult, rollout
+from swe_aem.agent.rollout_batch import RolloutResult, rollout
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
 from swe_aem.train.rollouts import FleetRollouts, LiveRollouts, TrainingSetupError
 

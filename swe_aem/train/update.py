@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from swe_aem.algo.losses import PolicyLossConfig, get_policy_loss
 from swe_aem.config import AlgoConfig
+from swe_aem.train import ranks
 from swe_aem.train.batch import Sample, TurnLayout, UpdatePlan, collate, pack_by_tokens
 
 
@@ -78,7 +78,7 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     ent_flat, turn_flat, lp_flat, roll_flat = [], [], [], []
     micro = [[shard[j] for j in idx] for idx in
              pack_by_tokens([len(samples[i].input_ids) for i in shard], micro_tokens)]
-    for k in range(int(_all_reduce(len(micro), dev, op="max"))):
+    for k in range(int(ranks.all_reduce(len(micro), dev, op="max"))):
         idx = micro[k] if k < len(micro) else [padding_index(samples)]
         b = collate(samples, idx, layout, pad_id)
         lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev),
@@ -104,13 +104,13 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     sums[r:2 * r].index_add_(0, turn_t, torch.ones_like(ent_t, dtype=torch.float64))
     sums[2 * r:3 * r].index_add_(0, turn_t, -lp_t.double())
     sums[3 * r] = (delta.exp() - delta - 1).clamp(min=0).sum()  # >= 0 up to rounding
-    sums = _all_reduce_tensor(sums, dev)
+    sums = ranks.all_reduce_tensor(sums, dev)
     lengths = sums[r:2 * r].float()
     tokens = float(lengths.sum())
     # log of the weight's extremes, as maxima (an empty shard contributes nothing)
     hi = float(-delta.min()) if delta.numel() else -math.inf
     lo = float(delta.max()) if delta.numel() else -math.inf
-    hi, lo = _all_reduce(hi, dev, op="max"), _all_reduce(lo, dev, op="max")
+    hi, lo = ranks.all_reduce(hi, dev, op="max"), ranks.all_reduce(lo, dev, op="max")
     return ForwardStats(old, (sums[:r] / sums[r:2 * r].clamp(min=1)).float(), lengths,
                         sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens),
                         is_weight_min=math.exp(-lo) if tokens else 1.0,
@@ -121,22 +121,6 @@ def padding_index(samples: Sequence[Sample]) -> int:
     """The sample a rank with no micro-batch left forwards to keep ZeRO-3's collectives in
     step (its result is dropped): the shortest, so the idle rank's extra work is least."""
     return min(range(len(samples)), key=lambda i: len(samples[i].input_ids)) if samples else 0
-
-
-def _all_reduce_tensor(t: Tensor, device: torch.device) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        moved = t.to(device)
-        dist.all_reduce(moved)
-        return moved.cpu()
-    return t
-
-
-def _all_reduce(x: float, device: torch.device, op: str = "sum") -> float:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([x], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-        return float(t.item())
-    return x
 
 
 def ppo_update(
@@ -172,13 +156,13 @@ def ppo_update(
     """
     loss_fn = get_policy_loss(loss_cfg.name)
     dev = _device(engine)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = ranks.world_size()
     shard = set(range(len(samples)) if indices is None else indices)
     totals: dict[str, float] = {}
     stat_keys: set[str] = set()  # the same on every rank that ran a micro-batch (padding too)
     tokens, steps = 0.0, 0
     grad_norms: list[float] = []
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = ranks.rank()
     for _ in range(epochs):
         if plan is not None:  # each mini-batch balanced over the ranks, kept across epochs
             parts = [mb[rank] for mb in plan.minibatches]
@@ -189,14 +173,14 @@ def ppo_update(
             chosen = [i for i in members if samples[i].trainable and any(samples[i].loss_mask)]
             local = (sum(sum(samples[i].loss_mask) for i in chosen)
                      if loss_cfg.agg == "token-mean" else len(chosen))
-            normalizer = _all_reduce(float(local), dev)
+            normalizer = ranks.all_reduce(float(local), dev)
             if normalizer == 0:
                 continue
             micro = [[chosen[j] for j in idx] for idx in
                      pack_by_tokens([len(samples[i].input_ids) for i in chosen], micro_tokens)]
             # ZeRO-3 gathers parameters collectively in every forward, so all ranks
             # run the same number of micro-batches; the extra ones carry zero loss.
-            n_micro = int(_all_reduce(len(micro), dev, op="max"))
+            n_micro = int(ranks.all_reduce(len(micro), dev, op="max"))
             for k in range(n_micro):
                 ids, weight = (micro[k], 1.0) if k < len(micro) else ([padding_index(samples)], 0.0)
                 b = collate(samples, ids, layout, pad_id)
@@ -230,7 +214,7 @@ def ppo_update(
     keys = sorted(stat_keys)
     local = torch.tensor([totals.get("loss", 0.0), tokens] + [totals.get(k, 0.0) for k in keys],
                          dtype=torch.float64)
-    summed = _all_reduce_tensor(local, dev).tolist()
+    summed = ranks.all_reduce_tensor(local, dev).tolist()
     out = {k: v / max(summed[1], 1.0) for k, v in zip(keys, summed[2:])}
     out["loss"] = summed[0] / max(steps, 1)  # micro losses add up per mini-batch
     out["optimizer_steps"] = float(steps)

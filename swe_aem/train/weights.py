@@ -14,13 +14,13 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 from swe_aem.config import Config, ConfigError
 from swe_aem.errors import RunError
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import PLACEMENT_TRANSFER, WEIGHT_TRANSFERS, WeightSender
+from swe_aem.train import ranks
 
 PROBE_TEXT = ("def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n\n"
               "The quick brown fox jumps over the lazy dog.")
@@ -63,10 +63,6 @@ def run_transfer(cfg: Config, preset: ModelPreset) -> str:
                            fleet=uses_fleet(cfg), attached=cfg.run.vllm_url is not None)
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """The model's complete state dict on rank 0 (gathered under ZeRO-3), None elsewhere.
 
@@ -78,7 +74,7 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
         sd = engine._zero3_consolidated_16bit_state_dict()
     else:
         sd = engine.module.state_dict()
-    if _rank() != 0:
+    if ranks.rank() != 0:
         return None
     return {k.removeprefix("lm."): v for k, v in sd.items()}
 
@@ -115,7 +111,10 @@ def _write_folder(sd: dict[str, torch.Tensor], folder: Path, *extras) -> Path:
 
 class WeightPublisher:
     """The trainer's side of a weight push: `transfer` "disk" writes folders (`save`),
-    "nccl" / "ipc" send through vLLM's weight-transfer engine (`send`)."""
+    "nccl" / "ipc" send through vLLM's weight-transfer engine (`send`). Every push is named
+    by the run's one weights version, the trainer's step count (`version`): the folder
+    `v000006`, vLLM's weight_version, the fleet's label and every turn's policy_version are
+    that number, on a resume too."""
 
     def __init__(self, root: Path, lm_config, transfer: str = "disk", timeout_s: float = 300.0) -> None:
         if transfer not in WEIGHT_TRANSFERS:
@@ -124,35 +123,33 @@ class WeightPublisher:
         self.lm_config = lm_config
         self.transfer = transfer
         self.timeout_s = timeout_s  # one push through vLLM's engine (ModelPreset.load_s)
-        self.version = 0
         self.path: Path | None = None
         self._push = None  # transfer.VLLMWeightPush, made at the first send
 
-    def save(self, engine) -> Path | None:
-        """Write safetensors into root/vN (rank 0) and drop the previous version; a transfer
-        through vLLM writes nothing (None on every rank)."""
+    def save(self, engine, version: int) -> Path | None:
+        """Write safetensors into root/v<version> (rank 0) and drop the previous version; a
+        transfer through vLLM writes nothing (None on every rank)."""
         if self.transfer != "disk":
             return None
         sd = full_state_dict(engine)
         if sd is None:
             return None
-        self.version += 1
-        target = _write_folder(sd, self.root / f"v{self.version:06d}")
+        target = _write_folder(sd, self.root / f"v{version:06d}")
         if self.path is not None and self.path != target:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = target
         return target
 
-    def to_push(self, engine) -> Path | WeightSender:
+    def to_push(self, engine, version: int) -> Path | WeightSender:
         """What rank 0 hands its policy session's push: the folder `save` wrote, or rank 0's
         `send` (the session calls it with the server's URL, between its wake-ups or pause)."""
         if self.transfer == "disk":
             if self.path is None:
                 raise WeightSyncError("no weights saved to push: save() runs first (rank 0)")
             return self.path
-        return functools.partial(self.send, engine)
+        return functools.partial(self.send, engine, version)
 
-    def send(self, engine, base_url: str | None = None) -> None:
+    def send(self, engine, version: int, base_url: str | None = None) -> None:
         """Every rank, together: the weights through vLLM's weight-transfer engine, a layer at a
         time; rank 0 (given the server's URL) drives the routes. Nothing for a disk push."""
         if self.transfer == "disk":
@@ -160,9 +157,8 @@ class WeightPublisher:
         if self._push is None:
             from swe_aem.train.transfer import VLLMWeightPush
 
-            self._push = VLLMWeightPush.of(engine, self.transfer, _rank(), self.timeout_s)
-        self.version += 1
-        self._push.send(base_url, self.version)
+            self._push = VLLMWeightPush.of(engine, self.transfer, ranks.rank(), self.timeout_s)
+        self._push.send(base_url, version)
 
     def export(self, engine, folder: Path, tokenizer) -> None:
         """Write a servable HF folder: safetensors, config and tokenizer (rank 0 writes)."""

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from swe_aem.view.data import RunSource, ViewError
+from swe_aem.view.run_folder import RunSource, ViewError
 
 STATIC = ("index.html", "app.js", "app.css")
 CHUNK = re.compile(r"^/data/(?:manifest|(\d+)/(run|set-([\w.-]+)|grp-([\w.-]+)-(\d+)|ep-([\w.-]+)-(\d+)))\.js$")

@@ -38,7 +38,7 @@ import requests
 from docker.errors import APIError, ImageNotFound, NotFound
 from rich.console import Console
 
-from swe_aem.sandbox.engine import SandboxError
+from swe_aem.sandbox.daemon import SandboxError
 
 SANDBOXES = Path(__file__).resolve().parents[2] / "sandboxes"
 BASE_DIR = SANDBOXES / "base"

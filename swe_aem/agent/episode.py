@@ -57,6 +57,13 @@ class AgentConfig:
                    thinking=preset.thinking if thinking is None else thinking, **kwargs)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a run's step `step` (or epoch): its rollouts' request seeds and its
+    mini-batch draw derive from it, so a resume, the asynchronous look-ahead and another run
+    with the same seed see the same numbers at the same step."""
+    return seed * 1_000_003 + step
+
+
 def request_seed(seed: int, instance_id: str, sample_index: int, turn: int) -> int:
     """The sampling seed of one request: a stable hash of (run seed, task, sample, turn),
     31 bits (vLLM takes any int; some servers take only int32). Common random numbers:

@@ -48,7 +48,7 @@ from swe_aem.data.families import reverse_patch
 from swe_aem.data.instances import DatasetError, Instance, instance_from_row
 from swe_aem.data.local_suite import _git, base_commit, image_name, materialize_repo
 from swe_aem.errors import RunError
-from swe_aem.sandbox.images import SANDBOXES
+from swe_aem.sandbox.image_store import SANDBOXES
 
 GENERATED = SANDBOXES / "generated"
 SPLITS = ("train", "test")
@@ -451,7 +451,7 @@ def repo_image(repo: str) -> str:
 def build_images(client: Any, force: bool = False) -> list[str]:
     """Build the per-repo images the generated suite needs (missing ones, or all with
     `force`); returns those built."""
-    from swe_aem.sandbox.images import build_repo_image, image_exists
+    from swe_aem.sandbox.image_store import build_repo_image, image_exists
 
     built = []
     for repo in REPOS:

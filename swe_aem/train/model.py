@@ -1,4 +1,4 @@
-"""The policy on DeepSpeed: model wrapper, config, distributed set-up.
+"""The policy on DeepSpeed: model wrapper and config (the ranks' set-up: ranks.py).
 
 The wrapper returns per-token log-probs (differentiable) and entropies
 (detached) from the chunked LM head, so no [tokens x vocab] tensor is kept.
@@ -6,11 +6,8 @@ The wrapper returns per-token log-probs (differentiable) and entropies
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -91,49 +88,6 @@ def deepspeed_config(s: EngineSettings) -> dict:
         "wall_clock_breakdown": False,
         **extra,
     }
-
-
-TRAIN_COLLECTIVE_TIMEOUT_S = 1800.0  # one collective of the update itself (ZeRO gathers, reductions)
-_wait_group: Any = None
-
-
-def init_distributed(wait_timeout_s: float | None = None) -> tuple[int, int]:
-    """Initialise torch.distributed (gloo on CPU, nccl on GPU); works without a launcher.
-
-    Two groups: the update's collectives (nccl on GPU) time out after 30 minutes; ranks that
-    wait while rank 0 rolls out or evaluates wait on a gloo group of their own for
-    `wait_timeout_s` (it must outlast a step's rollout, DeepSpeed's default of 10 minutes
-    does not). A gloo wait blocks on a socket: an NCCL one would spin on the GPU, which a
-    colocated vLLM server needs, for as long as the longest rollout.
-    """
-    global _wait_group
-    import deepspeed
-
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    if not torch.distributed.is_initialized():
-        if os.environ["WORLD_SIZE"] == "1":
-            # a world of one hosts its own store: take a free port, never the one a parent
-            # process (whose environment this inherited) is still listening on
-            from swe_aem.policy.server import free_port
-
-            os.environ["MASTER_PORT"] = str(free_port())
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False,
-                                   timeout=timedelta(seconds=TRAIN_COLLECTIVE_TIMEOUT_S))
-    world = torch.distributed.get_world_size()
-    if world > 1 and _wait_group is None:  # every rank calls this at the same point
-        wait = TRAIN_COLLECTIVE_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s
-        _wait_group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=wait))
-    return torch.distributed.get_rank(), world
-
-
-def wait_group() -> Any:
-    """The gloo group ranks wait on for rank 0's work (None in a world of one)."""
-    return _wait_group
 
 
 def load_model(model_path: str | Path, s: EngineSettings, dtype: torch.dtype) -> nn.Module:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from swe_aem.agent.episode import step_seed
 from swe_aem.agent.trajectory import Episode
 from swe_aem.train.batch import Sample, pack_by_tokens
 
@@ -71,7 +72,7 @@ def epoch_batches(num_samples: int, batch_size: int, epoch: int, seed: int) -> l
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     order = list(range(num_samples))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    random.Random(step_seed(seed, epoch)).shuffle(order)
     return [order[i:i + batch_size] for i in range(0, num_samples, batch_size)]
 
 
