@@ -335,12 +335,12 @@ class Trainer:
                               f"{exc}") from None
         ids = draw_tasks(pool, h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
         out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
-        t0 = time.perf_counter()
-        summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
-                                       out_dir=out, model_name=f"{Path(self.cfg.model).name}@step{self.state.step}")
+        timing: dict[str, float] = {}
+        with timed(timing, "heldout"):
+            summary = self.source.evaluate([every[i] for i in ids], runs=h.runs, temperature=h.temperature,
+                                           out_dir=out, model_name=f"{Path(self.cfg.model).name}@step{self.state.step}")
         row = {"heldout_resolve_rate": summary["pass1_mean"], "heldout_tasks": float(summary["n_instances"]),
-               "heldout_excluded": float(len(ids) - summary["n_instances"]),
-               "time_heldout_s": time.perf_counter() - t0}
+               "heldout_excluded": float(len(ids) - summary["n_instances"]), **timing}
         self.metrics.log(self.state.step, row, kind=f"heldout_{phase}")
         console.print(f"held-out ({phase} RL, step {self.state.step}): resolve rate "
                       f"{row['heldout_resolve_rate']:.3f} on {summary['n_instances']} {dataset}/{h.split} "
@@ -458,8 +458,13 @@ class Trainer:
 
     def _sync_weights(self, version: int) -> dict[str, float]:
         """Publish the trainer's weights as `version` (the steps they have trained) and check
-        that the server took them."""
-        t0 = time.perf_counter()
+        that the server took them; timed as the step's weight_sync phase."""
+        timing: dict[str, float] = {}
+        with timed(timing, "weight_sync"):
+            out = self._push_and_check(version)
+        return {**out, **timing}
+
+    def _push_and_check(self, version: int) -> dict[str, float]:
         self.publisher.save(self.engine, version)
         before, self._probe_before = self._probe_before, None
         if before is not None:  # a sleeping server wakes into the memory every rank gives back
@@ -485,7 +490,6 @@ class Trainer:
             raise WeightSyncError(
                 f"the server's log-probs of the probe did not change after the weight push, but "
                 f"differ from the trainer's by {out['probe_server_trainer_max_abs_diff']:.4f}")
-        out["time_weight_sync_s"] = time.perf_counter() - t0
         return out
 
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,6 +24,7 @@ from swe_aem.config import Config, RolloutConfig
 from swe_aem.errors import SetupError
 from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
+from swe_aem.train.metrics import timed
 
 # swe_aem.eval.evaluate.write_rollout_report, given by the caller: training and evaluation are
 # peers, and the held-out rows count exactly as `swe-aem eval` counts
@@ -95,11 +95,11 @@ class LiveRollouts:
 
     def collect(self, instances: list, step: int) -> tuple[list[Episode], dict[str, float]]:
         self._wake()
-        t0 = time.perf_counter()
-        result = self._rollout(instances, self.cfg.rollout.samples_per_task, self.step_config(step), self.grade)
-        self.record(step, result)
-        return result.episodes, {"time_rollout_s": time.perf_counter() - t0,
-                                 "episodes_dropped": float(len(result.dropped))}
+        m: dict[str, float] = {}
+        with timed(m, "rollout"):
+            result = self._rollout(instances, self.cfg.rollout.samples_per_task, self.step_config(step), self.grade)
+            self.record(step, result)
+        return result.episodes, {**m, "episodes_dropped": float(len(result.dropped))}
 
     def step_config(self, step: int) -> AgentConfig:
         """The agent settings of step `step`'s episodes. Common random numbers: step k of any

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from swe_aem.agent.rollout_batch import RolloutResult, rollout
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
+from swe_aem.train.metrics import timed
 from swe_aem.train.rollouts import FleetRollouts, LiveRollouts, TrainingSetupError
 
 
@@ -72,15 +72,15 @@ class RolloutStream:
         trainer waited and how many batches were in flight."""
         if [i.instance_id for i in instances] != [i.instance_id for i in self.batch_of(step)]:
             raise TrainingSetupError(f"step {step}: the trainer's batch is not the stream's")
-        t0 = time.perf_counter()
-        for t in range(self.admitted + 1, min(step + self.k, self.steps - 1) + 1):
-            self.batches[t] = asyncio.run_coroutine_threadsafe(self._batch(t), self.loop)
-            self.admitted = t
-        in_flight = sum(not f.done() for f in self.batches.values())
-        result: RolloutResult = self.batches.pop(step).result()
-        self.live.record(step, result)
-        return result.episodes, {"time_rollout_s": time.perf_counter() - t0,
-                                 "episodes_dropped": float(len(result.dropped)),
+        m: dict[str, float] = {}
+        with timed(m, "rollout"):
+            for t in range(self.admitted + 1, min(step + self.k, self.steps - 1) + 1):
+                self.batches[t] = asyncio.run_coroutine_threadsafe(self._batch(t), self.loop)
+                self.admitted = t
+            in_flight = sum(not f.done() for f in self.batches.values())
+            result: RolloutResult = self.batches.pop(step).result()
+            self.live.record(step, result)
+        return result.episodes, {**m, "episodes_dropped": float(len(result.dropped)),
                                  "rollout_batches_in_flight": float(in_flight)}
 
     def forget_before(self, step: int) -> None:
