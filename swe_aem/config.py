@@ -95,6 +95,12 @@ class RolloutConfig:
     # keep at most tasks_per_step groups whose rewards are not all equal.
     oversample: float = 1.0
     filter_groups: bool = False
+    # Dynamic sampling's top-up (DAPO samples more): while fewer than tasks_per_step groups
+    # have signal, roll out another round of as many other tasks from the step's fixed
+    # candidate list (train/loop.py step_candidates: a pure function of step and seed), up to
+    # this many rounds in all; unused candidates stay unrun. 1: one round (a step may shrink).
+    # Needs filter_groups.
+    max_sampling_rounds: int = 1
     # The rollout fleet (swe_aem/fleet/): this many replicas, each a policy server with its
     # own sandbox pools, as Ray actors (concurrency is per replica). 1 and no run.ray_address:
     # the single server of rank 0, no Ray.
@@ -378,6 +384,9 @@ def validate(cfg: Config) -> None:
           "log-probs, importance ratios and AEM's entropies are of softmax(z / T) over the whole "
           "vocabulary; a nucleus cut samples another distribution)")),
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
+        (cfg.rollout.max_sampling_rounds >= 1, "rollout.max_sampling_rounds must be >= 1 (1: no top-up)"),
+        (cfg.rollout.max_sampling_rounds == 1 or cfg.rollout.filter_groups,
+         "rollout.max_sampling_rounds > 1 tops up groups with signal: it needs rollout.filter_groups=true"),
         (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
         (cfg.rollout.parity_max_kl is None or cfg.rollout.parity_max_kl >= 0,
          "rollout.parity_max_kl must be >= 0 or null"),

@@ -265,20 +265,21 @@ def test_no_replica_left_fails_the_step_unless_partial_batches_are_allowed(clust
 
 
 def test_a_run_config_that_names_a_fleet_rolls_out_on_it(cluster, tasks, tmp_path):
-    """The trainer's rollout source: LiveRollouts(cfg) is a FleetRollouts when the config names
+    """The trainer's rollout source: open_rollouts(cfg) is a FleetRollouts when the config names
     a fleet (rollout.replicas > 1 or run.ray_address), with LiveRollouts' interface."""
     from transformers import AutoTokenizer
 
     from swe_aem.config import load_config
-    from swe_aem.train.rollouts import FleetRollouts, LiveRollouts
+    from swe_aem.train.rollouts import FleetRollouts
+    from swe_aem.train.sources import open_rollouts
 
     cfg = load_config(overrides=[f"run.ray_address={cluster.address}", "rollout.replicas=2",
                                  "rollout.samples_per_task=2", "rollout.concurrency=2",
                                  "run.grade_timeout_s=120"])
     preset = load_preset("tiny")
     path = preset.default_path
-    source = LiveRollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
-                          f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=spec(tasks).stand_in)
+    source = open_rollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
+                           f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=spec(tasks).stand_in)
     try:
         assert isinstance(source, FleetRollouts) and source.pushes_weights
         source.prefetch(list(tasks))  # each task gets a home replica, whose node pulls its image
@@ -302,7 +303,7 @@ def test_asynchronous_rollouts_on_the_fleet_keep_the_staleness_bound(cluster, ta
     from transformers import AutoTokenizer
 
     from swe_aem.config import load_config
-    from swe_aem.train.rollouts import LiveRollouts
+    from swe_aem.train.sources import open_rollouts
     from swe_aem.train.stream import RolloutStream, staleness_metrics
 
     cfg = load_config(overrides=[f"run.ray_address={cluster.address}", "rollout.replicas=2",
@@ -310,9 +311,11 @@ def test_asynchronous_rollouts_on_the_fleet_keep_the_staleness_bound(cluster, ta
                                  "rollout.max_staleness=1", "run.grade_timeout_s=120"])
     preset = load_preset("tiny")
     path = preset.default_path
-    live = LiveRollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
-                        f"pytest-fleet-{uuid.uuid4().hex[:6]}", stand_in=spec(tasks, latency_s=0.3).stand_in)
-    stream = RolloutStream(live, lambda t: list(tasks), steps=3, max_staleness=1, start=0, run_dir=tmp_path)
+    stream = open_rollouts(cfg, preset, path, AutoTokenizer.from_pretrained(path), tmp_path,
+                           f"pytest-fleet-{uuid.uuid4().hex[:6]}", batch_of=lambda t: list(tasks),
+                           stand_in=spec(tasks, latency_s=0.3).stand_in)
+    assert isinstance(stream, RolloutStream)
+    live = stream.live
     stale = []
     try:
         for step in range(3):

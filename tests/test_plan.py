@@ -206,7 +206,7 @@ def test_vllm_command_lines_of_the_gpu_presets(name):
 
 def test_trainer_settings_are_the_trainers():
     from swe_aem.plan.memory import TrainerSettings
-    from swe_aem.train.loop import engine_settings
+    from swe_aem.train.resolve import engine_settings
 
     for name in preset_names():
         for overrides in ([], ["trainer.offload_params=false", "trainer.zero_stage=2"]):

@@ -6,6 +6,9 @@ random Llama), real containers and grading, a stand-in policy server at the HTTP
    version is recorded and none trains more than one version late.
 2. A run killed mid-step and resumed repeats no finished step and reruns no finished episode.
 3. max_staleness=0 through the stream gives exactly the synchronous loop's episodes.
+4. Dynamic sampling's top-up (rollout.max_sampling_rounds): a step whose first round has no
+   signal rolls out a second, and a kill-and-resume reruns neither round; synchronously and
+   through the stream.
 """
 
 import json
@@ -178,7 +181,7 @@ def test_max_staleness_0_through_the_stream_is_the_synchronous_loop(tmp_path, po
 
     sync = two_steps(lambda: live("a"))
     streamed = two_steps(lambda: RolloutStream(live("b"), lambda t: [trainer.instances[INSTANCE]], steps=2,
-                                                max_staleness=0, start=0, run_dir=tmp_path / "b"))
+                                                max_staleness=0, start=0))
     assert sync == streamed
     assert {t["policy_version"] for ep in streamed[1] for t in ep["turns"]} == {1}
 
@@ -190,3 +193,70 @@ def _strip(ep):
     for t in d["turns"]:
         t.pop("generate_s"), t.pop("tool_s")
     return d
+
+
+class OneTaskSolvable(SeededPlans):
+    """SeededPlans for the turn-0 seeds in `seeds` (one task's, which may be solved); every
+    other task's episodes only look around (reward 0: a group without signal)."""
+
+    def __init__(self, tokenizer, instance, seeds):
+        self.seeds = seeds
+        super().__init__(tokenizer, instance)
+
+    def respond(self, prompt, turn):
+        if turn == 0 and self.local.seed is not None and self.local.seed not in self.seeds:
+            return "Plan B: look around.\n" + self.plans["Plan B: look around."][0]
+        return super().respond(prompt, turn)
+
+
+TOP_UP_TASKS = sorted([INSTANCE, "swe-aem__pyledger-2"])
+
+
+def top_up_seed():
+    """A trainer seed whose step 0 has the other task in round 0 and INSTANCE, with both
+    plans among its samples, in round 1."""
+    for seed in range(200):
+        rounds = loop.step_candidates(TOP_UP_TASKS, 0, 1, seed, 2)
+        if rounds[1] == [INSTANCE] and len(
+                {request_seed(step_seed(seed, 0), INSTANCE, k, 0) % 2 for k in range(SAMPLES)}) == 2:
+            return seed
+    raise AssertionError("no seed puts a mixed INSTANCE in round 1")
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_a_top_up_round_trains_and_a_resume_reruns_no_round(tmp_path, local_instances, small_model,
+                                                           monkeypatch, staleness):
+    seed = top_up_seed()
+    inst = next(i for i in local_instances if i.instance_id == INSTANCE)
+    solvable = {request_seed(step_seed(seed, 0), INSTANCE, k, 0) for k in range(SAMPLES)}
+    run = tmp_path / "run"
+    with OneTaskSolvable(AutoTokenizer.from_pretrained(small_model), inst, solvable) as server:
+        cfg = config(small_model, server.base_url, "run.steps=1", f"run.instance_ids=[{','.join(TOP_UP_TASKS)}]",
+                     f"trainer.seed={seed}", "rollout.filter_groups=true", "rollout.max_sampling_rounds=2",
+                     f"rollout.max_staleness={staleness}")
+        real_update = loop.ppo_update
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("killed in the update")
+
+        monkeypatch.setattr(loop, "ppo_update", killed)
+        with pytest.raises(KeyboardInterrupt):
+            loop.Trainer(cfg, run).train()
+        monkeypatch.setattr(loop, "ppo_update", real_update)
+        buffer = run / "rollout_buffer"
+        first = [e.reward for e in read_episodes(buffer / "step-000000.jsonl")]
+        second = [e.reward for e in read_episodes(buffer / "step-000000.round-1.jsonl")]
+        assert first == [0.0] * SAMPLES and sorted(set(second)) == [0.0, 1.0]  # no signal, then signal
+        sent = len(server.requests)
+
+        trainer = loop.Trainer(cfg, run, resume=True)
+        trainer.train()
+        # both rounds came from the buffer: the resumed run sent no generation request
+        assert [r for r in server.requests[sent:] if r.get("seed") is not None] == []
+    row = train_rows(run)[0]
+    assert (row["sampling_rounds"], row["groups_sampled"], row["groups_kept"]) == (2.0, 2.0, 1.0)
+    assert row["episodes"] == SAMPLES and row["optimizer_step_skipped"] == 0.0
+    assert row["reward_mean"] == sum(second) / SAMPLES and row["reward_mean_sampled"] == sum(second) / (2 * SAMPLES)
+    recorded = [e.instance_id for e in read_episodes(run / "trajectories" / "step-000000.jsonl")]
+    assert recorded == ["swe-aem__pyledger-2"] * SAMPLES + [INSTANCE] * SAMPLES  # round 0, then round 1
+    assert not list(buffer.glob("*.jsonl"))  # trained and checkpointed

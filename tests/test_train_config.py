@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from swe_aem.cli import main
 from swe_aem.config import CONFIG_ROOT, Config, ConfigError, load_config
 from swe_aem.policy.models import load_preset
-from swe_aem.train.loop import check_hardware, engine_settings
+from swe_aem.train.resolve import check_hardware, engine_settings
 from swe_aem.train.rollouts import TrainingSetupError
 
 
@@ -89,6 +89,19 @@ def test_train_cli_errors(capsys, tmp_path):
     assert "1.5b" in err and ("needs 1 GPU" in err or "hub" in err)
 
 
+
+def test_a_config_that_cannot_train_is_refused_before_the_warm_start(capsys, tmp_path):
+    """`swe-aem train` resolves the run (train/resolve.py) before its warm start's SFT or
+    any launch: a KL term, which needs a reference model the trainer does not load, is
+    refused at once and nothing is written (it once was refused after the engine build)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--launcher", "none", "--run-dir", str(run),
+                 "algo.kl_coef=0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "algo.kl_coef > 0 needs a reference model" in err and "warm start" not in err
+    assert not run.exists()
+
+
 # The published DeepSWE recipe, field by field, with where each value comes from
 # (rLLM examples/swe/train_deepswe_32b*.sh, rllm/environments/swe, R2E-Gym's runtime,
 # the AEM paper's reproduction as reported in the shared NOTES).
@@ -104,6 +117,7 @@ PUBLISHED_DEEPSWE = {
     "rollout.samples_per_task": 8,              # rollout.n
     "rollout.oversample": 2.0,                  # AEM paper: 2x over-sampling
     "rollout.filter_groups": True,              #   and rejection of all-equal groups
+    "rollout.max_sampling_rounds": 1,           #   once (no top-up: a step may shrink)
     "rollout.max_turns": 50,                    # agent.max_steps
     "rollout.max_context_tokens": 4096 + 32768,  # max_prompt_length + max_response_length
     "rollout.temperature": 1.0,
@@ -146,7 +160,7 @@ def test_async_training_without_an_importance_cap_is_refused():
     """Stale tokens trained with no decoupled correction would train as on-policy: the
     DeepSWE recipe (tis_cap null, as published) plus max_staleness is refused, naming the knob."""
     from swe_aem.plan import run_preset
-    from swe_aem.train.loop import check_async
+    from swe_aem.train.resolve import check_async
 
     def check(*overrides):
         cfg = load_config(recipe="deepswe", overrides=list(overrides))
@@ -164,7 +178,7 @@ def test_run_records_its_effective_sampling(tmp_path):
     import yaml
 
     from swe_aem.policy.client import NEUTRAL_SAMPLING
-    from swe_aem.train.loop import recorded_config
+    from swe_aem.train.resolve import recorded_config
 
     text = recorded_config(load_config(overrides=["rollout.temperature=0.7"]))
     eff = yaml.safe_load(text)["effective_sampling"]

@@ -20,7 +20,7 @@ from swe_aem.train.batch import (
     pack_by_tokens,
     samples_from_episodes,
 )
-from swe_aem.train.loop import Trainer, task_batch
+from swe_aem.train.loop import Trainer, step_candidates, task_batch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +256,67 @@ def test_dynamic_sampling_trains_only_groups_with_signal(small_model, tmp_path):
     assert row["groups_kept"] == 0.0 and row["optimizer_step_skipped"] == 1.0 and row["episodes"] == 0.0
 
 
+def test_a_steps_candidates_are_its_batch_then_other_tasks_round_by_round():
+    ids = [f"t{i}" for i in range(7)]
+    for step in range(4):
+        rounds = step_candidates(ids, step, 2, seed=3, rounds=3)
+        assert rounds == step_candidates(ids, step, 2, seed=3, rounds=3)  # pure: a resume sees these
+        assert rounds[0] == task_batch(ids, step, 2, seed=3)  # round 0 is the step's batch
+        assert [len(r) for r in rounds] == [2, 2, 2]
+        flat = [t for r in rounds for t in r]
+        assert len(set(flat)) == len(flat)  # no task twice in a step, over every round
+        assert step_candidates(ids, step, 2, seed=3, rounds=1) == [rounds[0]]
+    # the pool runs out: 7 tasks give a batch of 2 three rounds of top-up, the last of 1
+    assert [len(r) for r in step_candidates(ids, 0, 2, seed=3, rounds=9)] == [2, 2, 2, 1]
+
+
+def test_dynamic_sampling_tops_up_until_enough_groups_have_signal(small_model, tmp_path):
+    """rollout.max_sampling_rounds=3: round 0's task has no signal, round 1's has; the step
+    trains on round 1's group and round 2's candidate is never rolled out."""
+    tasks = [f"task-{t}" for t in range(4)]
+    cfg = _cfg(small_model, tmp_path / "replay.jsonl", "run.steps=1", "rollout.tasks_per_step=1",
+               "rollout.filter_groups=true", "rollout.max_sampling_rounds=3")
+    rounds = step_candidates(tasks, 0, 1, cfg.trainer.seed, 3)
+    rewards = {rounds[0][0]: [0, 0, 0, 0], rounds[1][0]: [1, 0, 0, 0], rounds[2][0]: [1, 1, 0, 0]}
+    rewards.update({t: [1, 1, 1, 1] for t in tasks if t not in rewards})
+    write_episodes(tmp_path / "replay.jsonl", _with_rewards(rewards))
+    trainer = Trainer(cfg, tmp_path / "run")
+    asked, collect = [], trainer.source.collect
+
+    def recorded(instances, step, round=0):
+        asked.append((step, round, [i.instance_id for i in instances]))
+        return collect(instances, step, round)
+
+    trainer.source.collect = recorded
+    trainer.train()
+    assert asked == [(0, 0, rounds[0]), (0, 1, rounds[1])]  # round 2 stays unrun
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (row["sampling_rounds"], row["groups_sampled"], row["groups_kept"], row["groups_dropped"]) == (2, 2, 1, 1)
+    assert row["episodes"] == 4.0 and row["reward_mean"] == 0.25  # round 1's group trained
+    assert row["reward_mean_sampled"] == 1 / 8 and row["optimizer_step_skipped"] == 0.0
+
+    # the rounds run out: every candidate without signal, the step is skipped, and said so
+    write_episodes(tmp_path / "flat.jsonl", _with_rewards({t: [0, 0, 0, 0] for t in tasks}))
+    t2 = Trainer(replace_replay(cfg, tmp_path / "flat.jsonl"), tmp_path / "run2")
+    t2.train()
+    row = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (row["sampling_rounds"], row["groups_sampled"], row["groups_kept"]) == (3, 3, 0)
+    assert row["optimizer_step_skipped"] == 1.0
+
+
+def replace_replay(cfg, path):
+    from dataclasses import replace
+
+    return replace(cfg, run=replace(cfg.run, replay=str(path)))
+
+
+def test_a_top_up_needs_group_filtering():
+    from swe_aem.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_sampling_rounds > 1 .* needs rollout.filter_groups=true"):
+        load_config("rloo_aem", overrides=["rollout.max_sampling_rounds=2"])
+
+
 def test_a_rollout_that_fails_ends_the_step_with_its_reason(small_model, replay_file, tmp_path):
     """Rank 0's rollout goes through on_rank0: an error inside it, or a step whose every
     episode failed, is raised (on rank 0 as itself; tests/test_train_ranks.py shows the
@@ -263,11 +324,11 @@ def test_a_rollout_that_fails_ends_the_step_with_its_reason(small_model, replay_
     from swe_aem.train.rollouts import TrainingSetupError
 
     trainer = Trainer(_cfg(small_model, replay_file, "run.steps=1"), tmp_path / "run")
-    trainer.source.collect = lambda instances, step: ([], {})
+    trainer.source.collect = lambda instances, step, round=0: ([], {})
     with pytest.raises(TrainingSetupError, match="step 0: every episode failed"):
         trainer.step()
 
-    def docker_down(instances, step):
+    def docker_down(instances, step, round=0):
         raise ConnectionError("Docker daemon is not answering")
 
     trainer.source.collect = docker_down

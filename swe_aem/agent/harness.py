@@ -21,7 +21,7 @@ from swe_aem.agent.rollout_batch import RolloutResult, rollout
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.sandbox import SandboxConfig, SandboxPool
-from swe_aem.sandbox.image_store import ImageStore
+from swe_aem.sandbox.image_store import ImageStore, parse_size
 
 if TYPE_CHECKING:
     from swe_aem.policy.session import PolicySession
@@ -85,13 +85,19 @@ def open_harness(model_path: str | Path | None, preset: ModelPreset | None, *, c
                  server_url: str | None = None, served_name: str = "policy", log_path: Path | None = None,
                  weight_updates: bool = False, client: PolicyClient | None = None,
                  docker_hosts: list[str] | None = None, sandbox: SandboxConfig | None = None,
-                 images: ImageStore | None = None, run_id: str | None = None) -> Iterator[Harness]:
+                 registry: str | None = None, max_image_disk: str | None = None,
+                 image_state: Path | None = None, run_id: str | None = None) -> Iterator[Harness]:
     """Pools first (a dead daemon fails before any model work), then the policy: `client` as
     given (a stand-in server), else vLLM attached at `server_url` or started for `model_path`.
-    Everything opened is closed on exit or on a failure half way."""
+    Both pools share one image store: pulls through `registry`, keeps image disk under
+    `max_image_disk`, records image use in `image_state` (a run's eviction order). The one
+    set-up of a local run and of a fleet replica. Everything opened is closed on exit or on
+    a failure half way."""
     from swe_aem.policy.session import open_policy
 
     with ExitStack() as stack:
+        images = ImageStore(registry=registry, max_disk_bytes=parse_size(max_image_disk), state_file=image_state)
+        stack.callback(images.close)
         pool = stack.enter_context(SandboxPool(docker_hosts, max_concurrency=concurrency, config=sandbox,
                                                run_id=run_id, images=images))
         pool.check()

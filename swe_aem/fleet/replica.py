@@ -137,7 +137,6 @@ class RolloutReplica:
 
         from swe_aem.agent.harness import open_harness
         from swe_aem.sandbox import reap
-        from swe_aem.sandbox.image_store import ImageStore, parse_size
 
         spec = self.spec
         try:
@@ -156,15 +155,13 @@ class RolloutReplica:
                 state = Path(spec.state_dir) if spec.state_dir else None
                 if state is not None:
                     state.mkdir(parents=True, exist_ok=True)
-                images = ImageStore(registry=spec.registry, max_disk_bytes=parse_size(spec.max_image_disk),
-                                    state_file=state / f"image_use.replica-{self.index}.json" if state else None)
-                stack.callback(images.close)
                 self.harness = stack.enter_context(open_harness(
                     spec.model_path, spec.preset, concurrency=spec.concurrency, server_url=url,
                     served_name=spec.served_name, weight_updates=spec.weight_updates,
                     log_path=state / f"vllm.replica-{self.index}.log" if state else None,
-                    docker_hosts=list(spec.docker_hosts) or None, sandbox=spec.sandbox, images=images,
-                    run_id=self.run_id))
+                    docker_hosts=list(spec.docker_hosts) or None, sandbox=spec.sandbox, run_id=self.run_id,
+                    registry=spec.registry, max_image_disk=spec.max_image_disk,
+                    image_state=state / f"image_use.replica-{self.index}.json" if state else None))
                 self.graders = {name: make(self.harness.grade_pool) for name, make in spec.graders.items()}
                 loop = self.harness.loop
                 asyncio.set_event_loop(loop)

@@ -27,9 +27,10 @@ from swe_aem.sft.batching import (
     sft_samples,
 )
 from swe_aem.train.batch import Sample, TurnLayout, collate
-from swe_aem.train.loop import check_hardware, engine_settings, seed_everything
+from swe_aem.train.loop import seed_everything
 from swe_aem.train.model import EngineSettings, build_engine
 from swe_aem.train.ranks import init_distributed
+from swe_aem.train.resolve import check_hardware, engine_settings
 from swe_aem.train.weights import WeightPublisher
 
 

@@ -16,17 +16,14 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 
 from swe_aem import hostmem
 from swe_aem.agent.episode import step_seed
 from swe_aem.agent.trajectory import Episode
 from swe_aem.algo.schedule import lr_factor
-from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
-from swe_aem.plan import run_preset
+from swe_aem.config import Config, ConfigError
 from swe_aem.policy.client import SamplingParams
-from swe_aem.policy.models import ModelPreset
 from swe_aem.train import ranks
 from swe_aem.train.batch import (
     TurnLayout,
@@ -37,9 +34,9 @@ from swe_aem.train.batch import (
 from swe_aem.train.checkpoint import CheckpointManager, TrainState, probe_storage
 from swe_aem.train.credit import assign_credit
 from swe_aem.train.credit_log import record_credit
-from swe_aem.train.lora import add_lora, check_engine, make_publisher, serving_preset
+from swe_aem.train.lora import add_lora, make_publisher
 from swe_aem.train.metrics import MetricsLogger, batch_metrics, episode_row, thinking_metrics, timed
-from swe_aem.train.model import EngineSettings, build_engine, load_model
+from swe_aem.train.model import build_engine, load_model
 from swe_aem.train.parity import (
     PARITY_SEED,
     PARITY_TOKENS,
@@ -48,14 +45,15 @@ from swe_aem.train.parity import (
     parity_stats,
     score_sampled,
 )
+from swe_aem.train.resolve import recorded_config, resolve_run
 from swe_aem.train.rollouts import (
     HeldoutReport,
-    LiveRollouts,
     ReplayRollouts,
+    RolloutSource,
     TrainingSetupError,
-    uses_fleet,
 )
-from swe_aem.train.stream import RolloutStream, staleness_metrics
+from swe_aem.train.sources import open_rollouts
+from swe_aem.train.stream import staleness_metrics
 from swe_aem.train.update import forward_old, policy_loss_config, ppo_update, set_lr
 from swe_aem.train.weights import WeightSyncError, run_transfer
 
@@ -87,60 +85,17 @@ def task_batch(task_ids: list[str], step: int, size: int, seed: int) -> list[str
     return out
 
 
-def engine_settings(cfg: Config, preset) -> EngineSettings:
-    t = cfg.trainer
-    return EngineSettings(**asdict(resolve_trainer(t, preset)), lr=t.learning_rate(), betas=(t.betas[0], t.betas[1]),
-                          weight_decay=t.weight_decay, grad_clip=t.grad_clip, eps=t.adam_eps)
-
-
-def check_hardware(preset) -> None:
-    if preset.num_gpus > 0 and not torch.cuda.is_available():
-        raise TrainingSetupError(
-            f"model preset {preset.name!r} needs {preset.num_gpus} GPU(s) per node and none is "
-            "visible (torch.cuda.is_available() is False); on CPU use MODEL=tiny")
-
-
-def with_preset_defaults(cfg: Config, preset: ModelPreset) -> Config:
-    """The settings left null that the model preset decides, filled in: the config a run
-    records in config.yaml and trains with (AEM's range floor, the checkpoint interval)."""
-    if cfg.algo.aem_min_range is None:
-        cfg = replace(cfg, algo=replace(cfg.algo, aem_min_range=preset.aem_min_range))
-    if cfg.run.save_every is None:
-        cfg = replace(cfg, run=replace(cfg.run, save_every=preset.save_every))
-    if cfg.rollout.max_staleness is None:  # asynchronous only with rollout GPUs of its own
-        k = preset.max_staleness if preset.placement == "split" else 0
-        cfg = replace(cfg, rollout=replace(cfg.rollout, max_staleness=k))
-    return cfg
-
-
-def check_async(cfg: Config, preset: ModelPreset) -> None:
-    """Asynchronous training overlaps rollouts with the update: refuse the set-ups where
-    they cannot overlap, or would train stale tokens uncorrected, naming the knob."""
-    if not cfg.rollout.max_staleness:
-        return
-    why = None
-    if cfg.algo.tis_cap is None:
-        why = ("tokens sampled by older weights would train as on-policy: the decoupled loss weights "
-               "each by min(proximal / behaviour, algo.tis_cap), and algo.tis_cap is null; set it "
-               "(2.0, train.yaml's default)")
-    elif cfg.run.replay:
-        why = "recorded episodes (run.replay) have no rollouts to overlap"
-    elif preset.num_gpus > 0 and preset.sleeps and not uses_fleet(cfg):  # a fleet's servers never sleep
-        why = ("a colocated vLLM sleeps while the trainer runs; give it GPUs of its own with "
-               "placement=split")
-    if why:
-        raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness} (asynchronous training): "
-                          f"{why}; or rollout.max_staleness=0")
-
-
-def recorded_config(cfg: Config) -> str:
-    """A run's config.yaml: the resolved config, then the sampling its rollouts and held-out
-    evaluations use, every field named (not settings: what the requests and servers send)."""
-    from swe_aem.policy.session import sampling_record
-
-    effective = {"effective_sampling": {"rollout": sampling_record(cfg.rollout.temperature, cfg.rollout.top_p),
-                                        "heldout": sampling_record(cfg.heldout.temperature)}}
-    return to_yaml(cfg) + yaml.safe_dump(effective, sort_keys=False)
+def step_candidates(task_ids: list[str], step: int, size: int, seed: int, rounds: int) -> list[list[str]]:
+    """The tasks a step may roll out, round by round: round 0 is `task_batch` (the step's
+    batch), each later round `size` other tasks of the pool (dynamic sampling's top-up), in
+    an order seeded by (seed, step); fewer rounds when the pool runs out. A pure function of
+    (step, seed), so a resume and the asynchronous look-ahead see the same candidates; the
+    trainer rolls out a round only while the kept groups fall short."""
+    first = task_batch(task_ids, step, size, seed)
+    taken = set(first)
+    rest = [t for t in task_ids if t not in taken]
+    random.Random(f"top-up:{seed}:{step}").shuffle(rest)
+    return [first, *(rest[i:i + size] for i in range(0, min(len(rest), size * (rounds - 1)), size))]
 
 
 def seed_everything(seed: int) -> None:
@@ -159,41 +114,56 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False,
                  heldout_report: HeldoutReport | None = None):
         """`heldout_report`: swe_aem.eval.evaluate.write_rollout_report where heldout.split is set
-        (the caller's: training does not import evaluation)."""
-        from transformers import AutoTokenizer
-
-        from swe_aem.policy.models import resolve_model
-
+        (the caller's: training does not import evaluation). Set-up in order: the ranks, the
+        run resolved (every refusal), the run folder and checkpoints, the engine (restored on
+        a resume), then the rollout source and its weights."""
         self.cfg, self.run_dir, self.heldout_report = cfg, Path(run_dir), heldout_report
         hostmem.limit_malloc_arenas()  # before DeepSpeed's, Ray's and the stream's threads allocate
         self.rank, self.world = ranks.init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
+        # config + preset -> what this run is, every refusal said before any weight loads
+        plan = resolve_run(cfg)
+        self.cfg, self.preset, self.model_path = plan.cfg, plan.preset, plan.model_path
+        resume_from = self._open_run_folder(plan, resume)
+        self._build_engine(resume_from)
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, trackers=self.cfg.run.loggers,
+                                     name=self.run_dir.name, config=asdict(self.cfg))
+        self.loss_cfg = policy_loss_config(self.cfg.algo)
+        self.run_id = f"train-{uuid.uuid4().hex[:8]}"
+        self.source: RolloutSource | None = None
+        self.publisher = make_publisher(self.cfg, self.preset, self.run_dir / "weights", self.lm_config,
+                                        run_transfer(self.cfg, self.preset))  # LoRA: adapter folders
+        self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
         try:
-            self.preset, self.model_path = resolve_model(cfg.model)
-        except KeyError as exc:
-            raise TrainingSetupError(exc.args[0]) from exc
-        # placement= and vllm.* over the preset's: the server starts as `swe-aem plan` showed
-        self.preset = run_preset(cfg, self.preset)
-        check_hardware(self.preset)
+            self._open_source(resumed=resume_from is not None)
+        except BaseException:
+            self.close()  # never leave a server or sandboxes behind
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    def _open_run_folder(self, plan, resume: bool) -> Path | None:
+        """The storage probe, config.yaml and the checkpoints; the checkpoint to resume from
+        (rank 0's step for every rank, checked before the engine is built: a clear error)."""
+        cfg = self.cfg
         # one run folder for every rank, or node-local disks: asked once, before the engine
         self.storage = probe_storage(self.run_dir)
         if self.is_main and self.world > 1:
             console.print(self.storage.describe(self.run_dir))
-        self.settings = replace(engine_settings(cfg, self.preset),
-                                node_local_checkpoints=not self.storage.shared)
-        cfg = self.cfg = with_preset_defaults(cfg, self.preset)  # before config.yaml records it
-        check_async(cfg, self.preset)
-        check_engine(cfg.trainer.lora, self.settings.zero_stage)  # LoRA: ZeRO-2 only, for now
-        self.preset = serving_preset(self.preset, cfg.trainer.lora, cfg.rollout.max_staleness)  # LoRA: vLLM's flags
+        self.settings = replace(plan.settings, node_local_checkpoints=not self.storage.shared)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(recorded_config(cfg))
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints,
                                       node_local=not self.storage.shared,
                                       adapter_only=cfg.trainer.lora is not None)
-        # rank 0's step for every rank, checked before the engine is built (a clear error)
-        resume_from = self.ckpt.resume_point() if resume else None
+        return self.ckpt.resume_point() if resume else None
+
+    def _build_engine(self, resume_from: Path | None) -> None:
+        """Tokenizer, model (LoRA adapters in place), DeepSpeed engine, restored state."""
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
@@ -206,32 +176,20 @@ class Trainer:
             self.state = self.ckpt.load(self.engine, resume_from)
             if self.is_main:
                 console.print(f"resumed from {resume_from} at step {self.state.step}")
-        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, trackers=cfg.run.loggers,
-                                     name=self.run_dir.name, config=asdict(cfg))
-        self.loss_cfg = policy_loss_config(cfg.algo)
-        if cfg.algo.kl_coef > 0:
-            raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
-                                     "does not load; the recipes here use no KL term")
-        self.run_id = f"train-{uuid.uuid4().hex[:8]}"
-        self.source = None
-        self.publisher = make_publisher(cfg, self.preset, self.run_dir / "weights", self.lm_config,
-                                        run_transfer(cfg, self.preset))  # LoRA: adapter folders
-        self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
-        try:
-            self.source = self._rollout_source()
-            # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
-            self.pushes_weights = bool(ranks.broadcast(self.source.pushes_weights if self.is_main else None))
-            if self.pushes_weights and (resume and self.state.step > 0 or cfg.trainer.lora is not None):
-                # the server started from the base weights: a resumed run's, and a LoRA run's
-                # adapter (B = 0, or trainer.lora.init_from's) before its first rollout
-                self._sync_weights(self.state.step)
-            elif self.state.step > 0:
-                self._label_weights(self.state.step)
-        except BaseException:
-            self.close()  # never leave a server or sandboxes behind
-            raise
 
-    # ------------------------------------------------------------------ set-up
+    def _open_source(self, resumed: bool) -> None:
+        """The rollout source, and the served weights made the trainer's: pushed where the
+        server started from other weights, else labelled with the step."""
+        self.source = self._rollout_source()
+        # whether the rollout server takes the trainer's weights: rank 0 decides for all, once
+        self.pushes_weights = bool(ranks.broadcast(self.source.pushes_weights if self.is_main else None))
+        if self.pushes_weights and (resumed and self.state.step > 0 or self.cfg.trainer.lora is not None):
+            # the server started from the base weights: a resumed run's, and a LoRA run's
+            # adapter (B = 0, or trainer.lora.init_from's) before its first rollout
+            self._sync_weights(self.state.step)
+        elif self.state.step > 0:
+            self._label_weights(self.state.step)
+
     def _rollout_source(self):
         if self.cfg.run.replay:
             src = ReplayRollouts(Path(self.cfg.run.replay))
@@ -251,13 +209,9 @@ class Trainer:
         self._check_task_pool()  # before any server starts
         if not self.is_main:
             return None
-        live = LiveRollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
-                            self.run_id, self.heldout_report)
-        if not self.cfg.rollout.max_staleness:
-            return live
-        return RolloutStream(live, lambda t: [self.instances[i] for i in self._batch_ids(t)],
-                             steps=self.cfg.run.steps, max_staleness=self.cfg.rollout.max_staleness,
-                             start=self.state.step, run_dir=self.run_dir)
+        return open_rollouts(self.cfg, self.preset, self.model_path, self.tokenizer, self.run_dir,
+                             self.run_id, self.heldout_report, start=self.state.step,
+                             batch_of=lambda t: [self.instances[i] for i in self._batch_ids(t)])
 
     def _batch_size(self) -> int:
         r = self.cfg.rollout
@@ -290,7 +244,7 @@ class Trainer:
                 if self.state.step % self.cfg.run.save_every == 0 or self.state.step == self.cfg.run.steps:
                     with timed(result.metrics, "checkpoint"):
                         self.ckpt.save(self.engine, self.state)
-                    if isinstance(self.source, RolloutStream):
+                    if self.source is not None:  # its buffered episodes are trained and saved
                         self.source.forget_before(self.state.step)
                 # the step's batch and activations go back to the kernel (glibc keeps freed heap
                 # pages resident); its peak and what stays are logged (host RAM, GiB)
@@ -418,24 +372,42 @@ class Trainer:
         return StepResult(m, len(episodes))
 
     def _collect(self, ids: list[str], step: int) -> tuple[list[Episode], dict[str, float]]:
-        """Rank 0's rollout of the step's tasks: graded episodes (only groups with signal
-        under dynamic sampling; none when no group has any) and the rollout's metrics."""
+        """Rank 0's rollout of the step's tasks: graded episodes and the rollout's metrics.
+        Under dynamic sampling only groups with signal are kept, topped up round by round
+        from the step's candidates (`step_candidates`) while fewer than tasks_per_step have
+        signal and rounds are left; none when no group has any."""
         r = self.cfg.rollout
         upcoming = task_batch(self.task_ids, step + 1, len(ids), self.cfg.trainer.seed)
         self.source.prefetch([self.instances[i] for i in upcoming])  # pulls overlap this step
-        episodes, m = self.source.collect([self.instances[i] for i in ids], step)
-        if not episodes:
-            first = self.source.dropped[0].reason if self.source.dropped else "unknown"
-            raise TrainingSetupError(f"step {step}: every episode failed (first: {first}); all reasons in "
-                                     f"{self.run_dir / 'dropped_episodes.jsonl'}")
-        if r.filter_groups:
-            # reward of everything sampled (reward_mean of the step is of the kept groups only)
-            m["reward_mean_sampled"] = float(np.mean([e.reward for e in episodes]))
-            episodes, kept, dropped = groups_with_signal(
-                episodes, ids, r.tasks_per_step, advantage=self.cfg.algo.advantage,
+        rounds = step_candidates(self.task_ids, step, len(ids), self.cfg.trainer.seed,
+                                 r.max_sampling_rounds if r.filter_groups else 1)
+        kept: list[Episode] = []
+        kept_ids: list[str] = []
+        sampled: list[float] = []
+        m: dict[str, float] = {}
+        for n, round_ids in enumerate(rounds):
+            episodes, mr = self.source.collect([self.instances[i] for i in round_ids], step, n)
+            for key, value in mr.items():  # times and drops add up over the rounds
+                m[key] = m.get(key, 0.0) + value if key.startswith(("time_", "episodes_")) else value
+            if not episodes:
+                first = self.source.dropped[0].reason if self.source.dropped else "unknown"
+                raise TrainingSetupError(f"step {step}: every episode failed (first: {first}); all reasons in "
+                                         f"{self.run_dir / 'dropped_episodes.jsonl'}")
+            if not r.filter_groups:
+                return episodes, m
+            sampled += [e.reward for e in episodes]
+            more, more_ids, _ = groups_with_signal(
+                episodes, round_ids, r.tasks_per_step - len(kept_ids), advantage=self.cfg.algo.advantage,
                 untrainable=self._untrainable())
-            m.update({"groups_kept": float(len(kept)), "groups_dropped": float(len(dropped))})
-        return episodes, m
+            kept, kept_ids = kept + more, kept_ids + more_ids
+            if len(kept_ids) >= r.tasks_per_step:
+                break
+        groups = sum(len(ids_) for ids_ in rounds[:n + 1])
+        # reward of everything sampled (reward_mean of the step is of the kept groups only)
+        m.update({"reward_mean_sampled": float(np.mean(sampled)), "sampling_rounds": float(n + 1),
+                  "groups_sampled": float(groups), "groups_kept": float(len(kept_ids)),
+                  "groups_dropped": float(groups - len(kept_ids))})
+        return kept, m
 
     def _untrainable(self) -> tuple[str, ...]:
         """Terminations whose trajectories are masked out of the loss (compact filtering);
