@@ -83,7 +83,7 @@ evidence-llm: setup images model
 	$(VENV)/bin/swe-aem evidence --llm $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check swe_aem tests scripts
+	$(VENV)/bin/ruff check swe_aem tests scripts simulations
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from swe_aem.data import load_instances
 from swe_aem.data.local_suite import build_local_suite
-from swe_aem.reward.grade import grade_predictions
+from swe_aem.reward.predictions_grading import grade_predictions
 from swe_aem.sandbox import Sandbox, SandboxConfig, connect, reap
 from swe_aem.sandbox.image_store import build_base
 

@@ -16,15 +16,15 @@ from swe_aem.errors import SweAemError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("swe_aem.eval.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
-    "evidence": ("swe_aem.evidence.run", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
-    "report": ("swe_aem.eval.report", "render graded runs as eval JSON, Markdown and a plot"),
+    "compare": ("swe_aem.commands.compare", "paired comparison of two graded runs (bootstrap CI, McNemar)"),
+    "evidence": ("swe_aem.commands.evidence", "small-scale GRPO vs GRPO+AEM evidence on a toy multi-turn task"),
+    "report": ("swe_aem.commands.report", "render graded runs as eval JSON, Markdown and a plot"),
     "images": ("swe_aem.commands.images", "build the offline base + local suite images, or pull official ones"),
-    "grade": ("swe_aem.reward.grade", "grade predictions (official JSONL) in fresh containers; writes report.json"),
+    "grade": ("swe_aem.commands.grade", "grade predictions (official JSONL) in fresh containers; writes report.json"),
     "model": ("swe_aem.commands.model", "prepare a model preset's folder (e.g. `model prepare tiny`) or list presets"),
     "serve": ("swe_aem.commands.serve", "start a vLLM OpenAI-compatible server for a model and keep it up"),
     "train": ("swe_aem.commands.train", "RL training: rollouts, rewards, RLOO/GRPO + AEM, PPO on DeepSpeed, weight sync"),
-    "eval": ("swe_aem.eval.evaluate", "evaluate a model: k runs, resolve rate, Pass@1 with CI, Pass@k"),
+    "eval": ("swe_aem.commands.eval", "evaluate a model: k runs, resolve rate, Pass@1 with CI, Pass@k"),
     "reproduce": ("swe_aem.commands.reproduce", "DeepSWE recipe with and without AEM, evaluated and compared"),
     "plan": ("swe_aem.commands.plan", "what a GPU run would start where, and whether its memory fits (starts nothing)"),
     "plot": ("swe_aem.commands.plot", "draw a training run's curves (metrics.jsonl) to PNG"),

@@ -166,10 +166,10 @@ def test_rollout_thinking_reaches_the_agent_config() -> None:
 
 
 def test_eval_and_rollout_take_a_thinking_flag() -> None:
+    from swe_aem.commands import eval as eval_cmd
     from swe_aem.commands import rollout as rollout_cmd
-    from swe_aem.eval import evaluate
 
-    for add in (evaluate.add_arguments, rollout_cmd.add_arguments):
+    for add in (eval_cmd.add_arguments, rollout_cmd.add_arguments):
         parser = argparse.ArgumentParser()
         add(parser)
         base = ["--model", "tiny", "--out", "x"]

@@ -157,8 +157,8 @@ def test_runs_from_samples() -> None:
 def test_load_runs_reads_the_project_grade_report(tmp_path: Path) -> None:
     from types import SimpleNamespace as S
 
-    from swe_aem.reward.grade import make_report
     from swe_aem.reward.grading import GradeResult
+    from swe_aem.reward.predictions_grading import make_report
 
     statuses = {"a": "resolved", "b": "unresolved", "c": "empty_patch", "d": "timeout"}
     results = {i: GradeResult(i, float(s == "resolved"), s == "resolved", s, "") for i, s in statuses.items()}

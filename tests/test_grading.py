@@ -11,10 +11,10 @@ import time
 import pytest
 from docker.errors import APIError, NotFound
 
+from swe_aem.commands.grade import run as grade_cli
 from swe_aem.reward import grade_patch
-from swe_aem.reward.grade import grade_predictions, load_predictions
-from swe_aem.reward.grade import run as grade_cli
 from swe_aem.reward.grading import edited_tests, patch_files
+from swe_aem.reward.predictions_grading import grade_predictions, load_predictions
 from swe_aem.sandbox import DockerUnavailableError, SandboxPool
 from swe_aem.sandbox.daemon import LABEL_RUN_ID
 
@@ -258,7 +258,7 @@ def test_stopped_daemon_gives_a_clear_error(local_instances, tmp_path, capsys):
                                  "model_name_or_path": "m", "model_patch": "x"}) + "\n")
     import argparse
 
-    from swe_aem.reward.grade import add_arguments
+    from swe_aem.commands.grade import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -38,10 +38,11 @@ RANKS = {
     "eval": 4,  # `swe-aem eval` (agent + reward) and its reports
     "train": 4,  # the RL loop on DeepSpeed
     "sft": 5,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
-    # the edge: commands that join packages
-    "commands": 6,
-    "evidence": 6,  # `swe-aem evidence`: toy game and the LLM arms (real trainer, warm start)
-    "cli": 7,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
+    # the edge: packages that join packages
+    "evidence": 6,  # `swe-aem evidence`'s library: toy game and the LLM arms (real trainer, warm start)
+    # the CLI halves of every command: the top layer, may import everything
+    "commands": 7,
+    "cli": 8,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
 }
 
 

@@ -17,7 +17,7 @@ the server's other sequences, run their tool call, and are graded at the end; th
 trains each finished batch; the weights are pushed. Every input is a named constant below with
 its source (a measurement of this repo, a public number, or an assumption said as such);
 docs/step_time_model.md explains them and the results. About 30 s of CPU on 2 cores:
-  .venv/bin/python scripts/step_time_model.py [--out docs/measurements/step_time_model.json]
+  .venv/bin/python simulations/step_time/model.py [--out docs/measurements/step_time_model.json]
 """
 
 from __future__ import annotations
@@ -780,7 +780,7 @@ def main() -> int:
     elapsed = time.perf_counter() - t0
     print(f"\n{sum(r['steps_measured'] for r in rows + sens)} simulated steps in {elapsed:.0f} s; -> {args.out}")
     result = {
-        "what": "A MODEL, not a measurement: scripts/step_time_model.py (docs/step_time_model.md)",
+        "what": "A MODEL, not a measurement: simulations/step_time/model.py (docs/step_time_model.md)",
         "seed": args.seed, "simulated_step_s_resolution": 2.0,
         "inputs": {"gpu": dataclasses.asdict(gpu), "workload": dataclasses.asdict(work),
                    "trainer": dataclasses.asdict(trainer), "push": dataclasses.asdict(push),

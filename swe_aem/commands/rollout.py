@@ -17,6 +17,17 @@ from swe_aem.agent.episode import AgentConfig
 from swe_aem.data.families import FORMATS
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, concurrency: int, sample: str) -> None:
+    """--concurrency, --seed and --thinking, as `swe-aem rollout` and `swe-aem eval` take them
+    (`sample`: what the third part of a request's seed counts, a sample or a run)."""
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"sampling seed: each request is seeded from (seed, task, {sample}, turn)")
+    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                        help=("thinking models: the chat template's enable_thinking (--no-thinking: "
+                              "off); default: the preset's (qwen3-32b on, others off)"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="local", help="'local', a .jsonl/.json/.parquet path or a hub name")
     parser.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
@@ -36,12 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grade-timeout", type=float, default=1800.0, help="seconds for one eval script")
     parser.add_argument("--retries", type=int, default=1,
                         help="times an episode or grading that failed for infrastructure reasons is retried")
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0,
-                        help="sampling seed: each request is seeded from (seed, task, sample, turn)")
-    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help=("thinking models: the chat template's enable_thinking (--no-thinking: "
-                         "off); default: the preset's (qwen3-32b on, others off)"))
+    add_sampling_arguments(parser, concurrency=4, sample="sample")
     parser.add_argument("--no-grade", action="store_true", help="skip grading (reward stays null)")
     parser.add_argument("--out", required=True, type=Path)
 

@@ -1,4 +1,4 @@
-"""`swe-aem eval`: roll out with evaluation settings, grade, and report resolve rates.
+"""Roll out with evaluation settings, grade, and report resolve rates (the library of `swe-aem eval`).
 
 k runs are k samples per instance from one concurrent rollout (sample r is run
 r). Each run gets its own official predictions file (one row per instance, as
@@ -9,11 +9,9 @@ interval, Pass@k with the unbiased estimator.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from swe_aem.data.families import FORMATS
 from swe_aem.errors import SetupError
 
 VERIFIED = "SWE-bench/SWE-bench_Verified"
@@ -106,49 +104,3 @@ def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, m
             "note": "an instance with a sample lost to infrastructure failures (after retries) "
                     "is excluded from every run, never counted as unresolved"}
     return write_eval_result(out_dir, graded, meta=meta, title=title)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="preset, local model folder, or a run's final_model/")
-    p.add_argument("--dataset", default=VERIFIED, help=f"default {VERIFIED}; 'local' for the local suite")
-    p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--runs", type=int, default=1, help="k: independent runs (Pass@1 is averaged over them)")
-    p.add_argument("--max-turns", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0,
-                   help="sampling seed: each request is seeded from (seed, task, run, turn)")
-    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                   help=("thinking models: the chat template's enable_thinking (--no-thinking: "
-                         "off); default: the preset's (qwen3-32b on, others off)"))
-    p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
-    p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
-    p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
-
-
-def run(args: argparse.Namespace) -> int:
-    from swe_aem.data.instances import DatasetError
-    from swe_aem.policy.models import ModelUnavailableError
-    from swe_aem.policy.session import PolicySetupError
-    from swe_aem.sandbox import DockerUnavailableError
-
-    if args.runs < 1:
-        print("error: --runs must be at least 1")
-        return 2
-    out = args.out or Path("runs") / "eval" / Path(args.model).name
-    settings = EvalSettings(runs=args.runs, max_turns=args.max_turns, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
-                            seed=args.seed, thinking=args.thinking)
-    try:
-        paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
-                         instance_ids=args.instances, server_url=args.server_url,
-                         dataset_format=args.dataset_format)
-    except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
-            EvalError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}")
-        return 1
-    print(paths["markdown"].read_text())
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0

@@ -13,7 +13,6 @@ process of its own, so memory does not pile up run after run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -199,16 +198,14 @@ def run_state(rd: Path, cfg: Config) -> str:
     """"new", "done" (its held-out evaluation after RL is logged) or "cut short", for a run
     folder that must hold this very config: a two-hour comparison that stops half way goes on
     where it stopped, never mixing runs of other settings."""
-    from swe_aem.plan import run_preset
-    from swe_aem.policy.models import resolve_model
-    from swe_aem.train.loop import recorded_config, with_preset_defaults
     from swe_aem.train.metrics import read_metrics
+    from swe_aem.train.resolve import recorded_config, resolve_run
 
     if not rd.exists():
         return "new"
     saved = rd / "config.yaml"
     # as the trainer records it: the settings left null are the preset's
-    recorded = with_preset_defaults(cfg, run_preset(cfg, resolve_model(cfg.model)[0]))
+    recorded = resolve_run(cfg).cfg
     if not saved.is_file() or saved.read_text() != recorded_config(recorded):
         raise ConfigError(f"{rd} already exists with other settings; choose another --out")
     done = (rd / "metrics.jsonl").is_file() and read_metrics(rd, "heldout_after")
@@ -302,39 +299,3 @@ def run_llm_evidence(out: str | Path, seeds: Sequence[int], steps: int | None = 
     (out / "evidence_llm.json").write_text(json.dumps(rec, indent=1))
     (out / "evidence_llm.md").write_text(evidence_markdown(rec))
     return rec
-
-
-def run(args: argparse.Namespace) -> int:
-    """The CLI half: errors of set-up or infrastructure end with a message and rc 1."""
-    from swe_aem.data.instances import DatasetError
-    from swe_aem.eval.evaluate import EvalError
-    from swe_aem.policy.models import ModelUnavailableError
-    from swe_aem.sandbox import DockerUnavailableError
-    from swe_aem.sft.warm_start import warm_start_errors
-    from swe_aem.train.checkpoint import CheckpointError
-    from swe_aem.train.rollouts import TrainingSetupError
-
-    out = args.out or Path("runs/evidence-llm")
-    failures = (TrainingSetupError, DatasetError, DockerUnavailableError, ModelUnavailableError,
-                CheckpointError, EvalError, ChildDiedError)
-    try:
-        base = base_config(args.overrides)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    try:
-        ws = shared_warm_start(base)
-    except warm_start_errors() as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
-    try:
-        run_llm_evidence(out, args.seeds or (0, 1, 2), args.steps, args.overrides, ws=ws, base=base)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    except failures as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
-    print((out / "evidence_llm.md").read_text())
-    print(f"wrote {out / 'evidence_llm.json'}, {out / 'evidence_llm.md'}, {out / 'evidence_llm.png'}")
-    return 0

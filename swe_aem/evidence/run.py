@@ -1,21 +1,18 @@
-"""`swe-aem evidence`: GRPO vs GRPO+AEM on the guessing game, several seeds per arm.
+"""GRPO vs GRPO+AEM on the guessing game, several seeds per arm.
 
 Both arms use the same seeds, hence the same initial weights and the same targets at
 every step; they differ only in lam (0 = GRPO). Writes evidence.json (every step of every
-run, the summary and the theory check), evidence.md and two PNG plots. `--llm` runs the
-LLM arm instead (swe_aem/evidence/llm.py).
+run, the summary and the theory check), evidence.md and two PNG plots. `swe-aem evidence`
+(swe_aem/commands/evidence.py) runs it; with `--llm`, the LLM arm (swe_aem/evidence/llm.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from multiprocessing import Manager
 from pathlib import Path
 from queue import Queue  # the type a Manager().Queue() proxy mimics
@@ -346,59 +343,3 @@ def run_evidence(cfg: EvidenceConfig, out_dir: str | Path, workers: int = 1) -> 
     (out / "evidence.json").write_text(json.dumps(rec))
     (out / "evidence.md").write_text(evidence_markdown(rec))
     return rec
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llm", action="store_true",
-                        help="the LLM arm: the real trainer from one SFT warm start, held-out resolve rates")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default runs/evidence, with --llm runs/evidence-llm)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="the game: number of seeds per arm (>= 3); --llm: the seeds (default 0 1 2)")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per run")
-    parser.add_argument("--lam", type=float, default=None, help="AEM lambda of the AEM arm")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="parallel runs (processes)")
-    parser.add_argument("overrides", nargs="*", help="--llm: training config overrides for both arms, key=value "
-                             "(after `--` when they follow --seeds)")
-
-
-def _usage_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the options for the arm asked for, if anything."""
-    if args.steps is not None and args.steps < 1:
-        return f"--steps must be >= 1, got {args.steps}"
-    if args.llm:
-        if args.quick or args.lam is not None:
-            return "--quick and --lam are options of the game, not of --llm"
-        if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
-            return f"--seeds must be distinct, got {args.seeds}"
-        return None
-    if args.overrides:
-        return f"config overrides need --llm, got {args.overrides}"
-    if args.seeds is not None and (len(args.seeds) != 1 or args.seeds[0] < 3):
-        return f"need one number of seeds per arm, at least 3, got {args.seeds}"
-    return None
-
-
-def run(args: argparse.Namespace) -> int:
-    if (error := _usage_error(args)) is not None:
-        print(f"swe-aem evidence: {error}", file=sys.stderr)
-        return 2
-    if args.llm:
-        from swe_aem.evidence.llm import run as run_llm
-
-        return run_llm(args)
-    args.out = args.out or Path("runs/evidence")
-    cfg = quick_config() if args.quick else EvidenceConfig()
-    if args.seeds is not None:
-        cfg = replace(cfg, seeds=tuple(range(args.seeds[0])))
-    if args.steps is not None:
-        cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
-    if args.lam is not None:
-        cfg = replace(cfg, lam=args.lam)
-    rec = run_evidence(cfg, args.out, workers=args.workers)
-    print((args.out / "evidence.md").read_text())
-    print(f"wrote {args.out / 'evidence.json'}, {args.out / 'evidence.md'}, "
-          + ", ".join(str(args.out / p) for p in rec["plots"]))
-    return 0

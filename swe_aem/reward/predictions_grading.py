@@ -1,4 +1,4 @@
-"""`swe-aem grade`: grade official-format predictions, one fresh container each.
+"""Grade official-format predictions, one fresh container each (the library of `swe-aem grade`).
 
 Writes R/logs/<instance_id>/ (patch.diff, eval.sh, test_output.txt, report.json,
 run_instance.log) and R/report.json with the official report's keys plus
@@ -8,7 +8,6 @@ per-instance status and reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -18,8 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from swe_aem.data import DatasetError, Instance, load_instances
-from swe_aem.data.families import FORMATS
+from swe_aem.data import DatasetError, Instance
 from swe_aem.jsonl import read_jsonl
 from swe_aem.reward.grading import ERROR_STATUSES, GradeResult, grade_patch
 from swe_aem.sandbox import DockerUnavailableError, SandboxConfig, SandboxPool
@@ -132,34 +130,3 @@ def grade_predictions(instances: list[Instance], predictions: dict[str, dict[str
     report = make_report(instances, predictions, results, unstopped)
     (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help='"local", a .jsonl/.json/.parquet file or a hub name')
-    parser.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
-    parser.add_argument("--predictions", required=True, help="official predictions JSONL")
-    parser.add_argument("--report-dir", required=True, type=Path)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-workers", type=int, default=4)
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for one eval script")
-    parser.add_argument("--run-id", default=None)
-    parser.add_argument("--strict", action="store_true",
-                        help="also refuse patches that edit tests or test config (training's reward)")
-    parser.add_argument("--docker-host", action="append", default=None,
-                        help="DOCKER_HOST URL; repeat to spread over several daemons")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        predictions = load_predictions(args.predictions)
-        instances = load_instances(args.dataset, split=args.split, dataset_format=args.dataset_format)
-        report = grade_predictions(
-            instances, predictions, args.report_dir, max_workers=args.max_workers, timeout=args.timeout,
-            run_id=args.run_id, strict=args.strict, docker_hosts=args.docker_host)
-    except (DatasetError, DockerUnavailableError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
-    summary = {k: v for k, v in report.items() if not k.endswith("_ids") and k != "instances"}
-    print(json.dumps(summary, indent=2))
-    console.print(f"report: {args.report_dir / 'report.json'}")
-    return 0

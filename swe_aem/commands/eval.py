@@ -1,0 +1,55 @@
+"""`swe-aem eval`: roll out with evaluation settings, grade, and report resolve rates.
+
+k runs are k samples per instance from one concurrent rollout; the statistics, the
+predictions per run and the report are swe_aem/eval/evaluate.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from swe_aem.commands.rollout import add_sampling_arguments
+from swe_aem.data.families import FORMATS
+from swe_aem.eval.evaluate import VERIFIED, EvalError, EvalSettings, evaluate
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset, local model folder, or a run's final_model/")
+    p.add_argument("--dataset", default=VERIFIED, help=f"default {VERIFIED}; 'local' for the local suite")
+    p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--runs", type=int, default=1, help="k: independent runs (Pass@1 is averaged over them)")
+    p.add_argument("--max-turns", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    add_sampling_arguments(p, concurrency=8, sample="run")
+    p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
+    p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
+    p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
+
+
+def run(args: argparse.Namespace) -> int:
+    from swe_aem.data.instances import DatasetError
+    from swe_aem.policy.models import ModelUnavailableError
+    from swe_aem.policy.session import PolicySetupError
+    from swe_aem.sandbox import DockerUnavailableError
+
+    if args.runs < 1:
+        print("error: --runs must be at least 1")
+        return 2
+    out = args.out or Path("runs") / "eval" / Path(args.model).name
+    settings = EvalSettings(runs=args.runs, max_turns=args.max_turns, temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
+                            seed=args.seed, thinking=args.thinking)
+    try:
+        paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
+                         instance_ids=args.instances, server_url=args.server_url,
+                         dataset_format=args.dataset_format)
+    except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
+            EvalError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}")
+        return 1
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
