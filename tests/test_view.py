@@ -6,11 +6,18 @@ with no entropy floor, so its alphas differ from 1.
 
 What the page shows is checked against the run's own records: trajectories/step-N.jsonl,
 credit/step-N.jsonl (every trained turn's entropy, alpha, advantages) and the grading per test.
+
+Two runs (`swe-aem view RUN_A RUN_B`): two `swe-aem eval` reports on three tasks of the local
+suite (real containers and grading, a scripted stand-in policy that solves a known two of the
+three in each), compared per task against their eval.json and against what `swe-aem compare`
+writes for the same files; and two training runs (this module's and one more at another
+learning rate), their curves overlaid.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -20,7 +27,10 @@ from test_train_async import INSTANCE, SAMPLES, SeededPlans, config
 from transformers import AutoTokenizer
 
 from swe_aem.cli import main
+from swe_aem.commands.view import comparison
 from swe_aem.jsonl import scan_jsonl
+from swe_aem.policy.models import load_preset
+from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch
 from swe_aem.train import loop
 from swe_aem.view.run_folder import RunSource, group_stats
 from swe_aem.view.site import Site, make_server
@@ -46,8 +56,48 @@ def run(local_instances, small_model, tmp_path_factory) -> Path:
     return folder
 
 
+# two evaluations of three tasks: A solves the first two, B the last two (one win, one loss of B)
+EVAL_TASKS = ["swe-aem__pyledger-3", "swe-aem__textkit-1", "swe-aem__textkit-3"]
+SOLVED = {"a": set(EVAL_TASKS[:2]), "b": set(EVAL_TASKS[1:])}
+GIVE_UP = "<function=finish>\n</function>"
+
+
 @pytest.fixture(scope="module")
+def run_b(local_instances, small_model, tmp_path_factory) -> Path:
+    """A second training run like `run`, at another learning rate (its curves part from A's)."""
+    inst = next(i for i in local_instances if i.instance_id == INSTANCE)
+    folder = tmp_path_factory.mktemp("view") / "run-b"
+    with SeededPlans(AutoTokenizer.from_pretrained(small_model), inst) as policy:
+        loop.Trainer(config(small_model, policy.base_url, "run.steps=2", "trainer.lr=3e-4",
+                                    "run.save_every=2"), folder).train()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evals(local_instances, tmp_path_factory) -> dict[str, Path]:
+    """Two `swe-aem eval` report folders (one run each) of EVAL_TASKS: a scripted policy makes
+    the gold edits on the tasks SOLVED names and gives up at once on the others."""
+    tokenizer = AutoTokenizer.from_pretrained(load_preset("tiny").default_path)
+    by_id = {i.instance_id: i for i in local_instances if i.instance_id in EVAL_TASKS}
+    root = tmp_path_factory.mktemp("view-evals")
+    for name, solved in SOLVED.items():
+        gold = {t: editor_calls_for_patch(by_id[t].patch) + [GIVE_UP] for t in solved}
+
+        def respond(prompt: str, turn: int, gold=gold) -> str:
+            calls = next((c for t, c in gold.items() if by_id[t].problem_statement.strip() in prompt), [GIVE_UP])
+            return calls[min(turn, len(calls) - 1)]
+
+        with ScriptedPolicyServer(tokenizer, respond) as server:
+            assert main(["eval", "--model", "tiny", "--dataset", "local", "--instances", *EVAL_TASKS,
+                         "--server-url", server.base_url, "--runs", "1", "--max-turns", "6",
+                         "--concurrency", "3", "--temperature", "0", "--out", str(root / name)]) == 0
+    return {name: root / name for name in SOLVED}
+
+
+@pytest.fixture
 def browser():
+    """Per test: Playwright's sync API holds an event loop in this thread while it is open, and
+    a module fixture set up under it (an evaluation, a training run: asyncio.run) would fail."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -159,6 +209,105 @@ def test_the_served_page_refreshes_and_shows_a_bad_line_as_such(run, browser, tm
         server.shutdown()
         server.server_close()
     assert seen and all(u.startswith("http://127.0.0.1:") for u in seen), seen
+
+
+def test_two_evaluations_side_by_side_per_task_with_the_paired_statistics_of_compare(evals, browser, tmp_path):
+    """`swe-aem view A B` over two eval reports: each task once, resolved in A and in B as the
+    reports' eval.json say, and the paired statistics equal to `swe-aem compare`'s record."""
+    files = {name: folder / "eval.json" for name, folder in evals.items()}
+    runs = {name: json.loads(f.read_text())["runs"] for name, f in files.items()}
+    assert runs == {name: [{t: t in SOLVED[name] for t in EVAL_TASKS}] for name in SOLVED}  # graded as planned
+    assert main(["compare", str(files["a"]), str(files["b"]), "--out", str(tmp_path / "compare")]) == 0
+    want = json.loads((tmp_path / "compare" / "compare.json").read_text())
+
+    out = tmp_path / "page"
+    assert main(["view", str(evals["a"]), str(evals["b"]), "--out", str(out)]) == 0
+    seen: list[str] = []
+    page = _page(browser, seen)
+    page.goto((out / "index.html").resolve().as_uri() + "#/compare")
+    page.wait_for_selector("#per-task tr[data-task]")
+    rows = page.query_selector_all("#per-task tr[data-task]")
+    tasks = [r.get_attribute("data-task") for r in rows]
+    assert tasks == sorted(EVAL_TASKS)  # each task once
+    assert {r.get_attribute("data-task"): (json.loads(r.get_attribute("data-a")), json.loads(r.get_attribute("data-b")))
+            for r in rows} == {t: (float(runs["a"][0][t]), float(runs["b"][0][t])) for t in EVAL_TASKS}
+    stats = {r.get_attribute("data-stat"): json.loads(r.get_attribute("data-value"))
+             for r in page.query_selector_all("#paired tr[data-stat]")}
+    assert stats.pop("runs") == [want["runs_a"], want["runs_b"]]
+    assert stats == {k: want[k] for k in stats}
+    assert set(stats) == {"n_instances", "rate_a", "rate_b", "diff", "diff_ci", "mcnemar_p", "wins", "losses"}
+    assert stats["wins"] == ["swe-aem__textkit-3"] and stats["losses"] == ["swe-aem__pyledger-3"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-compare.png"), full_page=True)
+
+    # a task's link opens that run's episodes, filtered to the task
+    rows[-1].query_selector("td:nth-child(3) a").click()
+    page.wait_for_selector("#episodes tr.ep")
+    assert [r.get_attribute("data-task") for r in page.query_selector_all("#episodes tr.ep")] == [EVAL_TASKS[-1]]
+    assert page.url.endswith("#/1/set/all")
+    page.close()
+    assert seen and all(u.startswith("file://") for u in seen), [u for u in seen if not u.startswith("file://")]
+
+
+def test_what_cannot_be_compared_is_said_on_the_page_not_raised(evals, tmp_path):
+    """A rollout output (episodes, no graded evaluation) or an unreadable eval.json as B: the
+    comparison names what is missing instead of failing the page."""
+    rollout = tmp_path / "rollout"
+    rollout.mkdir()
+    shutil.copy(evals["b"] / "trajectories.jsonl", rollout / "trajectories.jsonl")
+    got = comparison(RunSource(evals["a"]), RunSource(rollout))
+    assert "no graded evaluation to compare in B" in got["error"] and "tasks" not in got
+    broken = tmp_path / "broken"
+    shutil.copytree(evals["b"], broken)
+    (broken / "eval.json").write_text('{"runs": [{"swe-aem__textkit-1": "maybe"}]}')
+    got = comparison(RunSource(evals["a"]), RunSource(broken))
+    assert got["error"].startswith("cannot read the graded runs") and "paired" not in got
+
+
+def _finite_points(folder: Path) -> dict[str, int]:
+    """Per metric of a training run, how many steps logged it as a finite number (last row of
+    a step counts, as the page reads metrics.jsonl)."""
+    rows = {r["step"]: r for ln in scan_jsonl(folder / "metrics.jsonl")
+            if (r := ln.row).get("kind", "train") == "train"}
+    keys = {k for r in rows.values() for k in r}
+    return {k: sum(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for r in rows.values()) for k in keys}
+
+
+def test_two_training_runs_have_their_curves_overlaid(run, run_b, browser, tmp_path):
+    """`swe-aem view RUN RUN_B` over two training runs: every chart of the comparison draws
+    both runs (B dashed), each series with the steps its run logged."""
+    out = tmp_path / "page"
+    assert main(["view", str(run), str(run_b), "--out", str(out)]) == 0
+    seen: list[str] = []
+    page = _page(browser, seen)
+    index = (out / "index.html").resolve().as_uri()
+    page.goto(index + "#/compare")
+    page.wait_for_selector("[data-chart='policy loss']")
+    points = {"A": _finite_points(run), "B": _finite_points(run_b)}
+    charts = page.query_selector_all("[data-chart]")
+    assert len(charts) > 5
+    for chart in charts:
+        series = [(s.get_attribute("data-run"), s.get_attribute("data-key"), int(s.get_attribute("data-points")))
+                  for s in chart.query_selector_all(".legend span")]
+        keys = {k for _, k, _ in series}
+        assert sorted(r for r, _, _ in series) == ["A"] * len(keys) + ["B"] * len(keys), chart.get_attribute("data-chart")
+        assert all(n == points[r][k] for r, k, n in series), (chart.get_attribute("data-chart"), series)
+        drawn = sum(n > 1 for _, _, n in series)  # a line per series of two points or more
+        assert len(chart.query_selector_all("polyline")) == drawn
+        assert len(chart.query_selector_all("polyline[stroke-dasharray='4 3']")) == sum(
+            n > 1 for r, _, n in series if r == "B")
+    loss = [s.get_attribute("data-run") for s in page.query_selector_all("[data-chart='policy loss'] .legend span")]
+    assert loss == ["A", "B"] and points["A"]["loss"] == points["B"]["loss"] == 2
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-curves-overlaid.png"), full_page=False)
+
+    # each run's own page overlays the other too, named by its folder
+    page.goto(index + "#/0/run")
+    page.wait_for_selector("[data-chart='policy loss']")
+    assert [s.get_attribute("data-run") for s in page.query_selector_all("[data-chart='policy loss'] .legend span")] == [
+        run.name, run_b.name]
+    page.close()
+    assert seen and all(u.startswith("file://") for u in seen), [u for u in seen if not u.startswith("file://")]
 
 
 def test_a_tolerant_scan_names_bad_and_half_written_lines(tmp_path):

@@ -34,24 +34,39 @@ def eval_file(src: RunSource) -> Path | None:
     return None
 
 
+def set_of(src: RunSource, file: Path) -> str | None:
+    """The episode set of the page that holds the episodes of `file` (an eval report's
+    eval.json: its trajectories.jsonl; a held-out report: its heldout/ set)."""
+    want = file.parent / "trajectories.jsonl"
+    return next((s.id for s in src.sets if s.index.path == want), None)
+
+
 def comparison(a: RunSource, b: RunSource) -> dict[str, Any]:
     """Per task resolved in A and in B (the share of runs) and the paired statistics of
-    `swe-aem compare`, or why there are none."""
+    `swe-aem compare` (the same function, its default resamples and seed), or why there are
+    none. Two training runs without held-out reports have their curves only (no error)."""
     from swe_aem.eval.estimators import paired_compare
     from swe_aem.eval.runs import load_runs
 
     fa, fb = eval_file(a), eval_file(b)
     if fa is None or fb is None:
-        return {"error": "no graded evaluation to compare (an eval report, or a training run's held-out "
-                         "report after RL)" if a.kind != "train" or b.kind != "train" else None}
-    runs_a, runs_b = load_runs(fa), load_runs(fb)
+        if a.kind == "train" and b.kind == "train":
+            return {"note": "a held-out report after RL is missing in one run or both: the curves only"}
+        missing = " and ".join(n for n, f in (("A", fa), ("B", fb)) if f is None)
+        return {"error": f"no graded evaluation to compare in {missing} (an eval report, or a training "
+                         "run's held-out report after RL; a rollout output has none)"}
+    try:
+        runs_a, runs_b = load_runs(fa), load_runs(fb)
+    except (ValueError, FileNotFoundError) as exc:  # a malformed record: shown on the page
+        return {"file_a": str(fa), "file_b": str(fb), "error": f"cannot read the graded runs: {exc}"}
     tasks = sorted({i for r in runs_a for i in r} | {i for r in runs_b for i in r})
 
     def rate(runs, task):
         seen = [bool(r[task]) for r in runs if task in r]
         return sum(seen) / len(seen) if seen else None
 
-    out: dict[str, Any] = {"file_a": str(fa), "file_b": str(fb),
+    out: dict[str, Any] = {"file_a": str(fa), "file_b": str(fb), "runs_a": len(runs_a), "runs_b": len(runs_b),
+                           "set_a": set_of(a, fa), "set_b": set_of(b, fb),
                            "tasks": [{"task": t, "a": rate(runs_a, t), "b": rate(runs_b, t)} for t in tasks]}
     try:
         out["paired"] = paired_compare(runs_a, runs_b, name_a=str(fa), name_b=str(fb)).to_dict()

@@ -91,7 +91,8 @@ function chart(title, series) {
   });
   return h("div", { class: "chart", "data-chart": title }, h("h3", {}, title), svg,
     h("div", { class: "legend" }, series.map((s, i) =>
-      h("span", { style: `color:${COLORS[(s.color ?? i) % COLORS.length]}` }, (s.dash ? "- - " : "— ") + s.name))));
+      h("span", { style: `color:${COLORS[(s.color ?? i) % COLORS.length]}`, "data-run": s.run, "data-key": s.key,
+        "data-points": s.pts.filter((p) => Number.isFinite(p[1])).length }, (s.dash ? "- - " : "— ") + s.name))));
 }
 
 const CURVES = [
@@ -115,7 +116,7 @@ function curves(runs) {
     const series = [];
     runs.forEach((run) => keys.forEach((k, i) => {
       if (run.metrics.some((m) => k in m))
-        series.push({ name: (runs.length > 1 ? run.name + ": " : "") + k, color: i, dash: run.dash,
+        series.push({ name: (runs.length > 1 ? run.name + ": " : "") + k, color: i, dash: run.dash, run: run.name, key: k,
           pts: run.metrics.map((m) => [m.step, m[k] ?? NaN]) });
     }));
     const c = series.length && chart(title, series);
@@ -351,22 +352,50 @@ async function viewEpisode(r, id, off) {
 }
 
 // ---------------------------------------------------------------- two runs
+// m.compare (swe_aem/commands/view.py): per task the share of runs that resolved it in A and
+// in B, and `paired`, what `swe-aem compare` computes (swe_aem.eval.estimators.paired_compare)
+function stat(name, label, value, text) {
+  return h("tr", { "data-stat": name, "data-value": JSON.stringify(value) }, h("td", {}, label), h("td", { class: "num" }, text));
+}
+function episodesLink(r, setId, task, label) {  // the run's episode table, filtered to the task
+  if (!setId) return "";
+  return h("a", { href: `#/${r}/set/${setId}`, onclick: () => { tableState.filter = task; } }, label);
+}
 async function viewCompare() {
   const m = await manifest();
   if (m.runs.length < 2) return [h("p", {}, "one run only: give `swe-aem view RUN RUN_B`")];
   const [a, b] = [await runData(0), await runData(1)];
-  const out = [h("h1", {}, `${m.runs[1].name} vs ${m.runs[0].name}`)];
-  const c = m.compare;
-  if (c && c.paired) {
+  const out = [h("h1", {}, `B: ${m.runs[1].name} vs A: ${m.runs[0].name}`)];
+  const c = m.compare || {};
+  if (c.file_a) out.push(h("p", { class: "muted" }, `A: ${c.file_a}`, h("br"), `B: ${c.file_b}`));
+  if (c.paired) {
     const p = c.paired;
-    out.push(table(["", ""], [["instances (paired)", p.n_instances], ["A resolve rate", fmt(p.rate_a)], ["B resolve rate", fmt(p.rate_b)],
-      ["B − A", fmt(p.diff)], [`${Math.round(100 * p.ci_level)}% CI (paired bootstrap)`, `[${fmt(p.diff_ci[0])}, ${fmt(p.diff_ci[1])}]`],
-      ["exact McNemar p", fmt(p.mcnemar_p, 4)], ["wins / losses of B", `${p.wins.length} / ${p.losses.length}`]]));
+    const pct = (x) => `${(100 * x).toFixed(1)}%`;
+    out.push(h("h2", {}, "paired statistics (swe-aem compare)"), h("table", { id: "paired", class: "kv" }, h("tbody", {},
+      stat("n_instances", "instances (paired)", p.n_instances, p.n_instances),
+      stat("runs", "runs of A / of B", [p.runs_a, p.runs_b], `${p.runs_a} / ${p.runs_b}`),
+      stat("rate_a", "A resolve rate", p.rate_a, pct(p.rate_a)),
+      stat("rate_b", "B resolve rate", p.rate_b, pct(p.rate_b)),
+      stat("diff", "B − A", p.diff, (p.diff >= 0 ? "+" : "") + pct(p.diff)),
+      stat("diff_ci", `${Math.round(100 * p.ci_level)}% CI (paired bootstrap over instances, ${p.n_boot} resamples, seed ${p.seed})`,
+        p.diff_ci, `[${pct(p.diff_ci[0])}, ${pct(p.diff_ci[1])}]`),
+      stat("mcnemar_p", `exact McNemar p (${p.wins.length} wins / ${p.losses.length} losses of B)`, p.mcnemar_p, fmt(p.mcnemar_p, 4)),
+      stat("wins", "wins of B", p.wins, p.wins.join(", ") || "none"),
+      stat("losses", "losses of B", p.losses, p.losses.join(", ") || "none"))));
   }
-  if (c && c.tasks)
-    out.push(h("h2", {}, "per task"), h("table", { id: "per-task" }, h("thead", {}, h("tr", {}, ["task", "resolved in A", "resolved in B"].map((x) => h("th", {}, x)))),
-      h("tbody", {}, c.tasks.map((t) => h("tr", { "data-task": t.task }, h("td", {}, t.task), h("td", {}, fmt(t.a)), h("td", {}, fmt(t.b)))))));
-  if (c && c.error) out.push(h("p", { class: "bad" }, c.error));
+  if (c.tasks) {
+    const wins = new Set((c.paired || {}).wins || []), losses = new Set((c.paired || {}).losses || []);
+    const share = (x, runs) => x === null || x === undefined ? "–" : runs > 1 ? `${fmt(x, 2)} of ${runs} runs` : x ? "yes" : "no";
+    out.push(h("h2", {}, `per task (${c.tasks.length})`), h("table", { id: "per-task" },
+      h("thead", {}, h("tr", {}, ["task", "resolved in A", "resolved in B", "B vs A"].map((x) => h("th", {}, x)))),
+      h("tbody", {}, c.tasks.map((t) => h("tr", { "data-task": t.task, "data-a": JSON.stringify(t.a), "data-b": JSON.stringify(t.b),
+        class: wins.has(t.task) ? "win" : losses.has(t.task) ? "loss" : "" },
+        h("td", {}, t.task), h("td", {}, share(t.a, c.runs_a), " ", episodesLink(0, c.set_a, t.task, "episodes")),
+        h("td", {}, share(t.b, c.runs_b), " ", episodesLink(1, c.set_b, t.task, "episodes")),
+        h("td", {}, wins.has(t.task) ? "B wins" : losses.has(t.task) ? "B loses" : ""))))));
+  }
+  if (c.error) out.push(h("p", { class: "bad", id: "compare-error" }, c.error));
+  if (c.note) out.push(h("p", { class: "muted" }, c.note));
   if (a.kind === "train" && b.kind === "train")
     out.push(h("h2", {}, "curves (B dashed)"), curves([{ name: "A", metrics: a.metrics }, { name: "B", metrics: b.metrics, dash: true }]));
   return out;
