@@ -27,10 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
+    p.add_argument("--harness-dir", type=Path, default=None,
+                   help="SWE-bench Pro: a checkout of scaleapi/SWE-bench_Pro-os, whose run_scripts/<instance_id>/"
+                        "run_script.sh and parser.py run each row's tests instead of the project's own runners")
 
 
 def run(args: argparse.Namespace) -> int:
+    from swe_aem.data.families import FormatError
     from swe_aem.data.instances import DatasetError
+    from swe_aem.data.pro_runners import use_harness_dir
     from swe_aem.policy.models import ModelUnavailableError
     from swe_aem.policy.session import PolicySetupError
     from swe_aem.sandbox import DockerUnavailableError
@@ -43,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
                             seed=args.seed, thinking=args.thinking)
     try:
+        if args.harness_dir is not None:  # read as SWE-bench Pro rows load (data/pro_runners.py)
+            use_harness_dir(args.harness_dir)
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url,
                          dataset_format=args.dataset_format)
     except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
-            EvalError) as exc:
+            EvalError, FormatError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}")
         return 1
     print(paths["markdown"].read_text())

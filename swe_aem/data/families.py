@@ -564,21 +564,51 @@ def _msb_tests(row: Mapping[str, Any], name: str) -> dict[str, dict[str, str]]:
     return value
 
 
+def _msb_harness(org: str, name: str, number: int, tag: str = "", number_interval: str = "") -> Any:
+    """The multi-swe-bench package's instance class for a row (its registry key: "<org>/<repo>",
+    "<org>/<repo>_<tag>" or "<org>/<number_interval>"); a repository it does not know is refused."""
+    from importlib.metadata import version
+
+    from multi_swe_bench.harness.image import Config
+    from multi_swe_bench.harness.instance import Instance as HarnessInstance
+    from multi_swe_bench.harness.pull_request import Base, PullRequest
+
+    pr = PullRequest(org=org, repo=name, number=number, state="", title="", body="",
+                     base=Base(label="", ref="", sha=""), resolved_issues=[], fix_patch="",
+                     test_patch="", tag=tag, number_interval=number_interval)
+    try:
+        return HarnessInstance.create(pr, Config(need_clone=False, global_env=None, clear_env=False))
+    except ValueError as exc:
+        raise FormatError(f"columns 'org' and 'repo': multi-swe-bench {version('multi-swe-bench')} "
+                          f"has no log parser for this repository ({exc})") from exc
+
+
 def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
     """Multi-SWE-bench (and Multi-SWE-RL) row -> Instance fields: the issue from resolved_issues,
     the base from base.sha, F2P / P2P from f2p_tests / p2p_tests (s2p, n2p and the row's
-    before-patch results kept for the harness's report check), the repository at /home/<repo>."""
+    before-patch results kept for the harness's report check), the repository at /home/<repo>,
+    the eval script the harness's own command (`bash /home/fix-run.sh`), the parser the
+    package's class for the repository (reward/multi_swe_bench.py grades with both). Columns
+    an export stored JSON-encoded (objects, lists, quoted text) are decoded."""
     org, name, number = row.get("org"), row.get("repo"), row.get("number")
     if not isinstance(org, str) or not org or not isinstance(name, str) or not name:
         raise FormatError("columns 'org' and 'repo' must be non-empty strings")
     if isinstance(number, bool) or not isinstance(number, int):
         raise FormatError(f"column 'number' must be an integer, got {number!r:.40}")
-    base = row.get("base")
+    base = _json_field(row, "base")
     if not isinstance(base, dict):
         raise FormatError("column 'base' must be an object with the base commit's sha")
+    patches = {}
     for col in ("fix_patch", "test_patch"):
         if not isinstance(row.get(col), str) or not row[col].strip():
             raise FormatError(f"column {col!r} must be a non-empty diff")
+        patches[col] = _text_field(row, col)
+    texts = {col: _text_field(row, col, required=False) for col in ("title", "body")
+             if isinstance(row.get(col), str)}
+    selectors = {col: row.get(col) or "" for col in ("tag", "number_interval")}
+    for col, value in selectors.items():
+        if not isinstance(value, str):
+            raise FormatError(f"column {col!r} must be a string, got {value!r:.40}")
     tests = {col: _msb_tests(row, col) for col in MSB_TEST_COLUMNS}
     results = {}
     for col in MSB_RESULT_COLUMNS:
@@ -587,21 +617,27 @@ def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
                                                   for k in ("passed_tests", "failed_tests", "skipped_tests")):
             raise FormatError(f"column {col!r} must be an object with passed_tests, failed_tests, skipped_tests")
         results[col] = value
-    issues = row.get("resolved_issues") or []
+    issues = _json_field(row, "resolved_issues") or []
     if not isinstance(issues, list) or not all(isinstance(i, dict) for i in issues):
         raise FormatError("column 'resolved_issues' must be a list of {number, title, body}")
     statement = "\n\n".join(f"{i.get('title') or ''}\n{i.get('body') or ''}".strip() for i in issues).strip() \
-        or f"{row.get('title') or ''}\n{row.get('body') or ''}".strip()
+        or f"{texts.get('title', '')}\n{texts.get('body', '')}".strip()
     if not statement:
         raise FormatError("columns 'resolved_issues', 'title' and 'body' are empty: no issue to solve")
-    return {**{k: v for k, v in row.items() if k not in ("repo", "base")}, **tests, **results,
+    # the run command from the row's own class; the parser from the class the harness's report
+    # step creates (ReportTask.instance: "<org>/<repo>", tag and number_interval not read)
+    run = _msb_harness(org, name, number, **selectors).fix_patch_run()
+    _msb_harness(org, name, number)
+    return {**{k: v for k, v in row.items() if k not in ("repo", "base")}, **patches, **texts, **tests,
+            **results, "resolved_issues": issues,
             "instance_id": row.get("instance_id") or f"{org}__{name}-{number}",
             "repo": f"{org}/{name}", "base_commit": _commit(base.get("sha"), "base.sha"),
-            "problem_statement": statement, "patch": row["fix_patch"],
+            "problem_statement": statement, "patch": patches["fix_patch"],
             "FAIL_TO_PASS": sorted(tests["f2p_tests"]), "PASS_TO_PASS": sorted(tests["p2p_tests"]),
             "image": multi_swe_bench_image(org, name, number), "workdir": f"/home/{name}",
             "history_remove_paths": list(MSB_BAKED_PATCHES), "language": str(row.get("lang") or ""),
-            "grader": "multi-swe-bench", "log_parser": "multi_swe_bench", "eval_type": "msb_report"}
+            "eval_script": f"#!/bin/bash\n{run}\n", "grader": "multi-swe-bench",
+            "log_parser": f"{org}/{name}", "eval_type": "msb_report"}
 
 
 ADAPTERS = {"swe-bench": swe_bench, "swe-gym": swe_gym, "swe-smith": swe_smith, "r2e-gym": r2e_gym,

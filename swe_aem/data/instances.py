@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from swe_aem.data import pro_runners
 from swe_aem.data.families import GRADERS, FormatError, adapt
 from swe_aem.errors import InputError
 
@@ -118,6 +119,8 @@ def native_instance(raw: Any, where: str, dataset_format: str) -> Instance:
     """A row of family `dataset_format` as an Instance; errors name the row, its id and the reason."""
     try:
         row = adapt(dataset_format, raw)
+        if row.get("grader") == "swe-bench-pro":  # its rows name no test procedure: data/pro_runners.py
+            row = {**row, **pro_runners.procedure(row)}
     except FormatError as exc:
         iid = raw.get("instance_id") if isinstance(raw, dict) else None
         raise DatasetError(f"{where} (instance_id={iid!r}, format {dataset_format}): {exc}") from exc
@@ -128,11 +131,7 @@ def native_instance(raw: Any, where: str, dataset_format: str) -> Instance:
 
 # Families whose rows map to instances but whose harness is not reimplemented yet (issue 31):
 # refused at load time, so no run scores them 0 for want of a grader.
-UNGRADED = {
-    "swe-bench-pro": "its per-instance run scripts and parsers (SWE-bench_Pro-os run_scripts/) are not "
-                     "reimplemented, nor --harness-dir",
-    "multi-swe-bench": "the multi-swe-bench package's per-repo parsers and report check are not wired in",
-}
+UNGRADED: dict[str, str] = {}
 
 
 def check_gradable(inst: Instance, where: str) -> None:
@@ -156,6 +155,13 @@ def check_gradable(inst: Instance, where: str) -> None:
             raise DatasetError(f"{row}: pass rule {inst.eval_type!r} is not one of {', '.join(REBENCH_PASS_RULES)}")
         if inst.log_parser not in PARSER_REGISTRY:
             raise DatasetError(f"{row}: log_parser {inst.log_parser!r} is not one of swebench's parsers")
+        return
+    if inst.grader == "multi-swe-bench":  # the package's parser and report check (families.multi_swe_bench)
+        return
+    if inst.grader == "swe-bench-pro":  # a runner of the project's, or the harness's own files
+        if inst.log_parser not in (*pro_runners.RUNNERS, pro_runners.HARNESS):
+            raise DatasetError(f"{row}: SWE-bench Pro runner {inst.log_parser!r} is not one of "
+                               f"{', '.join(pro_runners.RUNNERS)}, {pro_runners.HARNESS}")
         return
     if inst.grader == "r2e":
         if not isinstance(inst.extra.get("expected_output"), dict):

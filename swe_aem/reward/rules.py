@@ -18,7 +18,7 @@ from typing import Any
 
 from swe_aem.data.families import R2E_PROTECTED
 from swe_aem.data.instances import Instance
-from swe_aem.reward import r2e, rebench, swesmith
+from swe_aem.reward import multi_swe_bench, r2e, rebench, swebench_pro, swesmith
 from swe_aem.sandbox import Sandbox
 
 
@@ -66,6 +66,18 @@ RULES: dict[str, GradingRule] = {
             "harness's: the parser on the cleaned output, then the row's pass rule",
         verdict=lambda inst, out: rebench.verdict(out, inst.log_parser, inst.eval_type, inst.FAIL_TO_PASS,
                                                   inst.PASS_TO_PASS)),
+    "multi-swe-bench": GradingRule(
+        why="Multi-SWE-bench's harness runs the image's fix-run.sh, which applies the test patch and "
+            "the patch itself (git apply), then its package's report check: the repository's parser on "
+            "that log against the row's run and test-patch results, every p2p, f2p, s2p and n2p test "
+            "of the row kept in its class",
+        verdict=multi_swe_bench.verdict, before_eval=multi_swe_bench.before_eval),
+    "swe-bench-pro": GradingRule(
+        why="SWE-bench Pro's harness resets to the base, applies the patch with git apply -v, checks the "
+            "PR's test files out of the gold commit, runs the instance's run script and parser: here the "
+            "project's own per-language runner, or the harness checkout's files (--harness-dir); every "
+            "F2P and P2P test PASSED",
+        verdict=swebench_pro.verdict, before_eval=swebench_pro.before_eval),
 }
 
 

@@ -168,7 +168,7 @@ class Sandbox:
         labels = {LABEL_MANAGED: "1", LABEL_RUN_ID: run_id, LABEL_INSTANCE_ID: instance_id or "",
                   LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
         kwargs = {
-            "image": image, "command": ["sleep", "infinity"], "init": True, "labels": labels,
+            "image": image, "entrypoint": ["sleep"], "command": ["infinity"], "init": True, "labels": labels,
             "name": _container_name(run_id, instance_id), "mem_limit": config.memory,
             "memswap_limit": config.memory, "nano_cpus": int(config.cpus * 1e9),
             "pids_limit": config.pids_limit, "security_opt": ["no-new-privileges"],
