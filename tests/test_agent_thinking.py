@@ -131,7 +131,7 @@ def test_schema_1_turns_read_as_not_thinking(tmp_path) -> None:
 def test_presets_state_their_thinking_default() -> None:
     """Qwen3 thinks as it ships; no other preset is a thinking model. Each YAML says so."""
     assert load_preset("qwen3-32b").thinking is True
-    assert {n for n in preset_names() if load_preset(n).thinking} == {"qwen3-32b"}
+    assert {n for n in preset_names() if load_preset(n).thinking} == {"qwen3-32b", "qwen3-32b-lora"}
     for name in preset_names():
         text = (Path(__file__).parents[1] / "configs" / "model" / f"{name}.yaml").read_text()
         assert "\nthinking: " in text, name

@@ -50,7 +50,7 @@ def test_parameter_counts_from_the_architecture_numbers():
     assert load_preset("32b").architecture.params == 64 * layer + 2 * 152064 * 5120 + 5120 == 32_763_876_352
     # the safetensors of the public checkpoints: 65.5 GB in bf16 (32b), 65.5 GB (Qwen3-32B)
     expected = {"1.5b": 1.54e9, "7b": 7.62e9, "14b": 14.77e9, "32b": 32.76e9, "qwen3-32b": 32.76e9,
-                "tiny": 0.1345e9, "gemma-270m": 0.268e9}
+                "tiny": 0.1345e9, "gemma-270m": 0.268e9, "7b-lora": 7.62e9, "qwen3-32b-lora": 32.76e9}
     for name in preset_names():
         arch = load_preset(name).architecture
         assert arch is not None, name
@@ -237,6 +237,18 @@ def test_plan_command(capsys):
     assert "--gpu-memory-gib" in capsys.readouterr().out
 
 
+def test_the_plan_refuses_what_the_trainer_refuses(capsys):
+    """`swe-aem plan` resolves the run as the trainer does (train/resolve.py `resolved`), so a
+    config that cannot train is refused before anyone books the GPUs it plans."""
+    args = ["plan", "--model", "qwen3-32b", "--nodes", "8", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
+    assert cli_main([*args, "--recipe", "deepswe", "placement=split", "rollout.max_staleness=1"]) == 2
+    assert "algo.tis_cap is null" in capsys.readouterr().out
+    assert cli_main([*args, "trainer.lora.rank=16", "trainer.lora.dropout=0.1"]) == 2
+    assert "dropout" in capsys.readouterr().out
+    assert cli_main([*args, "algo.kl_coef=0.1"]) == 2
+    assert "needs a reference model" in capsys.readouterr().out
+
+
 def test_a_model_without_architecture_numbers_has_no_plan():
     import dataclasses
 
@@ -278,3 +290,157 @@ def test_the_plan_before_a_launch_on_cpu_and_from_a_hostfile(tmp_path, monkeypat
     fits = load_config(recipe="deepswe", overrides=["model=32b"])
     assert plan_cmd.check_before_launch([fits], args, console, hostfile=str(hostfile))[0]
     assert "plan: 32b (32.76B parameters) on 2 nodes x 8 GPUs x 80 GiB" in console.export_text()
+
+
+# ---------------------------------------------------------------- LoRA (issue 29)
+
+# Rank-32 adapters on every attention and MLP linear, by hand: r x (in + out) per linear per layer.
+# Qwen2.5-Coder-7B: q 3584+3584, k and v 3584+512, o 3584+3584, gate and up 3584+18944, down 18944+3584
+LORA_7B = 28 * 32 * (2 * 7168 + 2 * 4096 + 3 * 22528)
+# Qwen3-32B: q 5120+8192, k and v 5120+1024, o 8192+5120, gate, up and down 5120+25600
+LORA_QWEN3_32B = 64 * 32 * (2 * 13312 + 2 * 6144 + 3 * 30720)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("targets", [None, ["q_proj", "v_proj"], ["o_proj", "down_proj", "k_proj"]])
+def test_adapter_parameters_are_pefts_count(model_type, targets):
+    """The plan's adapter count (from the architecture numbers alone) equals the trainable
+    parameters peft injects into a small random model of the same shape, as the trainer
+    injects them (swe_aem.train.lora.add_lora: trainer.lora's targets, default every decoder
+    linear)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from swe_aem.config import LoraConfig
+    from swe_aem.plan import adapter_params
+    from swe_aem.train.lora import adapter_parameters, add_lora
+
+    torch.manual_seed(0)
+    # head_dim 24 != hidden / heads (Qwen3's own head_dim), 4 query heads over 2 KV heads
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=64, intermediate_size=96,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=24 if model_type == "qwen3" else 16, tie_word_embeddings=False)
+    lm = AutoModelForCausalLM.from_config(config)
+    arch = Architecture.from_config(config.to_dict())
+    assert arch.params == sum(p.numel() for p in lm.parameters())  # the base, counted the same way
+    lm = add_lora(lm, LoraConfig(rank=8, target_modules=targets))
+    trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    assert adapter_params(arch, 8, targets) == trainable == adapter_parameters(lm) > 0
+
+
+def test_the_lora_plan_counts_the_adapter_not_the_base():
+    """trainer.lora on the 7b preset (ZeRO-3 over 2 GPUs): the frozen base's bf16 shard and no
+    gradient or optimizer state of it; the adapter's weights, gradients and Adam states
+    partitioned as ZeRO-3 partitions them; a checkpoint and a push of the adapter alone; vLLM
+    with its adapter slots and --enable-lora."""
+    from swe_aem.plan.memory import REDUCE_BUCKET
+
+    cluster = Cluster(1, 2, 80)
+    full, lora = plan_of("7b", cluster), plan_of("7b", cluster, None, "trainer.lora.rank=32")
+    p, a, w = load_preset("7b").architecture.params, LORA_7B, 2
+    assert full.lora is None and lora.lora is not None and lora.lora.params == a == 80_740_352
+    mine = {i.what: i.bytes for i in lora.trainer.state}
+    theirs = {i.what: i.bytes for i in full.trainer.state}
+    assert "trainer optimizer" not in mine and "trainer grads" not in mine  # nothing of the base's
+    assert mine["frozen base"] == p * 2 / w == theirs["trainer params"]
+    assert mine["adapter params"] == mine["adapter grads"] == a * 2 / w
+    assert mine["adapter optimizer"] == 12 * a / w  # float32 master, m and v
+    assert theirs["trainer optimizer"] == 12 * p / w
+    assert mine["adapter optimizer"] < theirs["trainer optimizer"] / 90  # 80.7M of 7.62B parameters
+    # the base's gradients and Adam states gone ((2 + 12) B a parameter over the 2 ranks), the
+    # adapter's weights, gradients and states (16 B a parameter over them) come
+    assert full.trainer.resident - lora.trainer.resident == 7 * p - 8 * a
+    work = {i.what: i for i in lora.trainer.work}
+    assert "weight gradient" not in work["backward peak"].how  # a frozen layer has none
+    assert work["reduce bucket"].bytes == REDUCE_BUCKET * 2  # DeepSpeed allocates it whole
+    # a checkpoint: the adapter and its Adam states (2 + 12 B a parameter); a push: the adapter
+    assert lora.lora.checkpoint_bytes == 14 * a and lora.lora.push_bytes == 2 * a
+    assert lora.lora.full_push_bytes == 2 * p and lora.lora.full_checkpoint_bytes == 14 * p
+    # vLLM: every decoder linear's A and B at --max-lora-rank 32, one adapter loaded (synchronous)
+    slots = 28 * 32 * 2 * (2 * 7168 + 2 * 4096 + 3 * 22528)
+    assert lora.vllm.lora_slots == slots == lora.lora.slots_bytes
+    assert full.vllm.kv_cache - lora.vllm.kv_cache == pytest.approx(slots)
+    cmd = list(lora.processes[0].command)
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "32" and cmd[cmd.index("--max-loras") + 1] == "1"
+    assert "--enable-lora" not in full.processes[0].command
+    # ZeRO-2: the frozen base whole on each GPU, the adapter's gradients and states partitioned
+    z2 = {i.what: i.bytes for i in plan_of("7b", cluster, None, "trainer.lora.rank=32",
+                                           "trainer.zero_stage=2").trainer.state}
+    assert z2["frozen base"] == 2 * p and z2["adapter params"] == 2 * a
+    assert z2["adapter grads"] == 2 * a / w and z2["adapter optimizer"] == 12 * a / w
+    # a target the model lacks is refused, as the trainer refuses it
+    with pytest.raises(PlanError, match="lm_head"):
+        plan_of("7b", cluster, None, "trainer.lora.rank=32", "trainer.lora.target_modules=[lm_head]")
+    # asynchronous (placement=split, max_staleness 1): two versions loaded, two slots
+    split = plan_of("7b", Cluster(1, 4, 80), None, "trainer.lora.rank=20", "placement=split")
+    assert (split.lora.server_rank, split.lora.max_loras) == (32, 2)  # rank 20 served at vLLM's 32
+    assert split.vllm.lora_slots == 2 * slots
+
+
+def test_the_lora_presets_load_and_plan(capsys):
+    """7b-lora (one GPU of 24 or 80 GiB) and qwen3-32b-lora (one node of 8 x 80 GiB): their
+    bases' weights and folders, LoRA on by default, and plans that fit (checked by hand in
+    docs: the figures below)."""
+    from dataclasses import fields
+
+    from swe_aem.config import LoraConfig
+    from swe_aem.plan import run_lora
+    from swe_aem.policy.models import LORA_KEYS
+
+    assert LORA_KEYS == {f.name for f in fields(LoraConfig)}
+    for name, base in (("7b-lora", "7b"), ("qwen3-32b-lora", "qwen3-32b")):
+        preset, of = load_preset(name), load_preset(base)
+        assert preset.name == name and preset.base == base and preset.lora == {"rank": 32}
+        assert (preset.hf_id, preset.architecture, preset.dtype, preset.max_model_len, preset.thinking) == \
+               (of.hf_id, of.architecture, of.dtype, of.max_model_len, of.thinking)
+        assert preset.default_path == of.default_path  # one download serves both
+        assert run_lora(load_config(overrides=[f"model={name}"]), preset) == LoraConfig(rank=32)
+        # the config's trainer.lora wins over the preset's
+        assert run_lora(load_config(overrides=[f"model={name}", "trainer.lora.rank=16"]), preset).rank == 16
+
+    for gib in (24, 80):
+        plan = plan_of("7b-lora", Cluster(1, 1, gib))
+        assert plan.fits and plan.lora.params == LORA_7B and plan.trainer.world == 1
+        rollout, training = (phase(plan, "vLLM + trainer", n) for n in ("rollout", "training"))
+        # vLLM takes 0.88 of the GPU; the trainer keeps only its CUDA context while it serves
+        # (the base and the adapter's states in CPU RAM: ZeRO-3 offload_params, offload_optimizer)
+        assert rollout.bytes == pytest.approx(0.88 * gib * GIB + 1.5 * GIB)
+        assert plan.vllm.kv_cache == pytest.approx(0.88 * gib * GIB - 2 * 7_615_616_512 - 161_480_704
+                                                   - VLLM_RUNTIME_GIB * GIB)
+        assert training.bytes < 16 * GIB
+    assert 1.3 < plan_of("7b-lora", Cluster(1, 1, 24)).vllm.sequences < 1.31
+    assert not plan_of("7b", Cluster(1, 1, 24)).fits  # full fine-tuning: no
+    plan = plan_of("qwen3-32b-lora", Cluster(1, 8, 80))
+    assert plan.fits and plan.lora.params == LORA_QWEN3_32B == 268_435_456 and plan.trainer.world == 8
+    state = {i.what: i.bytes for i in plan.trainer.state}
+    assert state["frozen base"] == 2 * 32_762_123_264 / 8 and state["adapter optimizer"] == 12 * LORA_QWEN3_32B / 8
+    # TP 8: q, k, v, gate, up hold A whole and an eighth of B; o and down an eighth of A, B whole
+    assert plan.vllm.lora_slots == 64 * 32 * 2 * (2 * (5120 + 1024) + 2 * (5120 + 128) + 3 * (5120 + 3200))
+    # full fine-tuning on the same node fits the GPUs only with its parameters and Adam states
+    # in CPU RAM (16 B + 2 B a parameter over the node); LoRA's CPU RAM is the sleeping server's
+    assert plan_of("qwen3-32b", Cluster(1, 8, 80)).host_per_node[0] > 600 * GIB
+    assert plan.host_per_node[0] == 2 * 32_762_123_264 + 8 * plan.vllm.lora_slots
+    # DeepSWE's 36,864-token samples on both presets
+    assert plan_of("qwen3-32b-lora", Cluster(1, 8, 80), "deepswe").fits
+    assert plan_of("7b-lora", Cluster(1, 1, 24), "deepswe").fits
+
+    args = ["plan", "--model", "7b-lora", "--nodes", "1", "--gpus-per-node", "1", "--gpu-memory-gib", "24"]
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "LoRA rank 32 (base frozen)" in text and "80,740,352 adapter parameters" in text
+    assert "--enable-lora --max-lora-rank 32 --max-loras 1" in text and "fits: yes" in text
+    assert cli_main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lora"]["adapter_params"] == LORA_7B and out["lora"]["push_gib"] == pytest.approx(2 * LORA_7B / GIB)
+
+
+def test_the_trainer_resolves_a_lora_presets_lora():
+    """`--model 7b-lora` trains the adapter the plan counts (train/resolve.py fills
+    trainer.lora from the preset's `lora:`), at LoRA's own learning rate."""
+    from swe_aem.plan import run_lora
+    from swe_aem.train.resolve import resolved
+
+    cfg = load_config(overrides=["model=7b-lora"])
+    trained, _, settings = resolved(cfg, load_preset("7b-lora"))
+    assert trained.trainer.lora == run_lora(cfg, load_preset("7b-lora")) is not None
+    assert settings.lr == trained.trainer.lora.lr

@@ -24,7 +24,7 @@ from swe_aem.policy.models import (
 )
 from swe_aem.policy.server import ServerOptions, ServerStartError, VLLMServer, free_port
 
-ALL_PRESETS = ["1.5b", "14b", "32b", "7b", "gemma-270m", "qwen3-32b", "tiny"]
+ALL_PRESETS = ["1.5b", "14b", "32b", "7b", "7b-lora", "gemma-270m", "qwen3-32b", "qwen3-32b-lora", "tiny"]
 
 
 def test_all_presets_load_with_consistent_fields() -> None:

@@ -29,9 +29,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swe_aem.config import ConfigError, load_config
+    from swe_aem.config import load_config
+    from swe_aem.errors import SweAemError
     from swe_aem.plan import PlanError, format_plan, make_plan
     from swe_aem.plan.host import format_host_plan
+    from swe_aem.train.resolve import resolved
 
     overrides = list(args.overrides)
     if args.model:
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"placement={args.placement}")
     try:
         cfg = load_config(args.algo, args.recipe, overrides)
+        preset, path = preset_of(cfg.model)
+        # what the trainer would refuse (train/resolve.py), refused here too, with its defaults
+        cfg, preset, _ = resolved(cfg, preset)
         cluster = cluster_of(args)
         if cluster is None:  # no GPU and none named: this machine's host RAM
             host = host_plan_here(cfg)
@@ -48,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
                                 "(and --nodes) of the machines to plan for")
             print(json.dumps(host.to_json(), indent=1) if args.json else format_host_plan(host))
             return 0 if host.fits else 1
-        preset, path = preset_of(cfg.model)
         plan = make_plan(cfg, preset, cluster, model_path=path)
-    except (ConfigError, PlanError, KeyError, ValueError) as exc:
+    except (SweAemError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}")
         return 2
     print(json.dumps(plan.to_json(), indent=1) if args.json else format_plan(plan))

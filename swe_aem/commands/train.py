@@ -153,22 +153,27 @@ def run(args: argparse.Namespace) -> int:
                       "it needs a launcher; drop --launcher none")
         return 2
     if "LOCAL_RANK" not in os.environ:
-        # every refusal of the config (no GPU, an uncorrected async recipe, LoRA on ZeRO-3, a KL
+        # every refusal of the config (no GPU, an uncorrected async recipe, a LoRA option, a KL
         # term) before a warm start's SFT or a launch, not minutes later in each rank
+        # (the pure half of the trainer's resolve_run: no model files, no hardware check here)
+        from swe_aem.commands.plan import preset_of
         from swe_aem.errors import SweAemError
-        from swe_aem.train.resolve import resolve_run
+        from swe_aem.train.resolve import resolved
 
         try:
-            resolve_run(cfg)
+            resolved(cfg, preset_of(cfg.model)[0])
         except SweAemError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
     if cfg.warm_start.enabled and not cfg.run.replay and "LOCAL_RANK" not in os.environ:
         # before any launch: the ranks all start from the warm-started folder
         from swe_aem.sft.warm_start import warm_start_errors
+        from swe_aem.train.resolve import check_hardware
         from swe_aem.train.rollouts import TrainingSetupError
 
         try:
+            if preset is not None:
+                check_hardware(preset)
             cfg = _warm_start(cfg, args, console)
         except (TrainingSetupError, ConfigError, *warm_start_errors()) as exc:
             console.print(f"[red]error:[/red] {exc}")

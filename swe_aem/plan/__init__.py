@@ -14,8 +14,18 @@ from swe_aem.plan.layout import (
            make_plan,
            run_preset,
 )
-from swe_aem.plan.memory import GIB, Item, TrainerMemory, TrainerSettings, VllmMemory
+from swe_aem.plan.memory import (
+           GIB,
+           AdapterMemory,
+           Item,
+           TrainerMemory,
+           TrainerSettings,
+           VllmMemory,
+           adapter_params,
+           run_lora,
+)
 from swe_aem.plan.text import format_plan
 
-__all__ = ["GIB", "Cluster", "GpuGroup", "Item", "Phase", "Plan", "PlanError", "Process", "TrainerMemory",
-           "TrainerSettings", "VllmMemory", "format_plan", "make_plan", "run_preset"]
+__all__ = ["GIB", "AdapterMemory", "Cluster", "GpuGroup", "Item", "Phase", "Plan", "PlanError", "Process",
+           "TrainerMemory", "TrainerSettings", "VllmMemory", "adapter_params", "format_plan", "make_plan",
+           "run_lora", "run_preset"]

@@ -25,6 +25,7 @@ from swe_aem.plan.memory import (
     TrainerSettings,
     dtype_bytes,
     kv_bytes_per_token,
+    trainable_params,
     trainer_memory,
 )
 from swe_aem.policy.models import ModelPreset
@@ -119,7 +120,8 @@ def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) ->
     """The trainer process's RAM at its peak (one rank on CPU): its runtime, the GPU plan's state
     and update terms counted in host RAM, and under ZeRO-1/2 the float32 partition it copies
     even of a float32 model (DeepSpeed's single_partition_of_fp32_groups) and its flat
-    gradient partition; ZeRO-0 (the tiny preset) has neither, nor a bucket."""
+    gradient partition (with LoRA of the adapter's parameters only, the optimizer's); ZeRO-0
+    (the tiny preset) has neither, nor a bucket."""
     arch = preset.architecture
     assert arch is not None
     mem = trainer_memory(arch, s, world=1, longest=longest)
@@ -133,11 +135,13 @@ def trainer_host_items(preset: ModelPreset, s: TrainerSettings, longest: int) ->
         if i.what != "trainer runtime":
             items.append(i)
     if 1 <= s.zero_stage <= 2 and not s.bf16:
-        items.append(Item("ZeRO float32 partition", 4 * arch.params, "DeepSpeed's copy of the float32 weights"))
+        trained = trainable_params(arch, s)  # the optimizer's parameters: every one, or the adapter's
+        items.append(Item("ZeRO float32 partition", 4 * trained, "DeepSpeed's copy of the float32 weights"
+                          + (" (the adapter's)" if s.lora_rank is not None else "")))
         # its flat gradient partition and the copies the reduction passes through: fitted
         # (ZeRO-2 5.44 GiB against ZeRO-0's 3.46 on the same sample, 2.0 x the float32 weights
         # beyond the copy and the bucket)
-        items.append(Item("ZeRO gradient partition", 8 * arch.params, "DeepSpeed's flat float32 gradients (measured)"))
+        items.append(Item("ZeRO gradient partition", 8 * trained, "DeepSpeed's flat float32 gradients (measured)"))
     return tuple(items)
 
 

@@ -17,16 +17,20 @@ from pathlib import Path
 
 from swe_aem.errors import InputError
 from swe_aem.plan.memory import (
+    DECODER_LINEARS,
     GIB,
+    AdapterMemory,
     Item,
     TrainerMemory,
     TrainerSettings,
     VllmMemory,
+    adapter_memory,
     dtype_bytes,
     host_bytes,
     trainer_memory,
     vllm_memory,
 )
+from swe_aem.policy.adapters import LoraOptionError, server_max_lora_rank
 from swe_aem.policy.models import ModelPreset
 from swe_aem.policy.server import ServerOptions, VLLMServer
 from swe_aem.policy.session import sampling_record
@@ -131,6 +135,7 @@ class Plan:
     problems: tuple[str, ...]
     # what every rollout request and server samples with (policy.session.sampling_record)
     sampling: dict = dataclasses.field(default_factory=dict)
+    lora: AdapterMemory | None = None  # a LoRA run's adapter (trainer.lora or the preset's); None: full weights
 
     @property
     def fits(self) -> bool:
@@ -170,6 +175,7 @@ class Plan:
             "host_gib_at_load": round(self.host_at_load / GIB, 1),
             "notes": list(self.notes), "problems": list(self.problems), "fits": self.fits,
             "sampling": dict(self.sampling),
+            "lora": self.lora.to_json() if self.lora is not None else None,
         }
 
 
@@ -198,6 +204,8 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
     if cluster.nodes < 1 or cluster.gpus_per_node < 1 or cluster.gpu_memory_gib <= 0:
         raise PlanError(f"a plan needs at least one node with one GPU of some memory, got {cluster}")
     settings = TrainerSettings.of(cfg, preset)
+    if settings.lora_rank is not None:
+        preset = _serving(cfg, preset, settings)
     g, tp = cluster.gpus_per_node, preset.tensor_parallel_size
     capacity = cluster.gpu_memory_gib * GIB
     problems: list[str] = []
@@ -228,8 +236,12 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
     if cfg.rollout.max_context_tokens > preset.max_model_len:
         notes.append(f"rollout.max_context_tokens {cfg.rollout.max_context_tokens:,} is over the model's "
                      f"max_model_len {preset.max_model_len:,}: episodes stop at {preset.max_model_len:,} tokens")
+    lora = None
+    if settings.lora_rank is not None:
+        lora = adapter_memory(arch, settings, server_rank=server_max_lora_rank(preset.lora_rank),
+                              max_loras=preset.max_loras, tp=tp, dtype=preset.dtype)
     vllm = vllm_memory(arch, tp=tp, gpu_memory_utilization=preset.gpu_memory_utilization,
-                       gpu_bytes=capacity, dtype=preset.dtype, max_model_len=preset.max_model_len)
+                       gpu_bytes=capacity, dtype=preset.dtype, max_model_len=preset.max_model_len, lora=lora)
     trainer = trainer_memory(arch, settings, world=world, longest=longest)
 
     # the processes, with the server's command line as the launcher builds it
@@ -277,7 +289,7 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
 
     servers_on = [1 if n == 0 else 0 for n in range(cluster.nodes)]
     ranks_on = [sum(1 for n, _ in trainer_gpus if n == node) for node in range(cluster.nodes)]
-    sleeping = 0.0 if split or not preset.sleep_mode else arch.params * dtype_bytes(preset.dtype)
+    sleeping = 0.0 if split or not preset.sleep_mode else arch.params * dtype_bytes(preset.dtype) + vllm.lora_slots * tp
     host = tuple(host_bytes(arch, settings, world=world, ranks=r) + s * sleeping
                  for r, s in zip(ranks_on, servers_on))
     whole = arch.params * (2 if settings.bf16 else 4)
@@ -296,19 +308,43 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
                      "or preempts the rest when all are long)")
     return Plan(preset.name, arch.params, cluster, preset.placement, preset.sleep_mode, settings,
                 tuple(processes), tuple(groups), vllm, trainer, host, at_load, tuple(notes), tuple(problems),
-                sampling_record(cfg.rollout.temperature, cfg.rollout.top_p))
+                sampling_record(cfg.rollout.temperature, cfg.rollout.top_p), lora)
+
+
+def _serving(cfg, preset: ModelPreset, s: TrainerSettings) -> ModelPreset:
+    """The server of a LoRA run as swe_aem.train.lora.serving_preset starts it (--enable-lora
+    at the run's rank, rollout.max_staleness + 1 adapters loaded), where `preset` does not say
+    yet (a preset not through train/resolve.py's `resolved`); a target the model lacks, or a
+    rank vLLM cannot serve, refused as the trainer refuses them."""
+    unknown = sorted(set(s.lora_targets or ()) - set(DECODER_LINEARS))
+    if unknown:
+        raise PlanError(f"trainer.lora.target_modules names {unknown}, which are not linear layers of a "
+                        f"decoder layer (the plan knows {list(DECODER_LINEARS)}); the head and the "
+                        "embeddings are never adapted")
+    try:
+        server_max_lora_rank(s.lora_rank)
+    except LoraOptionError as exc:
+        raise PlanError(str(exc)) from exc
+    if preset.lora_rank is not None:
+        return preset
+    staleness = cfg.rollout.max_staleness
+    if staleness is None:  # train/resolve.py with_preset_defaults: asynchronous only under split
+        staleness = preset.max_staleness if preset.placement == "split" else 0
+    return dataclasses.replace(preset, lora_rank=s.lora_rank, max_loras=staleness + 1)
 
 
 def _vllm_problems(vllm: VllmMemory, cluster: Cluster) -> list[str]:
     if vllm.kv_tokens >= vllm.max_model_len:
         return []
-    need = vllm.weights + vllm.runtime + vllm.max_model_len * vllm.kv_bytes_per_token
+    need = vllm.weights + vllm.lora_slots + vllm.runtime + vllm.max_model_len * vllm.kv_bytes_per_token
     util = need / (cluster.gpu_memory_gib * GIB)
     knob = (f"raise vllm.gpu_memory_utilization to at least {math.ceil(util * 100) / 100:.2f}"
             if util <= 0.95 else "raise vllm.tensor_parallel_size")
     return [(f"vLLM's KV cache gets {_gib(max(vllm.kv_cache, 0))} of its {_gib(vllm.reserved)} "
              f"(gpu_memory_utilization {vllm.gpu_memory_utilization:g} x {cluster.gpu_memory_gib:g} GiB, minus "
-             f"weights {_gib(vllm.weights)} and runtime {_gib(vllm.runtime)}): {vllm.kv_tokens:,} tokens, fewer "
+             f"weights {_gib(vllm.weights)}"
+             + (f", LoRA slots {_gib(vllm.lora_slots)}" if vllm.lora_slots else "")
+             + f" and runtime {_gib(vllm.runtime)}): {vllm.kv_tokens:,} tokens, fewer "
              f"than one sequence of max_model_len {vllm.max_model_len:,} ({_gib(need)} needed); {knob}")]
 
 
@@ -327,13 +363,16 @@ def _over(grp: GpuGroup, preset, cfg, settings, trainer, vllm, cluster, split) -
                    "trainer runs; GPU servers only)"), "placement=split"]
     if vllm_awake:
         util = (cap - (phase.bytes - vllm.reserved)) / cap - 0.005
-        room = util * cap - vllm.weights - vllm.runtime
+        room = util * cap - vllm.weights - vllm.lora_slots - vllm.runtime
         if room >= vllm.max_model_len * vllm.kv_bytes_per_token:
             knobs.append(f"vllm.gpu_memory_utilization<={math.floor(util * 100) / 100:.2f} "
                          f"(now {vllm.gpu_memory_utilization:g})")
         elif not trainer_works and "trainer params" in names and trainer.resident > 2 * GIB:
             knobs.append("offload the trainer's state while vLLM runs (trainer.offload_params=true, "
                          "trainer.offload_optimizer=true)")
+        elif not trainer_works and "frozen base" in names and trainer.resident > 2 * GIB:
+            knobs.append("keep the frozen base in CPU RAM while vLLM runs (trainer.zero_stage=3 "
+                         "trainer.offload_params=true; trainer.offload_optimizer=true for the adapter's states)")
     if trainer_works:
         budget = cap - (phase.bytes - trainer.peak)
         knobs += _trainer_knobs(preset, cfg, settings, trainer, budget, cluster)

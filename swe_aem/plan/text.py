@@ -14,6 +14,7 @@ def format_plan(plan: Plan) -> str:
     lines = [(f"plan: {plan.model} ({plan.params / 1e9:.2f}B parameters) on {nodes} x "
               f"{c.gpus_per_node} GPUs x {c.gpu_memory_gib:g} GiB; placement {plan.placement} ({sleep})"),
              f"trainer: ZeRO-{s.zero_stage} over {t.world} ranks"
+             + (f", LoRA rank {s.lora_rank} (base frozen)" if plan.lora is not None else "")
              + (", parameters on CPU" if s.offload_params and s.zero_stage >= 3 else "")
              + (", optimizer on CPU" if s.offload_optimizer else "")
              + (", gradient checkpointing" if s.gradient_checkpointing else "")
@@ -45,6 +46,12 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"    {ph.name}: {ph.bytes / GIB:.1f}")
             for i in ph.items:
                 lines.append(f"      {i.what:<22} {i.gib:6.1f}  {i.how}")
+    if plan.lora is not None:
+        a = plan.lora
+        lines.append(f"LoRA (GiB): {a.params:,} adapter parameters on {', '.join(a.targets)} "
+                     f"({a.params / a.base_params:.2%} of the {a.base_params / 1e9:.2f}B frozen base)")
+        for i in a.items():
+            lines.append(f"      {i.what:<22} {i.gib:6.2f}  {i.how}")
     lines += ["notes:", *(f"  - {n}" for n in plan.notes)]
     if plan.fits:
         lines.append("fits: yes")

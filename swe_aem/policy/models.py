@@ -27,6 +27,9 @@ class ModelUnavailableError(SetupError, RuntimeError):
 
 
 PLACEMENTS = ("colocated", "split")
+# What a preset's `lora:` may set: swe_aem.config.LoraConfig's fields (tests/test_plan.py
+# holds the two equal; policy cannot import config)
+LORA_KEYS = frozenset({"rank", "alpha", "dropout", "target_modules", "init_from", "lr"})
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,14 @@ class ModelPreset:
     # in flight); None: no LoRA, weight pushes reload the full model
     lora_rank: int | None = None
     max_loras: int = 1
+    # A preset on another's weights (configs/model/7b-lora.yaml: `base: 7b`): the base preset's
+    # file is read first and this one's keys over it, and the model folder is the base's (one
+    # download serves both)
+    base: str | None = None
+    # A LoRA preset: trainer.lora's values when the config leaves trainer.lora null (keys of
+    # swe_aem.config.LoraConfig: rank, alpha, target_modules, lr, ...; swe_aem.plan.run_lora
+    # reads it); None: full fine-tuning unless the config sets trainer.lora
+    lora: dict | None = None
 
     def __post_init__(self) -> None:
         if self.tool_call_format not in ("qwen", "xml"):
@@ -146,6 +157,10 @@ class ModelPreset:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"model preset {self.name!r}: placement must be one of {PLACEMENTS}, "
                              f"got {self.placement!r}")
+        if self.lora is not None and not (isinstance(self.lora, dict) and isinstance(self.lora.get("rank"), int)
+                                          and set(self.lora) <= LORA_KEYS):
+            raise ValueError(f"model preset {self.name!r}: lora must be a mapping with an integer rank and "
+                             f"keys among {sorted(LORA_KEYS)}, got {self.lora!r}")
         if isinstance(self.architecture, dict):  # as read from the YAML file
             object.__setattr__(self, "architecture", Architecture(**self.architecture))
 
@@ -165,7 +180,9 @@ class ModelPreset:
     @property
     def default_path(self) -> Path:
         """Where prepare_model puts (or expects) the model folder."""
-        return Path(self.local_path).expanduser() if self.local_path else CACHE_DIR / "models" / self.name
+        if self.local_path:
+            return Path(self.local_path).expanduser()
+        return CACHE_DIR / "models" / (self.base or self.name)  # a LoRA preset's folder is its base's
 
 
 def preset_names() -> list[str]:
@@ -174,6 +191,13 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str, **overrides: object) -> ModelPreset:
     """Read configs/model/NAME.yaml; keyword overrides win (e.g. local_path=...)."""
+    raw = _preset_keys(name)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelPreset(**raw)
+
+
+def _preset_keys(name: str, seen: tuple[str, ...] = ()) -> dict:
+    """configs/model/NAME.yaml's keys over its `base:` preset's (and so on down), name its own."""
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(f"unknown model preset {name!r}; known: {', '.join(preset_names())}")
@@ -182,8 +206,15 @@ def load_preset(name: str, **overrides: object) -> ModelPreset:
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelPreset(**raw)
+    base = raw.get("base")
+    if base is None:
+        return raw
+    if base in (name, *seen):
+        raise ValueError(f"{path}: base {base!r} loops ({' -> '.join((*seen, name, base))})")
+    below = _preset_keys(base, (*seen, name))
+    if below.get("base") is not None:  # the folder is the base's own: one level, no chains
+        raise ValueError(f"{path}: base {base!r} is itself a preset on another base; name that one")
+    return {**below, **raw, "name": raw.get("name", name)}
 
 
 def preset_for_folder(folder: str | Path, base: str = "tiny") -> ModelPreset:

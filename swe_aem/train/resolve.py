@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from swe_aem.config import Config, ConfigError, resolve_trainer, to_yaml
-from swe_aem.plan import run_preset
+from swe_aem.plan import run_lora, run_preset
 from swe_aem.policy.models import ModelPreset
 from swe_aem.train.lora import check_engine, serving_preset
 from swe_aem.train.model import EngineSettings
@@ -41,25 +41,36 @@ class RunPlan:
 
 def resolve_run(cfg: Config) -> RunPlan:
     """Config + preset -> RunPlan, raising the run's refusals (no GPU for a GPU preset, an
-    asynchronous recipe without its correction, LoRA on ZeRO-3, a KL term) before any
-    heavy work starts."""
+    asynchronous recipe without its correction, a LoRA option vLLM cannot serve, a KL term) before any
+    heavy work starts. Prepares the model folder (a preset's first use)."""
     from swe_aem.policy.models import resolve_model
 
     try:
         preset, model_path = resolve_model(cfg.model)
     except KeyError as exc:
         raise TrainingSetupError(exc.args[0]) from exc
+    check_hardware(run_preset(cfg, preset))
+    cfg, preset, settings = resolved(cfg, preset)
+    return RunPlan(cfg, preset, Path(model_path), settings)
+
+
+def resolved(cfg: Config, preset: ModelPreset) -> tuple[Config, ModelPreset, EngineSettings]:
+    """The half of `resolve_run` that needs neither the model's files nor this machine's
+    hardware (`swe-aem plan` uses it for machines elsewhere): the config with the preset's
+    defaults, the servers' preset and the engine's settings, or the refusal of a config
+    that cannot train."""
     preset = run_preset(cfg, preset)
-    check_hardware(preset)
-    settings = engine_settings(cfg, preset)
+    if cfg.trainer.lora is None and preset.lora is not None:  # a LoRA preset (7b-lora): its adapter
+        cfg = replace(cfg, trainer=replace(cfg.trainer, lora=run_lora(cfg, preset)))
+    settings = engine_settings(cfg, preset)  # after: a LoRA run's learning rate is LoRA's
     cfg = with_preset_defaults(cfg, preset)
     check_async(cfg, preset)
-    check_engine(cfg.trainer.lora, settings.zero_stage)  # LoRA: ZeRO-2 only, for now
+    check_engine(cfg.trainer.lora, settings.zero_stage)  # LoRA's engine checks
     if cfg.algo.kl_coef > 0:
         raise TrainingSetupError("algo.kl_coef > 0 needs a reference model, which this trainer "
                                  "does not load; the recipes here use no KL term")
     preset = serving_preset(preset, cfg.trainer.lora, cfg.rollout.max_staleness)  # LoRA: vLLM's flags
-    return RunPlan(cfg, preset, Path(model_path), settings)
+    return cfg, preset, settings
 
 
 def engine_settings(cfg: Config, preset) -> EngineSettings:
