@@ -4,8 +4,9 @@ The real trainer (`swe_aem.train.loop.Trainer`, DeepSpeed ZeRO-2, the tiny model
 run's settings) trains on recorded episodes of the default run's longest shape (`run.replay`:
 6 turns, 3,120 tokens, about rollout.max_context_tokens + a last response: the longest the
 rollout lets through; one task x 2 samples, one step: the peak is the longest micro-batch's,
-and a step of the default's 8 such samples takes over 10 minutes here), so no vLLM is needed. Each arm runs in a process of its own; a sampling thread
-(swe_aem.hostmem.PhaseMeter, 20 ms) keeps the peak RSS of each phase: the engine's set-up
+and a step of the default's 8 such samples takes over 10 minutes here), so no vLLM is needed. Each arm runs in a process of its own;
+swe_aem.hostmem.PhaseMeter (the kernel's high-water mark, reset at each phase's start) gives
+the exact peak RSS of each phase: the engine's set-up
 (model + DeepSpeed state), forward_old, the update, the weight source for a push (the disk
 push's safetensors write), the checkpoint, and between steps (after the step's memory is
 given back). VmHWM bounds the whole run.

@@ -11,8 +11,9 @@ memory bench all read the same numbers.
   thread freed. Capped at 2 before those threads start, freed memory is found again.
 - `trim()`: malloc_trim(0), the freed heap pages given back to the kernel (a step's batch and
   activations stay resident otherwise until the next step reuses them).
-- `PhaseMeter`: a sampling thread that keeps the peak RSS of each named phase (`with
-  meter.phase("update"):`), for the memory bench and the trainer's per-step metrics.
+- `PhaseMeter`: the exact peak RSS of each named phase (`with meter.phase("update"):`), from
+  the kernel's high-water mark reset at each phase's start; for the memory bench and the
+  trainer's per-phase metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,11 +47,13 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 def peak_rss_bytes(pid: int | str = "self") -> int:
-    """The process's resident high-water mark (VmHWM), in bytes."""
+    """The process's resident high-water mark (VmHWM), in bytes; for this process, the
+    highest since it started even where a PhaseMeter reset the kernel's mark."""
     try:
-        return _status_kib("VmHWM", pid) * 1024
+        hwm = _status_kib("VmHWM", pid) * 1024
     except (FileNotFoundError, ProcessLookupError):
         return 0
+    return max(hwm, _run_peak) if pid == "self" else hwm
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -111,46 +113,52 @@ def trim() -> None:
 
 
 class PhaseMeter:
-    """Peak RSS of this process per phase, sampled every `interval_s` by a thread of its own.
+    """Peak RSS of this process per named phase, read from the kernel's high-water mark.
 
-    `with meter.phase(name):` names what runs; `peaks` maps each name to the highest RSS
-    seen while it ran (bytes; a phase entered twice keeps its highest). Sampling misses a
-    spike shorter than the interval: VmHWM (`peak_rss_bytes`) bounds the whole run.
+    `with meter.phase(name):` resets VmHWM at the phase's start (Linux: "5" written to
+    /proc/self/clear_refs) and reads it at its end, so `peaks[name]` is the exact highest
+    resident set while it ran, whatever thread allocated (a phase entered twice keeps its
+    highest; an outer phase includes its inner ones). The run's own high-water mark survives
+    the resets in `peak_rss_bytes()`. Where the mark cannot be reset (no such file, no
+    permission), `peaks` stays empty and nothing else changes.
     """
 
-    def __init__(self, interval_s: float = 0.02):
-        self.interval_s = interval_s
+    def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
-        self._current: str | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="phase-meter", daemon=True)
-        self._thread.start()
-
-    def _note(self) -> None:
-        rss = rss_bytes()
-        with self._lock:
-            if self._current is not None:
-                self.peaks[self._current] = max(self.peaks.get(self._current, 0), rss)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._note()
+        self.last: dict[str, int] = {}  # each phase's peak the last time it ran
+        self._open: list[int] = []  # the running peak of each open phase, innermost last
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        with self._lock:
-            outer, self._current = self._current, name
-        self._note()
+        self._fold(_status_kib("VmHWM") * 1024)  # the mark since the last reset: the open phases
+        if not _reset_hwm():
+            yield
+            return
+        self._open.append(0)
         try:
             yield
         finally:
-            self._note()
-            with self._lock:
-                self._current = outer
+            mine = max(self._open.pop(), _status_kib("VmHWM") * 1024)
+            self._fold(mine)
+            self.peaks[name] = max(self.peaks.get(name, 0), mine)
+            self.last[name] = mine
+
+    def _fold(self, peak: int) -> None:
+        """A peak seen now counts for every open phase and for the run."""
+        global _run_peak
+        self._open = [max(p, peak) for p in self._open]
+        _run_peak = max(_run_peak, peak)
 
     def close(self) -> dict[str, int]:
-        self._stop.set()
-        self._thread.join()
         return dict(self.peaks)
 
+
+_run_peak = 0  # this process's highest VmHWM before a PhaseMeter reset it
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -16,6 +16,11 @@ from swe_aem.agent.trajectory import Episode, write_episodes
 from swe_aem.config import load_config
 from swe_aem.train.batch import (
     TurnLayout,
+    collate,
+    computed_tokens,
+    decode_samples,
+    encode_samples,
+    encoded_bytes,
     groups_with_signal,
     pack_by_tokens,
     samples_from_episodes,
@@ -90,6 +95,34 @@ def test_samples_layout_and_packing():
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 60
     with pytest.raises(ValueError, match="not been graded"):
         samples_from_episodes([Episode("x", 0, eps[0].turns, termination="finished")])
+    packed = pack_by_tokens(lengths, 60, packed=True)  # one row each: their total fits
+    assert sorted(i for b in packed for i in b) == list(range(len(samples)))
+    assert all(len(b) == 1 or sum(lengths[i] for i in b) <= 60 for b in packed)
+    assert computed_tokens(lengths, packed, packed=True) == sum(lengths)
+    assert computed_tokens(lengths, batches, packed=False) >= sum(lengths)
+    assert len(packed) <= len(batches)
+
+
+def test_samples_travel_to_the_ranks_as_flat_arrays():
+    """Rank 0 sends the other ranks the samples (`encode_samples`), not the episodes: the same
+    samples come back, log-probs in float32 (as collate reads them), about 5 bytes a token."""
+    eps = synthetic_episodes()
+    samples = samples_from_episodes(eps, ["max_turns"])
+    arrays = encode_samples(samples)
+    back = decode_samples(arrays)
+    layout = TurnLayout.of(samples)
+    for a, b in zip(samples, back):
+        assert (a.input_ids, a.loss_mask, a.turn_index, a.group, a.reward, a.trainable) == \
+            (b.input_ids, b.loss_mask, b.turn_index, b.group, b.reward, b.trainable)
+        assert torch.equal(torch.tensor(a.rollout_logprobs, dtype=torch.float32), torch.tensor(b.rollout_logprobs))
+    for key, value in collate(samples, range(len(samples)), layout, 0).items():
+        assert torch.equal(value, collate(back, range(len(back)), layout, 0)[key]), key
+    # 2 bytes a token id (a vocabulary under 2^16), 2 a turn index, 1 a mask entry, 4 a
+    # sampled token's log-prob (the others share one placeholder), 25 a sample's own fields
+    tokens = sum(len(x.input_ids) for x in samples)
+    sampled = sum(t >= 0 for x in samples for t in x.turn_index)
+    assert encoded_bytes(arrays) == 5 * tokens + 4 * sampled + 4 + 25 * len(samples)
+    assert decode_samples(encode_samples([])) == []
 
 
 def test_replay_training_logs_and_checkpoints(small_model, replay_file, tmp_path):
@@ -334,3 +367,21 @@ def test_a_rollout_that_fails_ends_the_step_with_its_reason(small_model, replay_
     trainer.source.collect = docker_down
     with pytest.raises(ConnectionError, match="not answering"):
         trainer.step()
+
+
+def test_packed_sequences_train_as_padded_rows_do(small_model, replay_file, tmp_path):
+    """trainer.pack_sequences through the trainer: no padding computed (computed_over_real
+    1), and the update as the padded one's within float32 rounding (the unit test with its
+    bound: tests/test_train_deepspeed.py)."""
+    weights, rows = {}, {}
+    for packed in (False, True):
+        trainer = Trainer(_cfg(small_model, replay_file, "run.steps=1", f"trainer.pack_sequences={packed}"),
+                          tmp_path / f"run-{packed}")
+        before = _params(trainer)
+        trainer.train()
+        weights[packed] = _params(trainer)
+        rows[packed] = json.loads((tmp_path / f"run-{packed}" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rows[True]["computed_over_real"] == 1.0 < rows[False]["computed_over_real"]
+    moved = max(float((weights[False][k] - before[k]).abs().max()) for k in before)
+    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in before)
+    assert moved > 0 and diff < 1e-3 * moved, (diff, moved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,6 +54,49 @@ def samples_from_episodes(
             trainable=ep.termination not in filter_terminations,
         ))
     return out
+
+
+def encode_samples(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """Samples as a few flat arrays, what rank 0 sends the other ranks (not the episodes:
+    their texts, observations and per-turn records stay on rank 0): token ids in 16 bits when
+    the vocabulary allows, turn indices in 16, the loss mask in 8, and the behaviour
+    log-probs of sampled tokens only (elsewhere they are not read), in float32 as `collate`
+    reads them. `decode_samples` gives the samples back."""
+    lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+    n = int(lengths.sum())
+    flat = lambda field, dtype: np.fromiter((v for s in samples for v in getattr(s, field)), dtype=dtype, count=n)
+    ids = flat("input_ids", np.int64)
+    turn = flat("turn_index", np.int64)
+    sampled = turn >= 0
+    logprobs = flat("rollout_logprobs", np.float64)
+    return {"lengths": lengths,
+            "input_ids": ids.astype(np.uint16 if n and ids.max() < 2 ** 16 and ids.min() >= 0 else np.int32),
+            "turn_index": turn.astype(np.int16), "loss_mask": flat("loss_mask", np.int8),
+            "sampled_logprobs": logprobs[sampled].astype(np.float32),
+            "other_logprobs": np.unique(logprobs[~sampled]).astype(np.float32),
+            "group": np.array([s.group for s in samples], dtype=np.int64),
+            "reward": np.array([s.reward for s in samples], dtype=np.float64),
+            "trainable": np.array([s.trainable for s in samples], dtype=np.bool_)}
+
+
+def decode_samples(arrays: dict[str, np.ndarray]) -> list[Sample]:
+    """The samples `encode_samples` encoded (log-probs rounded to float32)."""
+    turn = arrays["turn_index"].astype(np.int64)
+    fill = arrays["other_logprobs"]
+    if len(fill) > 1:
+        raise ValueError(f"encode_samples keeps one log-prob placeholder for unsampled tokens, got {fill.tolist()}")
+    logprobs = np.full(len(turn), fill[0] if len(fill) else 0.0, dtype=np.float32)
+    logprobs[turn >= 0] = arrays["sampled_logprobs"]
+    ends = np.cumsum(arrays["lengths"]).tolist()
+    starts = [0, *ends[:-1]]
+    ids, mask = arrays["input_ids"].astype(np.int64), arrays["loss_mask"]
+    return [Sample(ids[a:b].tolist(), mask[a:b].tolist(), logprobs[a:b].tolist(), turn[a:b].tolist(),
+                   int(arrays["group"][k]), float(arrays["reward"][k]), bool(arrays["trainable"][k]))
+            for k, (a, b) in enumerate(zip(starts, ends))]
+
+
+def encoded_bytes(arrays: dict[str, np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays.values())
 
 
 def groups_with_signal_ids(rewards: Sequence[float], groups: Sequence[int], trainable: Sequence[bool],
@@ -100,20 +144,40 @@ def groups_with_signal(episodes: Sequence[Episode], order: Sequence[str], limit:
     return [ep for ep in episodes if ep.instance_id in chosen], kept, dropped
 
 
-def pack_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Split indices into micro-batches whose padded size (count x longest) fits max_tokens.
+def pack_by_tokens(lengths: Sequence[int], max_tokens: int, packed: bool = False) -> list[list[int]]:
+    """Split indices into micro-batches that fit max_tokens: padded (`packed` false), their
+    count x longest; packed into one row, their total.
 
-    Sorted by length so that padding is small; a sequence longer than the budget
-    gets a micro-batch of its own.
+    Longest first, so that padding is small (padded) or the bins fill (packed: first fit
+    decreasing); a sequence longer than the budget gets a micro-batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
+    if packed:
+        room: list[int] = []
+        for i in order:
+            k = next((k for k, r in enumerate(room) if lengths[i] <= r), None)
+            if k is None:
+                batches.append([i])
+                room.append(max_tokens - lengths[i])
+            else:
+                batches[k].append(i)
+                room[k] -= lengths[i]
+        return batches
     for i in order:
         if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
             batches[-1].append(i)
         else:
             batches.append([i])
     return batches
+
+
+def computed_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool) -> int:
+    """Tokens the forwards compute for these micro-batches: rows x the longest (padded), or
+    their sum (packed: no padding). Over the real tokens, the padding's overhead."""
+    if packed:
+        return sum(lengths[i] for b in batches for i in b)
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
 
 
 @dataclass(frozen=True)
@@ -140,13 +204,20 @@ class TurnLayout:
 
 
 def collate(
-    samples: Sequence[Sample], indices: Sequence[int], layout: TurnLayout, pad_id: int
+    samples: Sequence[Sample], indices: Sequence[int], layout: TurnLayout, pad_id: int,
+    packed: bool = False,
 ) -> dict[str, Tensor]:
-    """Right-padded, shifted [B, T-1] tensors for the given samples.
+    """Shifted tensors for the given samples: right-padded [B, T-1] rows, or (`packed`) one
+    row of every sample's T_i - 1 positions back to back with `position_ids` restarting at
+    each sample, so attention stays within it (transformers builds that block-causal mask
+    from the positions) and nothing is padded.
 
-    `turn` holds the global turn id of each target token (-1 for non-sampled
-    tokens and padding); `loss_mask` is 0 for compact-filtered samples.
+    `turn` holds the global turn id of each target token (-1 for non-sampled tokens and
+    padding); `loss_mask` is 0 for compact-filtered samples; `segments` holds, per sample,
+    (row, first position, positions) of its targets.
     """
+    if packed:
+        return _collate_packed(samples, indices, layout)
     width = max(len(samples[i].input_ids) for i in indices)
     b = len(indices)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -172,7 +243,43 @@ def collate(
         "rollout_logprobs": rollout_lp[:, 1:],
         "turn": turn[:, 1:],
         "sample": torch.tensor(list(indices), dtype=torch.long),
+        "segments": torch.tensor([[row, 0, len(samples[i].input_ids) - 1] for row, i in enumerate(indices)],
+                                 dtype=torch.long),
     }
+
+
+def _collate_packed(samples: Sequence[Sample], indices: Sequence[int], layout: TurnLayout) -> dict[str, Tensor]:
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("input_ids", "targets", "loss_mask", "rollout_logprobs",
+                                                        "turn", "position_ids")}
+    segments, start = [], 0
+    for i in indices:
+        s = samples[i]
+        n = len(s.input_ids)
+        ids = torch.tensor(s.input_ids)
+        parts["input_ids"].append(ids[:-1])
+        parts["targets"].append(ids[1:])
+        mask = torch.tensor(s.loss_mask, dtype=torch.float32) if s.trainable else torch.zeros(n)
+        parts["loss_mask"].append(mask[1:])
+        parts["rollout_logprobs"].append(torch.tensor(s.rollout_logprobs, dtype=torch.float32)[1:])
+        local = torch.tensor(s.turn_index)
+        parts["turn"].append(torch.where(local >= 0, local + layout.offsets[i], -1)[1:])
+        parts["position_ids"].append(torch.arange(n - 1))
+        segments.append([0, start, n - 1])
+        start += n - 1
+    out = {k: torch.cat(v).unsqueeze(0) for k, v in parts.items()}
+    out["sample"] = torch.tensor(list(indices), dtype=torch.long)
+    out["segments"] = torch.tensor(segments, dtype=torch.long)
+    return out
+
+
+def padding_batch(pad_id: int) -> dict[str, Tensor]:
+    """The one-token micro-batch a rank with none left runs so that ZeRO-3's collectives
+    stay in step (its result is dropped, its loss weighted 0): one position, not a sample."""
+    one = torch.full((1, 1), pad_id, dtype=torch.long)
+    return {"input_ids": one, "attention_mask": torch.ones((1, 1), dtype=torch.long), "targets": one.clone(),
+            "loss_mask": torch.zeros((1, 1)), "rollout_logprobs": torch.zeros((1, 1)),
+            "turn": torch.full((1, 1), -1, dtype=torch.long), "sample": torch.zeros(0, dtype=torch.long),
+            "segments": torch.zeros((0, 3), dtype=torch.long)}
 
 
 # Attention's quadratic term in a sequence's cost, as a number of tokens: a sequence of L

@@ -27,6 +27,9 @@ from swe_aem.policy.client import SamplingParams
 from swe_aem.train import ranks
 from swe_aem.train.batch import (
     TurnLayout,
+    decode_samples,
+    encode_samples,
+    encoded_bytes,
     groups_with_signal,
     plan_update,
     samples_from_episodes,
@@ -135,6 +138,7 @@ class Trainer:
         self.publisher = make_publisher(self.cfg, self.preset, self.run_dir / "weights", self.lm_config,
                                         run_transfer(self.cfg, self.preset))  # LoRA: adapter folders
         self._probe_before: list[float] | None = None  # the server's probe before a colocated sleep
+        self._episodes: list[Episode] = []  # rank 0: the step's episodes, between rollout and logs
         try:
             self._open_source(resumed=resume_from is not None)
         except BaseException:
@@ -305,71 +309,99 @@ class Trainer:
         self.publisher.export(self.engine, folder, self.tokenizer)
 
     def step(self) -> StepResult:
+        """One RL step, phase by phase: roll out (rank 0), lay the batch out over the ranks,
+        score it with the trainer's weights, assign credit, update, publish the weights."""
         cfg, step = self.cfg, self.state.step
         t_start = time.perf_counter()
         ids = self._batch_ids(step)
-        # rank 0 rolls out; an error there (every episode failed, Docker down) ends every rank
-        episodes, m = on_rank0(lambda: self._collect(ids, step), f"step {step} rollout")
+        # rank 0 rolls out and sends every rank the samples as flat arrays (the episodes stay
+        # on rank 0); an error there (every episode failed, Docker down) ends every rank
+        arrays, m = on_rank0(lambda: self._rollout_on_rank0(ids, step), f"step {step} rollout")
+        samples = decode_samples(arrays)
+        episodes, self._episodes = self._episodes, []  # rank 0's; empty on the others
         # the step's learning rate, a pure function of the RL step (resumable)
         m["lr"] = set_lr(self.engine, cfg.trainer.learning_rate() * lr_factor(
             step, cfg.run.steps, cfg.trainer.lr_scheduler, cfg.trainer.lr_warmup_steps, cfg.trainer.lr_min_ratio))
-        if not episodes:  # dynamic sampling found no group with signal
+        if not samples:  # dynamic sampling found no group with signal
             self._label_weights(step + 1)
             return self._skipped_step(m, t_start)
-        if not cfg.run.replay:  # each turn's weights version, against the bound
-            m.update(staleness_metrics(episodes, step, cfg.rollout.max_staleness))
-        m.update(thinking_metrics(episodes))  # per-turn thinking tokens, their share of the context
-        self.metrics.table(step, "episode_table", [episode_row(e) for e in episodes])  # for W&B, MLflow
-        # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
-        # probing the weights that rolled out for the push to compare with; the others wait
-        probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None
-        self._probe_before = on_rank0(lambda: self.source.release_gpus(probe), "vLLM sleep")
-        samples = samples_from_episodes(episodes, self._untrainable())
-        layout = TurnLayout.of(samples)
-        # each optimizer step's mini-batch drawn first, then balanced over the ranks by
-        # workload (tokens and attention's quadratic term): no rank holds a mini-batch's long
-        # tail while the others wait; the old log-probs live where each sample trains
-        gen = torch.Generator().manual_seed(step_seed(cfg.trainer.seed, step))
-        lengths = [len(s.input_ids) for s in samples]
-        plan = plan_update(lengths, self.world, cfg.trainer.mini_batches, gen)
-        shard = plan.shard(self.rank)
-        m["update_balance"] = plan.busiest_over_mean(lengths)
-
+        if self.is_main:  # the episode table, for W&B and MLflow
+            self.metrics.table(step, "episode_table", [episode_row(e) for e in episodes])
+        layout, plan, shard = self._lay_out(samples, step, m)
         with timed(m, "forward"):
             fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
-                              indices=shard, temperature=cfg.rollout.temperature)
+                              indices=shard, temperature=cfg.rollout.temperature,
+                              packed=cfg.trainer.pack_sequences)
+        m["computed_over_real"] = fwd.computed_over_real  # padding's overhead (1.0: none)
         with timed(m, "credit"):
             credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
                                    cfg.algo)
         if self.is_main:  # every turn's entropy, alpha and advantages: credit/step-N.jsonl
             record_credit(self.run_dir, step, episodes, samples, layout, fwd, credit)
-
-        # No trainable turn with a non-zero advantage: no gradient, so no optimizer step
-        # (Adam's moments and weight decay would still move the weights) and no push.
-        trains = torch.tensor([samples[i].trainable for i in layout.turn_sample.tolist()], dtype=torch.bool)
-        has_signal = bool((credit.turn_advantages[trains] != 0).any()) if layout.num_turns else False
-        m["optimizer_step_skipped"] = float(not has_signal)
-        stats: dict[str, float] = {}
-        if has_signal:
-            with timed(m, "update"):
-                stats = ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
-                                   self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
-                                   mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                                   indices=shard, temperature=cfg.rollout.temperature, plan=plan)
-            tokens = sum(len(samples[i].input_ids) for i in shard)
-            m["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
-                m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
-            if self.pushes_weights:
-                m.update(self._sync_weights(step + 1))
-        if not (has_signal and self.pushes_weights):
-            self._label_weights(step + 1)
-
-        m.update(stats)
-        m.update(batch_metrics(episodes, samples, layout, fwd, credit, cfg.algo.advantage))
+        m.update(self._update(samples, layout, fwd, credit, plan, shard, step, m))
+        if self.is_main:  # metrics are rank 0's to log
+            m.update(batch_metrics(episodes, samples, layout, fwd, credit, cfg.algo.advantage))
         m["time_step_s"] = time.perf_counter() - t_start
         m["aem_share_of_step"] = m["time_credit_s"] / m["time_step_s"]
         m["trainer_idle_share"] = m.get("time_rollout_s", 0.0) / m["time_step_s"]  # waiting for episodes
-        return StepResult(m, len(episodes))
+        return StepResult(m, len(samples))
+
+    def _rollout_on_rank0(self, ids: list[str], step: int) -> tuple[dict, dict[str, float]]:
+        """Rank 0's step input: the step's episodes (kept here for the logs and the credit
+        record), checked against the staleness bound, as the flat sample arrays the ranks
+        train on; and the rollout's metrics with the batch's own (staleness, thinking tokens,
+        the bytes sent to the other ranks)."""
+        episodes, m = self._collect(ids, step)
+        if episodes:
+            if not self.cfg.run.replay:  # each turn's weights version, against the bound
+                m.update(staleness_metrics(episodes, step, self.cfg.rollout.max_staleness))
+            m.update(thinking_metrics(episodes))  # per-turn thinking tokens, their share of the context
+        self._episodes = episodes
+        arrays = encode_samples(samples_from_episodes(episodes, self._untrainable()))
+        m["broadcast_bytes"] = float(encoded_bytes(arrays)) if self.world > 1 else 0.0
+        return arrays, m
+
+    def _lay_out(self, samples: list, step: int, m: dict[str, float]):
+        """The GPUs given to the update, and the batch laid out: samples, turns, and each
+        optimizer step's mini-batch drawn first, then balanced over the ranks by workload
+        (tokens and attention's quadratic term: no rank holds a mini-batch's long tail while
+        the others wait); the old log-probs live where each sample trains."""
+        # a colocated vLLM gives its GPU memory back for the update (POST /sleep?level=1), first
+        # probing the weights that rolled out for the push to compare with; the others wait
+        probe = self.publisher.probe_ids(self.tokenizer) if self.pushes_weights else None
+        self._probe_before = on_rank0(lambda: self.source.release_gpus(probe), "vLLM sleep")
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, step))
+        lengths = [len(s.input_ids) for s in samples]
+        plan = plan_update(lengths, self.world, self.cfg.trainer.mini_batches, gen)
+        m["update_balance"] = plan.busiest_over_mean(lengths)
+        return TurnLayout.of(samples), plan, plan.shard(self.rank)
+
+    def _update(self, samples, layout: TurnLayout, fwd, credit, plan, shard: list[int], step: int,
+                m: dict[str, float]) -> dict[str, float]:
+        """PPO on the step's credit and the weights published as version step + 1; or, with
+        no trainable turn of non-zero advantage, nothing (no gradient: Adam's moments and
+        weight decay would still move the weights) and the served weights relabelled."""
+        cfg = self.cfg
+        trains = torch.tensor([samples[i].trainable for i in layout.turn_sample.tolist()], dtype=torch.bool)
+        has_signal = bool((credit.turn_advantages[trains] != 0).any()) if layout.num_turns else False
+        out: dict[str, float] = {"optimizer_step_skipped": float(not has_signal)}
+        if not has_signal:
+            self._label_weights(step + 1)
+            return out
+        with timed(m, "update"):
+            out.update(ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
+                                  self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
+                                  mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
+                                  indices=shard, temperature=cfg.rollout.temperature, plan=plan,
+                                  packed=cfg.trainer.pack_sequences))
+        tokens = sum(len(samples[i].input_ids) for i in shard)
+        out["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
+            m["time_forward_s"] + m["time_update_s"], 1e-9) * self.world
+        if self.pushes_weights:
+            out.update(self._sync_weights(step + 1))
+        else:
+            self._label_weights(step + 1)
+        return out
 
     def _collect(self, ids: list[str], step: int) -> tuple[list[Episode], dict[str, float]]:
         """Rank 0's rollout of the step's tasks: graded episodes and the rollout's metrics.

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from swe_aem import hostmem
 from swe_aem.agent.trajectory import TERMINATIONS, Episode
 from swe_aem.jsonl import read_jsonl
 from swe_aem.train.batch import Sample, TurnLayout, groups_with_signal_ids
@@ -21,12 +22,19 @@ from swe_aem.train.loggers import open_trackers
 @contextmanager
 def timed(metrics: dict[str, float], name: str) -> Iterator[None]:
     """One named phase of a step, timed into `metrics["time_<name>_s"]` (the step's time
-    split: rollout, forward, credit, update, weight_sync, checkpoint, heldout)."""
+    split: rollout, forward, credit, update, weight_sync, checkpoint, heldout) and its peak
+    resident memory into `metrics["host_peak_<name>_gib"]` (the process's, every thread's)."""
     t0 = time.perf_counter()
     try:
-        yield
+        with PHASES.phase(name):
+            yield
     finally:
         metrics[f"time_{name}_s"] = time.perf_counter() - t0
+        if name in PHASES.last:
+            metrics[f"host_peak_{name}_gib"] = PHASES.last[name] / hostmem.GIB
+
+
+PHASES = hostmem.PhaseMeter()  # this process's phases (the trainer's, on every rank)
 
 
 def batch_metrics(episodes: Sequence[Episode], samples: Sequence[Sample], layout: TurnLayout, fwd: Any,

@@ -30,11 +30,15 @@ class PolicyLogprobs(nn.Module):
             # the head weight is used outside lm_head.forward: ZeRO-3 must gather it here
             deepspeed.zero.register_external_parameter(self, lm.get_output_embeddings().weight)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, targets: Tensor,
-                temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, targets: Tensor,
+                temperature: float = 1.0, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`temperature` is the sampling temperature of the tokens: the loss and AEM's
-        entropy must be of the distribution the rollout sampled from."""
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        entropy must be of the distribution the rollout sampled from. Packed sequences
+        (swe_aem.train.batch.collate, packed): no mask, `position_ids` restarting at each
+        sequence, from which transformers builds the block-causal mask (only without a KV
+        cache: use_cache=False, which a trainer's single forward never needs anyway)."""
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids, use_cache=False).last_hidden_state
         head = self.lm.get_output_embeddings().weight
         return chunked_logprobs_and_entropy(hidden, head, targets, chunk_size=self.chunk_size,
                                             temperature=temperature)

@@ -17,7 +17,15 @@ from torch import Tensor
 from swe_aem.algo.losses import PolicyLossConfig, get_policy_loss
 from swe_aem.config import AlgoConfig
 from swe_aem.train import ranks
-from swe_aem.train.batch import Sample, TurnLayout, UpdatePlan, collate, pack_by_tokens
+from swe_aem.train.batch import (
+    Sample,
+    TurnLayout,
+    UpdatePlan,
+    collate,
+    computed_tokens,
+    pack_by_tokens,
+    padding_batch,
+)
 
 
 @dataclass
@@ -34,6 +42,8 @@ class ForwardStats:
     # token, the one a TIS cap truncates: stale tokens (asynchronous training) widen it
     is_weight_min: float = 1.0
     is_weight_max: float = 1.0
+    # tokens the forwards computed (padding included) over the sampled sequences' tokens
+    computed_over_real: float = 1.0
 
 
 def policy_loss_config(algo: AlgoConfig) -> PolicyLossConfig:
@@ -64,9 +74,9 @@ def _device(engine) -> torch.device:
 @torch.no_grad()
 def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tokens: int,
                 pad_id: int, indices: Sequence[int] | None = None,
-                temperature: float = 1.0) -> ForwardStats:
+                temperature: float = 1.0, packed: bool = False) -> ForwardStats:
     """Old log-probs and token entropies on the exact rollout tokens, at the rollout's
-    sampling `temperature`.
+    sampling `temperature`; micro-batches padded, or `packed` into one row each (no padding).
 
     Each data-parallel rank passes its shard as `indices`; per-turn statistics
     are summed over ranks (each turn lives on exactly one rank), so every rank
@@ -76,18 +86,17 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     shard = list(range(len(samples))) if indices is None else list(indices)
     old: list[Tensor] = [torch.empty(0)] * len(samples)
     ent_flat, turn_flat, lp_flat, roll_flat = [], [], [], []
-    micro = [[shard[j] for j in idx] for idx in
-             pack_by_tokens([len(samples[i].input_ids) for i in shard], micro_tokens)]
-    for k in range(int(ranks.all_reduce(len(micro), dev, op="max"))):
-        idx = micro[k] if k < len(micro) else [padding_index(samples)]
-        b = collate(samples, idx, layout, pad_id)
-        lp, ent = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev),
-                         temperature)
+    lengths = [len(samples[i].input_ids) for i in shard]
+    micro = [[shard[j] for j in idx] for idx in pack_by_tokens(lengths, micro_tokens, packed)]
+    n_micro = int(ranks.all_reduce(len(micro), dev, op="max"))
+    for k in range(n_micro):
+        b = collate(samples, micro[k], layout, pad_id, packed) if k < len(micro) else padding_batch(pad_id)
+        lp, ent = run_policy(engine, b, dev, temperature)
         if k >= len(micro):
             continue  # a padding forward for ZeRO-3's collectives
         lp, ent = lp.float().cpu(), ent.float().cpu()
-        for row, i in enumerate(idx):
-            old[i] = lp[row, : len(samples[i].input_ids) - 1].clone()
+        for i, (row, start, n) in zip(micro[k], b["segments"].tolist()):
+            old[i] = lp[row, start:start + n].clone()
         sampled = b["turn"] >= 0
         ent_flat.append(ent[sampled])
         turn_flat.append(b["turn"][sampled])
@@ -105,22 +114,31 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
     sums[2 * r:3 * r].index_add_(0, turn_t, -lp_t.double())
     sums[3 * r] = (delta.exp() - delta - 1).clamp(min=0).sum()  # >= 0 up to rounding
     sums = ranks.all_reduce_tensor(sums, dev)
-    lengths = sums[r:2 * r].float()
-    tokens = float(lengths.sum())
+    turn_lengths = sums[r:2 * r].float()
+    tokens = float(turn_lengths.sum())
     # log of the weight's extremes, as maxima (an empty shard contributes nothing)
     hi = float(-delta.min()) if delta.numel() else -math.inf
     lo = float(delta.max()) if delta.numel() else -math.inf
     hi, lo = ranks.all_reduce(hi, dev, op="max"), ranks.all_reduce(lo, dev, op="max")
-    return ForwardStats(old, (sums[:r] / sums[r:2 * r].clamp(min=1)).float(), lengths,
+    # tokens the forwards computed (padding and the one-token padding forwards counted) over
+    # the real ones, summed over ranks: the padding's overhead
+    work = ranks.all_reduce_tensor(torch.tensor(
+        [computed_tokens(lengths, pack_by_tokens(lengths, micro_tokens, packed), packed)
+         + (n_micro - len(micro)), sum(lengths)], dtype=torch.float64), dev)
+    return ForwardStats(old, (sums[:r] / sums[r:2 * r].clamp(min=1)).float(), turn_lengths,
                         sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens),
                         is_weight_min=math.exp(-lo) if tokens else 1.0,
-                        is_weight_max=math.exp(hi) if tokens else 1.0)
+                        is_weight_max=math.exp(hi) if tokens else 1.0,
+                        computed_over_real=float(work[0] / work[1].clamp(min=1)))
 
 
-def padding_index(samples: Sequence[Sample]) -> int:
-    """The sample a rank with no micro-batch left forwards to keep ZeRO-3's collectives in
-    step (its result is dropped): the shortest, so the idle rank's extra work is least."""
-    return min(range(len(samples)), key=lambda i: len(samples[i].input_ids)) if samples else 0
+def run_policy(engine, b: dict[str, Tensor], dev: torch.device, temperature: float) -> tuple[Tensor, Tensor]:
+    """The engine on one collated micro-batch: padded rows with their attention mask, or a
+    packed row with restarting positions and no mask (attention kept within each sample)."""
+    if "position_ids" in b:
+        return engine(b["input_ids"].to(dev), None, b["targets"].to(dev), temperature,
+                      position_ids=b["position_ids"].to(dev))
+    return engine(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["targets"].to(dev), temperature)
 
 
 def ppo_update(
@@ -138,6 +156,7 @@ def ppo_update(
     indices: Sequence[int] | None = None,
     temperature: float = 1.0,
     plan: UpdatePlan | None = None,
+    packed: bool = False,
 ) -> dict[str, float]:
     """The policy loss named by `loss_cfg.name` (PPO-clip by default) over `epochs` x
     `mini_batches` optimizer steps; returns stats of the whole batch (every rank's).
@@ -177,20 +196,19 @@ def ppo_update(
             if normalizer == 0:
                 continue
             micro = [[chosen[j] for j in idx] for idx in
-                     pack_by_tokens([len(samples[i].input_ids) for i in chosen], micro_tokens)]
+                     pack_by_tokens([len(samples[i].input_ids) for i in chosen], micro_tokens, packed)]
             # ZeRO-3 gathers parameters collectively in every forward, so all ranks
             # run the same number of micro-batches; the extra ones carry zero loss.
             n_micro = int(ranks.all_reduce(len(micro), dev, op="max"))
             for k in range(n_micro):
-                ids, weight = (micro[k], 1.0) if k < len(micro) else ([padding_index(samples)], 0.0)
-                b = collate(samples, ids, layout, pad_id)
+                ids, weight = (micro[k], 1.0) if k < len(micro) else ([], 0.0)
+                b = collate(samples, ids, layout, pad_id, packed) if ids else padding_batch(pad_id)
                 old = torch.zeros_like(b["rollout_logprobs"])
-                for row, i in enumerate(ids):
-                    old[row, : old_logprobs[i].numel()] = old_logprobs[i]
+                for i, (row, start, n) in zip(ids, b["segments"].tolist()):
+                    old[row, start:start + n] = old_logprobs[i]
                 turn = b["turn"]
                 adv = torch.where(turn >= 0, turn_advantages[turn.clamp(min=0)], 0.0)
-                lp, _ = engine(b["input_ids"].to(dev), b["attention_mask"].to(dev),
-                               b["targets"].to(dev), temperature)
+                lp, _ = run_policy(engine, b, dev, temperature)
                 loss, stats = loss_fn(
                     lp.float(), old.to(dev), adv.to(dev), b["loss_mask"].to(dev), loss_cfg,
                     rollout_logprobs=b["rollout_logprobs"].to(dev), normalizer=normalizer,
