@@ -99,7 +99,7 @@ def _reinstate_before() -> None:
     hostmem.limit_malloc_arenas = lambda arenas=None: False
 
 
-def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
+def child(arm: str, replay: Path, run_dir: Path, steps: int, extra: list[str]) -> dict:
     """One arm: the trainer on the replay, its peak RSS per phase (bytes)."""
     from swe_aem import hostmem
 
@@ -140,7 +140,7 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
                       "trainer.zero_stage=2"]
     if arm == "zero2":  # issue 33's first cuts on ZeRO-2: its float32 master copy and gradient partition
         overrides += ["trainer.zero_stage=2"]
-    cfg = load_config("rloo_aem", None, overrides)
+    cfg = load_config("rloo_aem", None, [*overrides, *extra])
     t0 = time.perf_counter()
     trainer = loop.Trainer(cfg, run_dir)
     trainer.train()
@@ -156,22 +156,26 @@ def child(arm: str, replay: Path, run_dir: Path, steps: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2,
+                   help="2 (default): the second step's update holds Adam's states, as every live step after the first does")
     p.add_argument("--arms", nargs="+", default=["before", "zero2", "after"], choices=["before", "zero2", "after"])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every arm (e.g. trainer.logprob_chunk_size=256)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replay", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.replay, a.run_dir, a.steps)))
+        print(json.dumps(child(a.child, a.replay, a.run_dir, a.steps, a.set)))
         return 0
-    out: dict = {"bench": "train_memory", "target_peak_gib": 4.0, "arms": {}}
+    out: dict = {"bench": "train_memory", "target_peak_gib": 4.0, "steps": a.steps, "set": a.set, "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         replay = Path(tmp) / "trajectories.jsonl"
         out["longest_sample_tokens"] = write_replay(replay)
         for arm in a.arms:
             proc = subprocess.run([sys.executable, __file__, "--child", arm, "--replay", str(replay),
-                                   "--run-dir", str(Path(tmp) / arm), "--steps", str(a.steps)],
+                                   "--run-dir", str(Path(tmp) / arm), "--steps", str(a.steps),
+                                   *(["--set", *a.set] if a.set else [])],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(proc.stderr[-4000:], file=sys.stderr)

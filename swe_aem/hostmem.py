@@ -118,42 +118,44 @@ class PhaseMeter:
     `with meter.phase(name):` resets VmHWM at the phase's start (Linux: "5" written to
     /proc/self/clear_refs) and reads it at its end, so `peaks[name]` is the exact highest
     resident set while it ran, whatever thread allocated (a phase entered twice keeps its
-    highest; an outer phase includes its inner ones). The run's own high-water mark survives
-    the resets in `peak_rss_bytes()`. Where the mark cannot be reset (no such file, no
-    permission), `peaks` stays empty and nothing else changes.
+    highest; an outer phase includes its inner ones, across meters: the open phases of every
+    meter share one stack, as they share the kernel's one mark). The run's own high-water
+    mark survives the resets in `peak_rss_bytes()`. Where the mark cannot be reset (no such
+    file, no permission), `peaks` stays empty and nothing else changes.
     """
 
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
         self.last: dict[str, int] = {}  # each phase's peak the last time it ran
-        self._open: list[int] = []  # the running peak of each open phase, innermost last
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        self._fold(_status_kib("VmHWM") * 1024)  # the mark since the last reset: the open phases
+        _fold(_status_kib("VmHWM") * 1024)  # the mark since the last reset: the open phases'
         if not _reset_hwm():
             yield
             return
-        self._open.append(0)
+        _OPEN.append(0)
         try:
             yield
         finally:
-            mine = max(self._open.pop(), _status_kib("VmHWM") * 1024)
-            self._fold(mine)
+            mine = max(_OPEN.pop(), _status_kib("VmHWM") * 1024)
+            _fold(mine)
             self.peaks[name] = max(self.peaks.get(name, 0), mine)
             self.last[name] = mine
-
-    def _fold(self, peak: int) -> None:
-        """A peak seen now counts for every open phase and for the run."""
-        global _run_peak
-        self._open = [max(p, peak) for p in self._open]
-        _run_peak = max(_run_peak, peak)
 
     def close(self) -> dict[str, int]:
         return dict(self.peaks)
 
 
 _run_peak = 0  # this process's highest VmHWM before a PhaseMeter reset it
+_OPEN: list[int] = []  # the running peak of every open phase (of any meter), innermost last
+
+
+def _fold(peak: int) -> None:
+    """A peak seen now counts for every open phase and for the run."""
+    global _run_peak
+    _OPEN[:] = [max(p, peak) for p in _OPEN]
+    _run_peak = max(_run_peak, peak)
 
 
 def _reset_hwm() -> bool:

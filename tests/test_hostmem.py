@@ -29,3 +29,18 @@ def test_each_phase_gets_its_own_peak_and_the_run_keeps_its_highest():
     assert meter.peaks["small"] >= meter.peaks["inner"] >= base + 50 * MIB  # outer includes inner
     assert hostmem.peak_rss_bytes() >= meter.peaks["big"]  # the run's mark survives the resets
     assert meter.last["big"] == meter.peaks["big"]
+
+
+def test_two_meters_nest_over_the_one_kernel_mark():
+    """The trainer's phases (train/metrics.py) run inside a bench's: the outer meter's phase
+    still sees the peak of an inner one that reset the mark."""
+    outer, inner = hostmem.PhaseMeter(), hostmem.PhaseMeter()
+    base = hostmem.rss_bytes()
+    with outer.phase("step"):
+        with inner.phase("update"):
+            _touch(200)
+        _touch(10)
+    if not outer.peaks:
+        return
+    assert inner.peaks["update"] - base >= 190 * MIB
+    assert outer.peaks["step"] >= inner.peaks["update"]
