@@ -457,6 +457,15 @@ class RunConfig:
     """Seconds the grading test run may take (past it: status timeout)."""
     replay: str | None = None
     """A trajectories.jsonl to train on instead of live rollouts."""
+    record_token_entropy: bool = False
+    """Record each sampled token's entropy in credit/step-N.jsonl.
+
+    Off: the record keeps each turn's mean token entropy only (AEM's proxy). On: each row
+    also lists its turn's token entropies (`token_entropy`, 4 decimals), which the viewer
+    shows along the turn's response. Off by default for its size: about 4-8 bytes a sampled
+    token, tens of MB a step at DeepSWE's scale of 512 trajectories x 30k tokens (and, on
+    several ranks, a gather of them to rank 0 every step).
+    """
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Experiment trackers beside metrics.jsonl: tensorboard, wandb, mlflow.
 

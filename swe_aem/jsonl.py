@@ -35,10 +35,13 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError) -> Iter
             yield f"{path}:{n}", row
 
 
-def write_jsonl(path: str | Path, rows: Iterable[Any], *, append: bool = False) -> None:
-    """One JSON object a line; `append` adds to the file (a crash loses only the row in flight)."""
+def write_jsonl(path: str | Path, rows: Iterable[Any], *, append: bool = False,
+                compact: bool = False) -> None:
+    """One JSON object a line; `append` adds to the file (a crash loses only the row in flight);
+    `compact`: no space after `,` and `:` (a byte less per list entry, for long number lists)."""
+    separators = (",", ":") if compact else None
     with Path(path).open("a" if append else "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
+        fh.writelines(json.dumps(row, separators=separators) + "\n" for row in rows)
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,13 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def run(local_instances, small_model, tmp_path_factory) -> Path:
-    """Two synchronous RLOO + AEM steps of 4 samples on one task, as `swe-aem train` runs them."""
+    """Two synchronous RLOO + AEM steps of 4 samples on one task, as `swe-aem train` runs them,
+    each token's entropy recorded (run.record_token_entropy)."""
     inst = next(i for i in local_instances if i.instance_id == INSTANCE)
     folder = tmp_path_factory.mktemp("view") / "run"
     with SeededPlans(AutoTokenizer.from_pretrained(small_model), inst) as policy:
-        loop.Trainer(config(small_model, policy.base_url, "run.steps=2"), folder).train()
+        loop.Trainer(config(small_model, policy.base_url, "run.steps=2", "run.record_token_entropy=true"),
+                     folder).train()
     return folder
 
 
@@ -169,10 +171,36 @@ def test_the_page_from_files_shows_the_runs_episodes_turns_and_alphas(run, brows
         (t.get("tool_call") or {}).get("name", "") for t in ep["turns"]]
     credit = sorted((r for r in _credit(run, 1) if r["sample"] == sample), key=lambda r: r["turn"])
     assert [float(c.get_attribute("data-alpha")) for c in shown] == [r["alpha"] for r in credit]
+    # each turn's token entropies as a heat strip along its response, the hottest token in
+    # the hottest colour, under a legend with the episode's range
+    strips = [c.query_selector("canvas.tokens") for c in shown]
+    assert [int(x.get_attribute("data-tokens")) for x in strips] == [len(r["token_entropy"]) for r in credit]
+    assert all(x.is_visible() for x in strips)
+    values = [v for r in credit for v in r["token_entropy"]]
+    legend = page.query_selector("#token-legend")
+    assert [float(legend.get_attribute(a)) for a in ("data-lo", "data-hi")] == [min(values), max(values)]
+    hot = next((k, r["token_entropy"].index(max(values))) for k, r in enumerate(credit) if max(values) in r["token_entropy"])
+    assert strips[hot[0]].evaluate("(c, i) => Array.from(c.getContext('2d').getImageData(i, 0, 1, 1).data)",
+                                   hot[1]) == [232, 89, 12, 255]  # one column a token (turns under 1500)
     if ep["reward"] == 1.0:
         assert "pass" in page.inner_text("table")  # the grading per test
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer-episode.png"), full_page=False)
+    episode_route = page.url.split("#", 1)[1]
+
+    # an older record (no token_entropy): the same episode, its alphas, no strip or legend
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("checkpoints", "final_model"))
+    for path in (old / "credit").glob("step-*.jsonl"):
+        rows_ = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "token_entropy"}) + "\n"
+                                for r in rows_))
+    assert main(["view", str(old), "--out", str(tmp_path / "old-page")]) == 0
+    page.goto((tmp_path / "old-page" / "index.html").resolve().as_uri() + "#" + episode_route)
+    page.wait_for_selector(".card.turn")
+    assert [float(c.get_attribute("data-alpha")) for c in page.query_selector_all(".card.turn")] == [
+        r["alpha"] for r in credit]
+    assert not page.query_selector_all("canvas.tokens") and page.query_selector("#token-legend") is None
 
     # the task's group: its entropy range against AEM's floor, as the credit rows give them
     page.goto(index + "#/0/group/s000001/0")

@@ -54,7 +54,8 @@ def assign_credit(
 
 
 def credit_rows(episodes: Sequence[Episode], samples: Sequence[Sample], layout: TurnLayout,
-                turn_entropy: Tensor, turn_lengths: Tensor, credit: Credit) -> list[dict[str, Any]]:
+                turn_entropy: Tensor, turn_lengths: Tensor, credit: Credit,
+                token_entropy: Sequence[Tensor] | None = None) -> list[dict[str, Any]]:
     """One row per assistant turn of a step: what the credit assignment gave it.
 
     The record a run viewer shows turn by turn (`credit/step-N.jsonl`, written by rank 0):
@@ -62,7 +63,10 @@ def credit_rows(episodes: Sequence[Episode], samples: Sequence[Sample], layout: 
     proxy), AEM's alpha, the advantage before AEM (the estimator's, broadcast to the turn)
     and after, and whether the trajectory is masked out of the loss (compact filtering: it
     stays in the group's baseline). `episodes[i]` is the episode of `samples[i]`
-    (`samples_from_episodes` keeps the order). Pure: tensors in, plain rows out.
+    (`samples_from_episodes` keeps the order). With `token_entropy` (ForwardStats's, per
+    sample: its sampled tokens' entropies in position order) each row also lists its turn's
+    (`token_entropy`, rounded to TOKEN_ENTROPY_DECIMALS); without, rows have no such key.
+    Pure: tensors in, plain rows out.
     """
     if len(episodes) != len(samples):
         raise ValueError(f"{len(episodes)} episodes for {len(samples)} samples")
@@ -75,12 +79,37 @@ def credit_rows(episodes: Sequence[Episode], samples: Sequence[Sample], layout: 
     entropy, lengths = turn_entropy.tolist(), turn_lengths.tolist()
     alpha, after = credit.alpha.tolist(), credit.turn_advantages.tolist()
     before = credit.traj_advantages[layout.turn_sample].tolist() if n else []
+    per_turn = _token_entropy_per_turn(samples, token_entropy) if token_entropy is not None else None
     rows = []
     for r in range(n):
         i = sample_of[r]
         ep, s = episodes[i], samples[i]
-        rows.append({"task": ep.instance_id, "sample": ep.sample_index, "turn": r - layout.offsets[i],
-                     "group": s.group, "reward": s.reward, "tokens": int(lengths[r]),
-                     "entropy": entropy[r], "alpha": alpha[r], "advantage": before[r],
-                     "advantage_aem": after[r], "masked": not s.trainable})
+        row = {"task": ep.instance_id, "sample": ep.sample_index, "turn": r - layout.offsets[i],
+               "group": s.group, "reward": s.reward, "tokens": int(lengths[r]),
+               "entropy": entropy[r], "alpha": alpha[r], "advantage": before[r],
+               "advantage_aem": after[r], "masked": not s.trainable}
+        if per_turn is not None:
+            row["token_entropy"] = per_turn[i].get(r - layout.offsets[i], [])
+        rows.append(row)
     return rows
+
+
+TOKEN_ENTROPY_DECIMALS = 4  # a credit row's token entropies: 4 decimals keep the file small
+
+
+def _token_entropy_per_turn(samples: Sequence[Sample], token_entropy: Sequence[Tensor]
+                            ) -> list[dict[int, list[float]]]:
+    """Each sample's sampled-token entropies split by turn (the turn of each sampled token is
+    the sample's turn index shifted by one, as the forward's targets are), rounded."""
+    if len(token_entropy) != len(samples):
+        raise ValueError(f"token_entropy has {len(token_entropy)} samples for the batch's {len(samples)}")
+    out = []
+    for i, (s, ent) in enumerate(zip(samples, token_entropy)):
+        turns = [t for t in s.turn_index[1:] if t >= 0]
+        if len(turns) != ent.numel():
+            raise ValueError(f"sample {i}: {ent.numel()} token entropies for its {len(turns)} sampled tokens")
+        per: dict[int, list[float]] = {}
+        for t, h in zip(turns, ent.tolist()):
+            per.setdefault(t, []).append(round(h, TOKEN_ENTROPY_DECIMALS))
+        out.append(per)
+    return out

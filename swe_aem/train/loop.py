@@ -331,13 +331,14 @@ class Trainer:
         with timed(m, "forward"):
             fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
                               indices=shard, temperature=cfg.rollout.temperature,
-                              packed=cfg.trainer.pack_sequences)
+                              packed=cfg.trainer.pack_sequences, token_entropy=cfg.run.record_token_entropy)
         m["computed_over_real"] = fwd.computed_over_real  # padding's overhead (1.0: none)
         with timed(m, "credit"):
             credit = assign_credit(samples, layout, fwd.turn_entropy, fwd.turn_lengths, fwd.turn_surprisal,
                                    cfg.algo)
         if self.is_main:  # every turn's entropy, alpha and advantages: credit/step-N.jsonl
-            record_credit(self.run_dir, step, episodes, samples, layout, fwd, credit)
+            record_credit(self.run_dir, step, episodes, samples, layout, fwd, credit,
+                          token_entropy=cfg.run.record_token_entropy)
         m.update(self._update(samples, layout, fwd, credit, plan, shard, step, m))
         if self.is_main:  # metrics are rank 0's to log
             m.update(batch_metrics(episodes, samples, layout, fwd, credit, cfg.algo.advantage))

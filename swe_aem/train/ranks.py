@@ -110,6 +110,17 @@ def all_gather(obj: Any) -> list:
     return out
 
 
+def gather_to_rank0(obj: Any) -> list | None:
+    """Every rank's `obj` on rank 0, in rank order; None on the others (a world of one:
+    [obj]). Through the gloo wait group: host objects (CPU tensors) go over sockets, not
+    through the GPU, and only rank 0 receives them."""
+    if not multi():
+        return [obj]
+    out: list | None = [None] * dist.get_world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0, group=wait_group())
+    return out
+
+
 def all_reduce_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The sum of `t` over the ranks (reduced on `device`, returned on the CPU)."""
     if not multi():

@@ -44,6 +44,10 @@ class ForwardStats:
     is_weight_max: float = 1.0
     # tokens the forwards computed (padding included) over the sampled sequences' tokens
     computed_over_real: float = 1.0
+    # forward_old(token_entropy=True): each sample's sampled tokens' entropies, in position
+    # order ([tokens] per sample; every sample's on rank 0, gathered from the ranks that
+    # scored them, empty elsewhere); None when not asked for (run.record_token_entropy)
+    token_entropy: list[Tensor] | None = None
 
 
 def policy_loss_config(algo: AlgoConfig) -> PolicyLossConfig:
@@ -73,18 +77,21 @@ def _device(engine) -> torch.device:
 
 @torch.no_grad()
 def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tokens: int,
-                pad_id: int, indices: Sequence[int] | None = None,
-                temperature: float = 1.0, packed: bool = False) -> ForwardStats:
+                pad_id: int, indices: Sequence[int] | None = None, temperature: float = 1.0,
+                packed: bool = False, token_entropy: bool = False) -> ForwardStats:
     """Old log-probs and token entropies on the exact rollout tokens, at the rollout's
     sampling `temperature`; micro-batches padded, or `packed` into one row each (no padding).
 
     Each data-parallel rank passes its shard as `indices`; per-turn statistics
     are summed over ranks (each turn lives on exactly one rank), so every rank
-    ends with the same turn-level proxy for AEM.
+    ends with the same turn-level proxy for AEM. `token_entropy` also keeps each sampled
+    token's entropy per sample (the values the turn means are taken over), gathered to rank
+    0 for the credit record (run.record_token_entropy); off, nothing more is kept or sent.
     """
     dev = _device(engine)
     shard = list(range(len(samples))) if indices is None else list(indices)
     old: list[Tensor] = [torch.empty(0)] * len(samples)
+    per_token: dict[int, Tensor] = {}  # sample -> its sampled tokens' entropies (token_entropy)
     ent_flat, turn_flat, lp_flat, roll_flat = [], [], [], []
     lengths = [len(samples[i].input_ids) for i in shard]
     micro = [[shard[j] for j in idx] for idx in pack_by_tokens(lengths, micro_tokens, packed)]
@@ -95,9 +102,11 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
         if k >= len(micro):
             continue  # a padding forward for ZeRO-3's collectives
         lp, ent = lp.float().cpu(), ent.float().cpu()
+        sampled = b["turn"] >= 0
         for i, (row, start, n) in zip(micro[k], b["segments"].tolist()):
             old[i] = lp[row, start:start + n].clone()
-        sampled = b["turn"] >= 0
+            if token_entropy:
+                per_token[i] = ent[row, start:start + n][sampled[row, start:start + n]]
         ent_flat.append(ent[sampled])
         turn_flat.append(b["turn"][sampled])
         lp_flat.append(lp[sampled])
@@ -129,7 +138,18 @@ def forward_old(engine, samples: Sequence[Sample], layout: TurnLayout, micro_tok
                         sums[2 * r:3 * r].float(), float(sums[3 * r]) / max(tokens, 1.0), int(tokens),
                         is_weight_min=math.exp(-lo) if tokens else 1.0,
                         is_weight_max=math.exp(hi) if tokens else 1.0,
-                        computed_over_real=float(work[0] / work[1].clamp(min=1)))
+                        computed_over_real=float(work[0] / work[1].clamp(min=1)),
+                        token_entropy=_on_rank0(per_token, len(samples)) if token_entropy else None)
+
+
+def _on_rank0(per_token: dict[int, Tensor], n: int) -> list[Tensor]:
+    """Every sample's token entropies on rank 0, each from the rank that scored it (a
+    gather to rank 0 alone: the others get an empty list back)."""
+    parts = ranks.gather_to_rank0(per_token)
+    if parts is None:
+        return []
+    merged = {i: t for part in parts for i, t in part.items()}
+    return [merged.get(i, torch.empty(0)) for i in range(n)]
 
 
 def run_policy(engine, b: dict[str, Tensor], dev: torch.device, temperature: float) -> tuple[Tensor, Tensor]:

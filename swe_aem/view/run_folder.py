@@ -346,10 +346,11 @@ class RunSource:
                 "group": stats.get(str(row.get("instance_id")))}
 
     def group(self, set_id: str, task: str) -> dict[str, Any]:
-        """A task's G samples side by side: each one's turns' entropies and alphas."""
+        """A task's G samples side by side: each one's turns' entropies and alphas (token
+        entropies left out: only an episode's page shows them)."""
         s = self.set(set_id)
         credit, _ = self.credit(s.step)
-        rows = [r for r in credit if str(r["task"]) == task]
+        rows = [{k: v for k, v in r.items() if k != "token_entropy"} for r in credit if str(r["task"]) == task]
         members = [e for e in s.entries() if e.get("task") == task]
         return {"set": set_id, "task": task, "step": s.step, "members": members, "credit": rows,
                 "stats": group_stats(rows, min_range=self.aem["min_range"], level=self.aem["level"],

@@ -298,6 +298,40 @@ function diffView(patch) {
     class: l.startsWith("+") && !l.startsWith("+++") ? "add" : l.startsWith("-") && !l.startsWith("---") ? "del" : l.startsWith("@@") ? "hunk" : "",
   }, l + "\n")));
 }
+// a turn's token entropies (credit rows with token_entropy: run.record_token_entropy) as a
+// heat strip on a canvas: one column per token (at most TOKEN_COLS, each then the mean of
+// the tokens it covers), pale at the episode's lowest entropy to --ent at its highest
+const TOKEN_COLS = 1500;
+const HEAT = [[241, 243, 245], [232, 89, 12]];
+const heat = (t) => HEAT[0].map((a, k) => Math.round(a + (HEAT[1][k] - a) * Math.min(1, Math.max(0, t))));
+function tokenRange(rows) {
+  let lo = Infinity, hi = -Infinity;
+  for (const c of rows) for (const v of c.token_entropy || []) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  return [lo, hi];
+}
+function tokenStrip(values, lo, hi) {
+  const n = values.length, cols = Math.max(1, Math.min(n, TOKEN_COLS));
+  const c = h("canvas", { class: "tokens", width: cols, height: 1, "data-tokens": n,
+    title: `${n} token entropies (hover for one)` });
+  const ctx = c.getContext("2d"), img = ctx.createImageData(cols, 1);
+  for (let x = 0; x < cols && n; x++) {
+    const a = Math.floor((x * n) / cols), b = Math.max(a + 1, Math.floor(((x + 1) * n) / cols));
+    let sum = 0;
+    for (let i = a; i < b; i++) sum += values[i];
+    img.data.set([...heat(hi > lo ? (sum / (b - a) - lo) / (hi - lo) : 0), 255], 4 * x);
+  }
+  ctx.putImageData(img, 0, 0);
+  c.addEventListener("mousemove", (e) => {
+    const i = Math.min(n - 1, Math.floor((e.offsetX / c.clientWidth) * n));
+    c.title = `token ${i} of ${n}: entropy ${fmt(values[i], 4)} nats`;
+  });
+  return c;
+}
+function tokenLegend(lo, hi) {
+  return h("div", { class: "muted", id: "token-legend", "data-lo": lo, "data-hi": hi }, "token entropy along each turn's response: ",
+    h("span", { class: "swatch", style: `background:linear-gradient(to right,rgb(${heat(0)}),rgb(${heat(1)}))` }),
+    ` ${fmt(lo, 4)} – ${fmt(hi, 4)} nats (a column a token, or the mean of a few; hover for a token's)`);
+}
 async function viewEpisode(r, id, off) {
   const run = await runData(r);
   const d = await epData(r, id, off);
@@ -323,6 +357,8 @@ async function viewEpisode(r, id, off) {
     out.push(h("div", {}, h("span", { class: "muted" }, "AEM alpha along the episode (click a turn)"),
       h("div", { class: "strip", id: "strip" }, d.credit.map((c) => h("a", { href: `#turn-${c.turn}`, title: `turn ${c.turn}: alpha ${fmt(c.alpha)}`,
         style: `height:${Math.max(4, (c.alpha / maxA) * 100)}%`, onclick: (e) => { e.preventDefault(); document.getElementById(`turn-${c.turn}`)?.scrollIntoView(); } })))));
+  const [tokLo, tokHi] = tokenRange(d.credit);
+  if (tokHi >= tokLo) out.push(tokenLegend(tokLo, tokHi));  // only a record with token_entropy
   ep.turns.forEach((t, k) => {
     const c = byTurn[k];
     const [thinking, answer] = splitThinking(t.response_text || "", t.thinking_tokens);
@@ -332,7 +368,7 @@ async function viewEpisode(r, id, off) {
         h("div", {}, `advantage ${fmt(c.advantage, 4)}`), bar("adv", c.advantage, maxAdv, "before AEM"),
         h("div", {}, `after AEM ${fmt(c.advantage_aem, 4)}`), bar("adv", c.advantage_aem, maxAdv, "after AEM")]
         : h("div", { class: "muted" }, "no credit record"));
-    const body = h("div", {},
+    const body = h("div", {}, c && c.token_entropy ? tokenStrip(c.token_entropy, tokLo, tokHi) : "",
       thinking ? h("details", { class: "thinking" }, h("summary", {}, `thinking (${t.thinking_tokens} tokens)`), h("pre", {}, thinking)) : "",
       h("pre", { class: "assistant" }, answer),
       t.tool_call ? h("div", { class: "call" }, h("span", { class: "tool" }, t.tool_call.name), " ",
