@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
 import torch
 
 from swe_aem.agent.trajectory import Episode, Turn, write_episodes
@@ -39,3 +45,28 @@ def write_short_replay(path) -> None:
                                                        logprobs=[-1.0, -2.0], finish_reason="stop")],
                                   termination="finished", reward=float(k % 2 == 0), grade_status="resolved")
                           for t in range(2) for k in range(4)])
+
+
+SHARED = Path(__file__).parents[2] / "shared" / "datasets"  # ../shared: real rows, never committed
+
+
+def shared_rows(sample: str) -> list[dict]:
+    """The rows of one of ../shared/datasets' sample files; the test is skipped, saying why,
+    where the folder is absent (a clean clone elsewhere)."""
+    if not SHARED.is_dir():
+        pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")
+    return [json.loads(line) for line in (SHARED / sample).read_text().splitlines() if line.strip()]
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    """Rows as a JSONL dataset file; its path as a string (what load_instances takes)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def add_text(tar: tarfile.TarFile, name: str, text: str, mode: int = 0o755) -> None:
+    """One file of a Docker build context written from text."""
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    tar.addfile(info, io.BytesIO(data))

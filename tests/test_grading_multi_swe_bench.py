@@ -27,29 +27,18 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import SHARED, add_text, shared_rows, write_rows
 
 from swe_aem.data import DatasetError, load_instances
 from swe_aem.reward import multi_swe_bench as msb
 
-SHARED = Path(__file__).parents[2] / "shared" / "datasets"
 SAMPLE = "multi_swe_bench.sample.jsonl"
-
-
-def shared_rows() -> list[dict]:
-    if not SHARED.is_dir():
-        pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")
-    return [json.loads(line) for line in (SHARED / SAMPLE).read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 # ---------------------------------------------------------------- the shared rows
 
 def test_shared_rows_load_field_by_field():
-    raws = shared_rows()
+    raws = shared_rows(SAMPLE)
     insts = load_instances(str(SHARED / SAMPLE))  # the family from the columns
     assert [i.instance_id for i in insts] == ["google__gson-1093", "google__gson-1703", "apache__dubbo-7041"]
     for raw, inst in zip(raws, insts):
@@ -76,13 +65,13 @@ def test_shared_rows_load_field_by_field():
 
 def test_json_encoded_columns_are_decoded(tmp_path):
     """An export that stores the objects as JSON text and the prose JSON-quoted gives the same task."""
-    raw = shared_rows()[0]
+    raw = shared_rows(SAMPLE)[0]
     encoded = {**raw, **{c: json.dumps(raw[c]) for c in (
         "base", "resolved_issues", "fixed_tests", "p2p_tests", "f2p_tests", "s2p_tests", "n2p_tests",
         "run_result", "test_patch_result", "fix_patch_result")},
         "title": json.dumps(raw["title"]), "fix_patch": json.dumps(raw["fix_patch"])}
-    [plain] = load_instances(write_jsonl(tmp_path / "a.jsonl", [raw]), dataset_format="multi-swe-bench")
-    [same] = load_instances(write_jsonl(tmp_path / "b.jsonl", [encoded]), dataset_format="multi-swe-bench")
+    [plain] = load_instances(write_rows(tmp_path / "a.jsonl", [raw]), dataset_format="multi-swe-bench")
+    [same] = load_instances(write_rows(tmp_path / "b.jsonl", [encoded]), dataset_format="multi-swe-bench")
     assert same == plain
     assert same.extra["title"] == raw["title"] and same.extra["resolved_issues"] == raw["resolved_issues"]
     assert same.extra["run_result"] == raw["run_result"]
@@ -98,8 +87,8 @@ def test_json_encoded_columns_are_decoded(tmp_path):
     ({"test_patch": "  "}, "column 'test_patch' must be a non-empty diff"),
 ])
 def test_malformed_rows_are_refused_naming_the_row_and_column(tmp_path, change, column):
-    raws = shared_rows()
-    path = write_jsonl(tmp_path / "m.jsonl", [raws[0], {**raws[2], **change}])
+    raws = shared_rows(SAMPLE)
+    path = write_rows(tmp_path / "m.jsonl", [raws[0], {**raws[2], **change}])
     with pytest.raises(DatasetError) as err:
         load_instances(path, dataset_format="multi-swe-bench")
     assert "m.jsonl:2 (instance_id='apache__dubbo-7041', format multi-swe-bench)" in str(err.value)
@@ -121,7 +110,7 @@ def surefire(passed, failed=(), skipped=()) -> str:
 
 
 def test_verdict_is_the_packages_report_check_on_the_shared_rows():
-    shared_rows()
+    shared_rows(SAMPLE)
     gson, gson2, _ = load_instances(str(SHARED / SAMPLE))
     fixed = gson.extra["fix_patch_result"]
     ok = msb.verdict(gson, surefire(fixed["passed_tests"], fixed["failed_tests"]))
@@ -290,13 +279,6 @@ def _harness_pr(base: str, fix: str, test_patch: str):
                        fix_patch=fix, test_patch=test_patch)
 
 
-def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
-    data = text.encode()
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o755
-    tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def go_case(docker_client, sandbox_pool, tmp_path_factory):
     """(the row as the harness makes it, the loaded instance, the repo, timings), its image
@@ -338,9 +320,9 @@ def go_case(docker_client, sandbox_pool, tmp_path_factory):
     if not image_exists(docker_client, tag):
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
-            _add(tar, "Dockerfile", dockerfile)
+            add_text(tar, "Dockerfile", dockerfile)
             for name, text in files.items():
-                _add(tar, name, text)
+                add_text(tar, name, text)
             tar.add(repo, arcname="cli")
         context.seek(0)
         docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import add_text
 
 from swe_aem.reward import r2e, swesmith
 
@@ -105,22 +106,15 @@ WORKDIR /testbed
 """
 
 
-def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
-    data = text.encode()
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o755
-    tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def r2e_image(docker_client, local_instance):
     """An R2E-Gym-style image on top of the textkit image (removed afterwards)."""
     tag = f"swe-aem/test-r2e-textkit:{uuid.uuid4().hex[:8]}"
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        _add(tar, "Dockerfile", DOCKERFILE.format(base=local_instance.image))
-        _add(tar, "run_tests.sh", RUN_TESTS)
-        _add(tar, "r2e_tests/test_1.py", R2E_TESTS)
+        add_text(tar, "Dockerfile", DOCKERFILE.format(base=local_instance.image))
+        add_text(tar, "run_tests.sh", RUN_TESTS)
+        add_text(tar, "r2e_tests/test_1.py", R2E_TESTS)
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
                                network_mode="none", pull=False)
@@ -240,10 +234,10 @@ def smith_instance(docker_client, local_instance, tmp_path_factory, monkeypatch_
     dockerfile = (LAYOUT / "Dockerfile.in").read_text().format(base=local_instance.image)
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        _add(tar, "Dockerfile", dockerfile + SMITH_DOCKERFILE.format(branch=iid))
-        _add(tar, "activate", (LAYOUT / "activate").read_text())
-        _add(tar, "fixed.patch", fixed)
-        _add(tar, "bug.patch", bug)
+        add_text(tar, "Dockerfile", dockerfile + SMITH_DOCKERFILE.format(branch=iid))
+        add_text(tar, "activate", (LAYOUT / "activate").read_text())
+        add_text(tar, "fixed.patch", fixed)
+        add_text(tar, "bug.patch", bug)
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
                                network_mode="none", pull=False)

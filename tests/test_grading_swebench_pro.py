@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import SHARED, add_text, shared_rows, write_rows
 
 from swe_aem.data import DatasetError, load_instances, pro_runners
 from swe_aem.reward import swebench_pro as pro
 
-SHARED = Path(__file__).parents[2] / "shared" / "datasets"
 SAMPLE = "swe_bench_pro.sample.jsonl"
 IDS = ["instance_flipt-io__flipt-a0cbc0cb65ae601270bdbe3f5313e2dfd49c80e4",
        "instance_qutebrowser__qutebrowser-6dd402c0d0f7665d32a74c43c5b4cf5dc8aff28d-v5fc38aaf22415ab0b70567368332beee7955b367",
@@ -48,23 +48,12 @@ def _no_harness_dir(monkeypatch):
     monkeypatch.setenv(pro_runners.HARNESS_DIR_ENV, "")
 
 
-def shared_rows() -> list[dict]:
-    if not SHARED.is_dir():
-        pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")
-    return [json.loads(line) for line in (SHARED / SAMPLE).read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 # ---------------------------------------------------------------- the shared rows
 
 def test_shared_rows_load_field_by_field():
     import ast
 
-    raws = shared_rows()
+    raws = shared_rows(SAMPLE)
     insts = load_instances(str(SHARED / SAMPLE))  # the family from the columns
     assert [i.instance_id for i in insts] == IDS
     tags = ["flipt-io.flipt-flipt-io__flipt-a0cbc0cb65ae601270bdbe3f5313e2dfd49c80e4",  # image_uri.py's
@@ -112,8 +101,8 @@ def test_shared_rows_load_field_by_field():
     ({"repo": 3}, "column 'repo' must be owner/name"),
 ])
 def test_malformed_rows_are_refused_naming_the_row_and_column(tmp_path, change, column):
-    raws = shared_rows()
-    path = write_jsonl(tmp_path / "p.jsonl", [raws[0], {**raws[2], **change}])
+    raws = shared_rows(SAMPLE)
+    path = write_rows(tmp_path / "p.jsonl", [raws[0], {**raws[2], **change}])
     with pytest.raises(DatasetError) as err:
         load_instances(path, dataset_format="swe-bench-pro")
     assert f"p.jsonl:2 (instance_id={IDS[2]!r}, format swe-bench-pro)" in str(err.value)
@@ -137,7 +126,7 @@ def _checkout(root: Path, ids: list[str], *, run_script: str = "#!/bin/bash\n", 
 
 
 def test_harness_dir_uses_the_checkouts_files_and_refuses_what_it_lacks(tmp_path):
-    shared_rows()
+    shared_rows(SAMPLE)
     root = _checkout(tmp_path / "SWE-bench_Pro-os", IDS[:2], env='ENV PYTEST_ADDOPTS="--tb=short -v"\n')
     with pytest.raises(ValueError, match="has no run_scripts/ folder"):
         pro_runners.use_harness_dir(tmp_path)
@@ -147,7 +136,7 @@ def test_harness_dir_uses_the_checkouts_files_and_refuses_what_it_lacks(tmp_path
         load_instances(str(SHARED / SAMPLE))
     assert f"{SAMPLE}:3 (instance_id={IDS[2]!r}" in str(err.value)
     assert f"no run_scripts/{IDS[2]}/run_script.sh or parser.py there" in str(err.value)
-    flipt, qute = load_instances(write_jsonl(tmp_path / "two.jsonl", shared_rows()[:2]))
+    flipt, qute = load_instances(write_rows(tmp_path / "two.jsonl", shared_rows(SAMPLE)[:2]))
     assert (flipt.log_parser, flipt.extra["harness_dir"]) == ("harness", str(root.resolve()))
     script = pro.entry_script(flipt, "abc123")
     # the Dockerfiles' ENV lines exported, the run script on the comma-joined selection, its parser
@@ -464,13 +453,6 @@ def _patch(repo: Path, *edit_sets: dict) -> str:
     return diff
 
 
-def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
-    data = text.encode()
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 @dataclasses.dataclass
 class ProCase:
     inst: object
@@ -518,7 +500,7 @@ def _pro_case(docker_client, work: Path, name: str, files: dict, fix: dict, test
     if not image_exists(docker_client, tag):
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
-            _add(tar, "Dockerfile", dockerfile)
+            add_text(tar, "Dockerfile", dockerfile, mode=0o644)
             tar.add(repo, arcname=name)
         context.seek(0)
         docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
@@ -601,7 +583,7 @@ def test_python_row_by_the_pytest_runner_and_by_a_harness_checkout(py_case, sand
     root = _checkout(tmp_path / "harness", [inst.instance_id], run_script=HARNESS_RUN_SCRIPT,
                      parser=HARNESS_PARSER, env="ENV PRO_MARK=from-the-dockerfile\n")
     pro_runners.use_harness_dir(root)
-    [loaded] = load_instances(write_jsonl(tmp_path / "row.jsonl", [py_case.row]))
+    [loaded] = load_instances(write_rows(tmp_path / "row.jsonl", [py_case.row]))
     harnessed = dataclasses.replace(loaded, image=inst.image)
     assert (inst.log_parser, harnessed.log_parser) == ("pytest", "harness")
     runs = [(inst, inst.patch), (harnessed, inst.patch),
@@ -628,7 +610,7 @@ def test_an_image_with_bash_as_its_entrypoint_starts(go_case, docker_client, san
     if not image_exists(docker_client, tag):
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
-            _add(tar, "Dockerfile", f'FROM {go_case.inst.image}\nENTRYPOINT ["/bin/bash"]\n')
+            add_text(tar, "Dockerfile", f'FROM {go_case.inst.image}\nENTRYPOINT ["/bin/bash"]\n', mode=0o644)
         context.seek(0)
         docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
                                    network_mode="none", pull=False)
