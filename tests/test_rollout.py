@@ -143,10 +143,14 @@ def second_dockerd(local_instances):
 
     root = tempfile.mkdtemp(prefix="dkd-", dir="/tmp")
     sock, pidfile = f"{root}/docker.sock", f"{root}/dockerd.pid"
+    # a bridge of its own: with `--bridge none` dockerd deletes the host's docker0 at start, and the
+    # CI daemon's containers on the default network fail until that daemon restarts
+    bridge = f"dkd{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
     log = open(f"{root}/dockerd.log", "w")  # noqa: SIM115 (the daemon writes it until stopped)
     proc = subprocess.Popen(
         ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/x", "--pidfile", pidfile,
-         "-H", f"unix://{sock}", "--bridge", "none", "--iptables=false", "--ip-masq=false",
+         "-H", f"unix://{sock}", "--bridge", bridge, "--iptables=false", "--ip-masq=false",
          "--shutdown-timeout", "1", "--cgroup-parent", "swe-aem-test-dockerd"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -175,6 +179,7 @@ def second_dockerd(local_instances):
         stop()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 def test_daemon_stopped_mid_episode_is_infrastructure_retried_and_dropped(tokenizer, local_instances,
