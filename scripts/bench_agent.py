@@ -22,8 +22,8 @@ import time
 from transformers import AutoTokenizer
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.episode import AgentConfig
 from swe_aem.agent.rollout_batch import rollout
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.toolcalls import parse_tool_call
 from swe_aem.data import load_instances
 from swe_aem.policy.client import PolicyClient, SamplingParams
@@ -70,7 +70,7 @@ def scripted_rollouts(tokenizer, instances, concurrency: int, samples: int) -> d
                 return steps[min(turn, len(steps) - 1)]
         return FINISH
 
-    config = AgentConfig(max_turns=10, temperature=0.0)
+    config = AgentConfig(max_turns=10, temperature=0.0, tool_call_format="xml")
     with ScriptedPolicyServer(tokenizer, respond) as server, SandboxPool(max_concurrency=concurrency) as pool:
         client = PolicyClient(server.base_url, "scripted", max_concurrency=concurrency)
         t0 = time.perf_counter()

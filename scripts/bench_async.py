@@ -86,8 +86,8 @@ class LongTailPolicy(ScriptedPolicyServer):
 
 
 def stand_in_overrides(args: argparse.Namespace, model: Path, url: str) -> list[str]:
-    return [f"model={model}", "algo.aem_min_range=0.0", "rollout.max_turns=60", "rollout.max_context_tokens=8192",
-            "rollout.max_new_tokens=1024", "rollout.episode_timeout_s=600", "trainer.lr=1e-4", "run.dataset=local",
+    return [f"model={model}", "algo.aem_min_range=0.0", "rollout.agent.max_turns=60", "rollout.agent.max_context_tokens=8192",
+            "rollout.agent.max_new_tokens=1024", "rollout.agent.episode_timeout_s=600", "trainer.lr=1e-4", "run.dataset=local",
             "run.split=test", f"run.instance_ids=[{','.join(TASKS)}]", f"run.vllm_url={url}",
             "rollout.parity_max_kl=null"]  # a stand-in server: no model to compare sampling with
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.data import load_instances
 from swe_aem.fleet import Fleet, ReplicaSpec
 from swe_aem.fleet.stand_in import FINISH, ScriptedStandIn

@@ -2,7 +2,7 @@
 
 The real trainer (`swe_aem.train.loop.Trainer`, DeepSpeed ZeRO-2, the tiny model, the default
 run's settings) trains on recorded episodes of the default run's longest shape (`run.replay`:
-6 turns, 3,120 tokens, about rollout.max_context_tokens + a last response: the longest the
+6 turns, 3,120 tokens, about rollout.agent.max_context_tokens + a last response: the longest the
 rollout lets through; one task x 2 samples, one step: the peak is the longest micro-batch's,
 and a step of the default's 8 such samples takes over 10 minutes here), so no vLLM is needed. Each arm runs in a process of its own;
 swe_aem.hostmem.PhaseMeter (the kernel's high-water mark, reset at each phase's start) gives

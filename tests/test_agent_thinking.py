@@ -1,4 +1,4 @@
-"""Thinking models (Qwen3): the rollout.thinking switch, tool calls read after </think> only, no
+"""Thinking models (Qwen3): the rollout.agent.thinking switch, tool calls read after </think> only, no
 stop string inside the thinking, the per-turn thinking span and its metrics.
 
 The template tests use a copy of the tiny model's real tokenizer given Qwen3's four added
@@ -20,7 +20,8 @@ from types import SimpleNamespace
 import pytest
 
 from swe_aem.agent.chat import ChatTokens
-from swe_aem.agent.episode import AgentConfig, run_episode
+from swe_aem.agent.episode import run_episode
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.toolcalls import (
     STOP_STRINGS,
     ToolCallError,
@@ -40,7 +41,6 @@ from swe_aem.policy.scripted import (
     tool_call_text,
 )
 from swe_aem.train.metrics import thinking_metrics
-from swe_aem.train.rollouts import agent_config
 
 QWEN3_TEMPLATE = Path(__file__).parent / "data" / "qwen3_style_chat_template.jinja"
 DECOY = tool_call_text("qwen", "finish", message="decoy from the thinking")
@@ -154,15 +154,15 @@ def test_a_folder_whose_template_has_the_switch_thinks(tmp_path) -> None:
 
 
 def test_rollout_thinking_reaches_the_agent_config() -> None:
-    """rollout.thinking null: the preset's; set: it wins. The train.yaml default is null."""
+    """rollout.agent.thinking null: the preset's; set: it wins. The train.yaml default is null."""
     qwen3, tiny = load_preset("qwen3-32b"), load_preset("tiny")
-    assert load_config().rollout.thinking is None
-    assert agent_config(qwen3, RolloutConfig()).thinking is True
-    assert agent_config(tiny, RolloutConfig()).thinking is False
-    assert agent_config(qwen3, RolloutConfig(thinking=False)).thinking is False
-    assert agent_config(tiny, RolloutConfig(thinking=True)).thinking is True
-    assert load_config(overrides=["rollout.thinking=false"]).rollout.thinking is False
-    assert AgentConfig.for_preset(qwen3, thinking=None).thinking is True
+    assert load_config().rollout.agent.thinking is None
+    assert RolloutConfig().agent.for_model(qwen3).thinking is True
+    assert RolloutConfig().agent.for_model(tiny).thinking is False
+    assert RolloutConfig().agent.for_model(qwen3, thinking=False).thinking is False
+    assert RolloutConfig().agent.for_model(tiny, thinking=True).thinking is True
+    assert load_config(overrides=["rollout.agent.thinking=false"]).rollout.agent.thinking is False
+    assert AgentConfig(thinking=None).for_model(qwen3).thinking is True
 
 
 def test_eval_and_rollout_take_a_thinking_flag() -> None:
@@ -179,7 +179,9 @@ def test_eval_and_rollout_take_a_thinking_flag() -> None:
     args = argparse.ArgumentParser()
     rollout_cmd.add_arguments(args)
     parsed = args.parse_args(["--model", "qwen3-32b", "--out", "x", "--no-thinking"])
-    assert rollout_cmd.agent_config(load_preset("qwen3-32b"), parsed).thinking is False
+    from swe_aem.commands.agent_options import agent_from_args
+
+    assert agent_from_args(parsed, rollout_cmd.ROLLOUT_AGENT).for_model(load_preset("qwen3-32b")).thinking is False
 
 
 # ---------------------------------------------------------------- the chat template

@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from swe_aem.agent.episode import AgentConfig, run_episode
+from swe_aem.agent.episode import run_episode
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import TERMINATIONS
 from swe_aem.policy.client import Generation, PolicyClient, SamplingParams
 from swe_aem.policy.models import load_preset

@@ -75,8 +75,8 @@ def test_llm_evidence_end_to_end(tmp_path: Path, local_instances, small_model) -
     overrides = ["warm_start.dataset=local", "warm_start.split=test", "warm_start.instances_matching=null",
                  "warm_start.max_fix_lines=null",
                  "algo.aem_min_range=0.0",
-                 "rollout.tasks_per_step=1", "rollout.samples_per_task=4", "rollout.max_turns=8",
-                 "rollout.max_new_tokens=1024", "rollout.concurrency=4", "rollout.filter_groups=true",
+                 "rollout.tasks_per_step=1", "rollout.samples_per_task=4", "rollout.agent.max_turns=8",
+                 "rollout.agent.max_new_tokens=1024", "rollout.concurrency=4", "rollout.filter_groups=true",
                  "trainer.lr=1e-4", "run.push_weights=false",
                  "heldout.dataset=local", "heldout.split=test", "heldout.tasks=2",
                  "heldout.instances_matching=confmerge|textkit", "heldout.max_fix_lines=null"]

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.fleet import Fleet, FleetError, ReplicaSpec
 from swe_aem.fleet.replica import replica_run_id
 from swe_aem.fleet.stand_in import FINISH, ScriptedStandIn

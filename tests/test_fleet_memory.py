@@ -88,7 +88,7 @@ def test_one_async_step_on_two_real_vllm_cpu_replicas(tmp_path):
 
     cfg = load_config("rloo_aem", overrides=[
         "model=tiny", "run.steps=2", "rollout.tasks_per_step=1", "rollout.samples_per_task=2",
-        "rollout.max_turns=2", "rollout.max_new_tokens=48", "rollout.concurrency=2", "rollout.replicas=2",
+        "rollout.agent.max_turns=2", "rollout.agent.max_new_tokens=48", "rollout.concurrency=2", "rollout.replicas=2",
         "rollout.max_staleness=1", "vllm.kv_cache_gib=1", "trainer.lr=1e-4", "run.dataset=local",
         "run.split=test", "run.instance_ids=[swe-aem__pyledger-1]", "heldout.split=null",
         "run.grade_timeout_s=120"])

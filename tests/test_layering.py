@@ -26,23 +26,23 @@ RANKS = {
     "sandbox": 1,  # Docker
     "policy": 1,  # model presets, vLLM, the client
     # on the leaves
-    "config": 2,  # typed config: names algo's estimators and losses
     "data": 2,  # instances; builds images with sandbox
     "agent": 2,  # the episode loop on policy and sandbox; grading reaches it as a callable
     "reward": 3,  # grading: data's instances in sandbox containers
     "fleet": 3,  # rollout replicas as Ray actors (agent, policy, sandbox); graders given as factories
-    "plan": 3,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
     "view": 3,  # the run viewer: reads run folders (jsonl only), writes or serves the page
-    # peers: neither imports the other (the held-out evaluation's report writer reaches the
-    # trainer from the edge)
+    "config": 3,  # typed config: names algo's estimators and losses, embeds the agent's settings
+    "plan": 4,  # the memory plan of a GPU run: policy's presets and vLLM command, config's settings
+    # eval and train: neither imports the other (the held-out evaluation's report writer
+    # reaches the trainer from the edge)
     "eval": 4,  # `swe-aem eval` (agent + reward) and its reports
-    "train": 4,  # the RL loop on DeepSpeed
-    "sft": 5,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
+    "train": 5,  # the RL loop on DeepSpeed (config, plan, fleet, agent, reward)
+    "sft": 6,  # SFT on the RL trainer's engine, demonstrations, the cached warm start
     # the edge: packages that join packages
-    "evidence": 6,  # `swe-aem evidence`'s library: toy game and the LLM arms (real trainer, warm start)
+    "evidence": 7,  # `swe-aem evidence`'s library: toy game and the LLM arms (real trainer, warm start)
     # the CLI halves of every command: the top layer, may import everything
-    "commands": 7,
-    "cli": 8,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
+    "commands": 8,
+    "cli": 9,  # `swe-aem COMMAND` (commands are looked up by name, not imported)
 }
 
 

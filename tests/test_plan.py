@@ -116,7 +116,7 @@ def test_colocated_without_sleep_mode_is_refused_with_the_numbers():
     # the utilization that would leave room: (80 - trainer peak) / 80, rounded down
     util = int((80 - plan.trainer.peak / GIB) / 80 * 100 - 0.5) / 100
     assert f"vllm.gpu_memory_utilization<={util:.2f}" in problem
-    assert "rollout.max_context_tokens<=" in problem
+    assert "rollout.agent.max_context_tokens<=" in problem
 
 
 def test_a_kv_cache_smaller_than_one_sequence_is_refused():
@@ -229,7 +229,7 @@ def test_plan_command(capsys):
     assert command[command.index("--generation-config") + 1] == "vllm"
     assert cli_main(args) == 0
     assert "sampling: temperature 0.6, top_p 1.0, top_k 0" in capsys.readouterr().out
-    assert cli_main([*args, "--recipe", "deepswe", "rollout.max_context_tokens=32768",
+    assert cli_main([*args, "--recipe", "deepswe", "rollout.agent.max_context_tokens=32768",
                      "vllm.sleep_mode=false"]) == 1  # does not fit: exit 1, the reasons printed
     text = capsys.readouterr().out
     assert "fits: NO" in text and "vllm.sleep_mode=true" in text and "--enable-sleep-mode" not in text

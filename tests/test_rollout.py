@@ -99,14 +99,14 @@ def _bash(command: str) -> str:
 def _roll(tokenizer, pool, instance, respond, grade):
     import asyncio
 
-    from swe_aem.agent.episode import AgentConfig
     from swe_aem.agent.rollout_batch import rollout
+    from swe_aem.agent.settings import AgentConfig
     from swe_aem.policy.client import PolicyClient
 
     with ScriptedPolicyServer(tokenizer, respond) as server:
         client = PolicyClient(server.base_url, "scripted", retries=1, backoff_s=0.05, timeout=30)
         result = asyncio.run(rollout([instance], 1, policy=client, tokenizer=tokenizer, pool=pool,
-                                     config=AgentConfig(max_turns=4, temperature=0.0), grade=grade,
+                                     config=AgentConfig(max_turns=4, temperature=0.0, tool_call_format="xml"), grade=grade,
                                      max_retries=1, concurrency=1, progress=False))
     return result, server
 
@@ -179,7 +179,7 @@ def second_dockerd(local_instances):
         stop()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
 def test_daemon_stopped_mid_episode_is_infrastructure_retried_and_dropped(tokenizer, local_instances,

@@ -72,7 +72,7 @@ def mixed_seed(steps):
 def config(small_model, url, *extra):
     return load_config("rloo_aem", overrides=[
         f"model={small_model}", "algo.aem_min_range=0.0", "run.steps=3", "rollout.tasks_per_step=1",
-        f"rollout.samples_per_task={SAMPLES}", "rollout.max_turns=8", "rollout.max_new_tokens=1024",
+        f"rollout.samples_per_task={SAMPLES}", "rollout.agent.max_turns=8", "rollout.agent.max_new_tokens=1024",
         "rollout.concurrency=8", "trainer.lr=1e-4", "run.dataset=local", "run.split=test",
         f"run.instance_ids=[{INSTANCE}]", f"run.vllm_url={url}", "run.save_every=1",
         f"trainer.seed={mixed_seed(3)}", "heldout.split=null",

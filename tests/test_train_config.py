@@ -18,28 +18,28 @@ def test_yaml_defaults_mirror_the_dataclasses():
 
 
 def test_the_rollout_section_reaches_the_agent():
-    """Every agent setting the rollout section names is the one its episodes run with
-    (rollout.max_turns once never reached them: episodes ran on to their timeout)."""
-    from dataclasses import fields
-
-    from swe_aem.train.rollouts import agent_config
-
-    cfg = load_config(overrides=["rollout.max_turns=5", "rollout.max_context_tokens=2000",
-                                 "rollout.episode_timeout_s=77", "rollout.max_malformed_calls=2",
-                                 "rollout.temperature=0.5", "rollout.tool_timeout_s=9",
-                                 "rollout.thinking=true"])  # null: the preset's (test_agent_thinking)
-    agent = agent_config(load_preset("tiny"), cfg.rollout)
-    named = [f.name for f in fields(agent) if hasattr(cfg.rollout, f.name)]
-    assert {"max_turns", "max_context_tokens", "episode_timeout_s", "max_new_tokens"} <= set(named)
-    assert {n: getattr(agent, n) for n in named} == {n: getattr(cfg.rollout, n) for n in named}
-    assert agent.max_turns == 5 and agent.tool_call_format == load_preset("tiny").tool_call_format
+    """rollout.agent is the agent's one settings type: what the section sets is what the
+    episodes run with, resolved for the model (the run's flat copy once dropped a field:
+    rollout.max_turns never reached the episodes, which ran on to their timeout)."""
+    tiny = load_preset("tiny")
+    cfg = load_config(overrides=["rollout.agent.max_turns=5", "rollout.agent.max_context_tokens=999999",
+                                 "rollout.agent.episode_timeout_s=77", "rollout.agent.max_malformed_calls=2",
+                                 "rollout.agent.temperature=0.5", "rollout.agent.tool_timeout_s=9",
+                                 "rollout.agent.thinking=true"])  # null: the preset's (test_agent_thinking)
+    agent = cfg.rollout.agent.for_model(tiny)
+    assert (agent.max_turns, agent.episode_timeout_s, agent.max_malformed_calls, agent.temperature,
+            agent.tool_timeout_s, agent.thinking) == (5, 77, 2, 0.5, 9, True)
+    assert agent.max_context_tokens == tiny.max_model_len  # capped at the window
+    assert agent.tool_call_format == tiny.tool_call_format  # null in the section: the preset's
+    unset = load_config(overrides=["rollout.agent.max_context_tokens=null"]).rollout.agent
+    assert unset.for_model(tiny).max_context_tokens == tiny.max_model_len
 
 
 def test_layers_and_overrides():
-    cfg = load_config("grpo_aem", "deepswe_aem", ["rollout.max_turns=7", "algo.aem_lambda=0.5"])
+    cfg = load_config("grpo_aem", "deepswe_aem", ["rollout.agent.max_turns=7", "algo.aem_lambda=0.5"])
     assert cfg.model == "qwen3-32b" and cfg.algo.aem and cfg.algo.aem_lambda == 0.5
     assert cfg.rollout.tasks_per_step == 64 and cfg.rollout.samples_per_task == 8
-    assert cfg.rollout.max_turns == 7 and cfg.trainer.lr == 1e-6 and cfg.algo.tis_cap is None
+    assert cfg.rollout.agent.max_turns == 7 and cfg.trainer.lr == 1e-6 and cfg.algo.tis_cap is None
     base = load_config(recipe="deepswe")
     assert base.algo.advantage == "rloo" and not base.algo.aem and base.algo.loss_agg == "seq-mean-token-sum"
     # the toy recipe keeps the published algorithm settings
@@ -49,13 +49,15 @@ def test_layers_and_overrides():
 
 @pytest.mark.parametrize("bad, message", [
     (["algo.nope=1"], "nope"),
-    (["rollout.max_turns=abc"], "max_turns"),
+    (["rollout.agent.max_turns=abc"], "max_turns"),
     (["algo.advantage=ppo"], "algo.advantage"),
     (["rollout.samples_per_task=1"], "samples_per_task"),
     (["steps"], "key=value"),
     (["heldout.instances_matching=op_(change"], "heldout.instances_matching"),
-    (["rollout.top_p=0.95"], "rollout.top_p=0.95: training samples with top_p 1 only"),
+    (["rollout.agent.top_p=0.95"], "rollout.agent.top_p=0.95: training samples with top_p 1 only"),
     (["rollout.parity_max_kl=-1"], "parity_max_kl"),
+    (["rollout.max_turns=8"], "rollout.max_turns is now rollout.agent.max_turns"),
+    (["rollout.agent.seed=3"], "seeds each step's episodes from trainer.seed"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -118,11 +120,11 @@ PUBLISHED_DEEPSWE = {
     "rollout.oversample": 2.0,                  # AEM paper: 2x over-sampling
     "rollout.filter_groups": True,              #   and rejection of all-equal groups
     "rollout.max_sampling_rounds": 1,           #   once (no top-up: a step may shrink)
-    "rollout.max_turns": 50,                    # agent.max_steps
-    "rollout.max_context_tokens": 4096 + 32768,  # max_prompt_length + max_response_length
-    "rollout.temperature": 1.0,
-    "rollout.episode_timeout_s": 5400.0,        # agent.trajectory_timeout
-    "rollout.tool_timeout_s": 120.0,            # CMD_TIMEOUT
+    "rollout.agent.max_turns": 50,                    # agent.max_steps
+    "rollout.agent.max_context_tokens": 4096 + 32768,  # max_prompt_length + max_response_length
+    "rollout.agent.temperature": 1.0,
+    "rollout.agent.episode_timeout_s": 5400.0,        # agent.trajectory_timeout
+    "rollout.agent.tool_timeout_s": 120.0,            # CMD_TIMEOUT
     "trainer.lr": 1e-6,
     "trainer.mini_batches": 64 // 8,            # ppo_mini_batch_size=8
     "run.dataset": "R2E-Gym/R2E-Gym-Subset",
@@ -146,7 +148,7 @@ def test_deepswe_recipe_is_the_published_one_field_by_field():
     assert not wrong, f"differs from the published recipe (ours, published): {wrong}"
     # none of the tiny defaults leak into the recipe
     tiny = load_config()
-    for key in ("run.sandbox_memory", "rollout.max_observation_chars", "rollout.max_new_tokens"):
+    for key in ("run.sandbox_memory", "rollout.agent.max_observation_chars", "rollout.agent.max_new_tokens"):
         assert _get(cfg, key) != _get(tiny, key), key
     aem = load_config(recipe="deepswe_aem")
     assert aem.algo.aem and aem.algo.aem_lambda == 1.0 and aem.algo.aem_min_range == 0.1
@@ -180,7 +182,7 @@ def test_run_records_its_effective_sampling(tmp_path):
     from swe_aem.policy.client import NEUTRAL_SAMPLING
     from swe_aem.train.resolve import recorded_config
 
-    text = recorded_config(load_config(overrides=["rollout.temperature=0.7"]))
+    text = recorded_config(load_config(overrides=["rollout.agent.temperature=0.7"]))
     eff = yaml.safe_load(text)["effective_sampling"]
     assert eff["rollout"]["temperature"] == 0.7 and eff["heldout"]["temperature"] == 0.0
     for key, value in NEUTRAL_SAMPLING.items():
@@ -210,7 +212,7 @@ def test_every_config_field_has_a_docstring():
     sections = config_sections()
     assert {c.__name__ for c in sections} == {
         "Config", "VllmConfig", "AlgoConfig", "RolloutConfig", "TrainerConfig", "LoraConfig",
-        "RunConfig", "WarmStartConfig", "HeldoutConfig"}
+        "RunConfig", "WarmStartConfig", "HeldoutConfig", "AgentConfig"}
     missing = [f"{c.__name__}.{f.name}" for c in sections for f in fields(c)
                if not field_docs(c).get(f.name, "").strip()]
     assert not missing, f"config fields without a docstring (a string literal under the field): {missing}"
@@ -249,3 +251,25 @@ def test_train_yaml_is_what_the_writer_writes(tmp_path, capsys):
     out = capsys.readouterr()
     assert "-model: other" in out.out and "python scripts/write_train_yaml.py" in out.err
     assert writer.main([]) == 0 and writer.main(["--check"]) == 0
+
+
+def test_the_warm_start_and_the_held_out_set_select_tasks_alike():
+    """One task-selection type: the same filters and seeded draw for both sections, each with
+    its defaults; a filter that leaves nothing names its section; bad values are refused alike."""
+    from types import SimpleNamespace
+
+    from swe_aem.config import ConfigError, HeldoutConfig, TaskSelection, WarmStartConfig
+
+    rows = [SimpleNamespace(instance_id=f"x.func_pm_op_{i}", patch="-a\n+b\n") for i in range(6)]
+    rows.append(SimpleNamespace(instance_id="x.other", patch="-a\n+b\n"))
+    ws, ho = WarmStartConfig(tasks=3), HeldoutConfig(tasks=3)
+    assert isinstance(ws, TaskSelection) and isinstance(ho, TaskSelection)
+    assert ws.draw(rows, 7, "warm_start") == ho.draw(rows, 7, "heldout")  # same rule, same seed
+    assert len(ws.draw(rows, 7, "warm_start")) == 3 and "x.other" not in ws.draw(rows, 7, "warm_start")
+    assert len({tuple(ws.draw(rows, seed, "warm_start")) for seed in range(10)}) > 1  # the seed draws
+    assert (ws.split, ho.split, ws.dataset, ho.dataset) == ("train", "test", "generated", None)
+    with pytest.raises(ConfigError, match="heldout.instances_matching / max_fix_lines"):
+        HeldoutConfig(instances_matching="nothing").draw(rows, 0, "heldout")
+    for section in ("warm_start", "heldout"):
+        with pytest.raises(ConfigError, match=f"{section}.max_fix_lines must be >= 1"):
+            load_config(overrides=[f"{section}.max_fix_lines=0"])

@@ -89,8 +89,8 @@ def test_a_lora_run_serves_its_adapter_and_pushes_only_the_adapter(server, start
     assert "--enable-lora" in server.command() and "--max-lora-rank" in server.command()
     cfg = load_config("rloo_aem", overrides=[
         "model=tiny", "run.steps=2", "rollout.tasks_per_step=1", "rollout.samples_per_task=2",
-        "rollout.max_turns=2", "rollout.max_new_tokens=48", "rollout.concurrency=2",
-        "rollout.temperature=0.6", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
+        "rollout.agent.max_turns=2", "rollout.agent.max_new_tokens=48", "rollout.concurrency=2",
+        "rollout.agent.temperature=0.6", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
         f"run.vllm_url={server.base_url}", f"trainer.lora.rank={RANK}", f"trainer.lora.init_from={start_adapter}",
         "trainer.lora.lr=1e-3", "trainer.zero_stage=2", "heldout.split=null"])
     run = tmp_path / "run"
@@ -148,8 +148,8 @@ def test_full_step_and_weight_sync_on_an_attached_server(server, tmp_path):
 def _full_step(tmp_path, url):
     cfg = load_config("rloo_aem", overrides=[
         "model=tiny", "run.steps=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=2",
-        "rollout.max_turns=2", "rollout.max_new_tokens=48", "rollout.concurrency=2",
-        "rollout.temperature=0.6", "trainer.lr=1e-4", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
+        "rollout.agent.max_turns=2", "rollout.agent.max_new_tokens=48", "rollout.concurrency=2",
+        "rollout.agent.temperature=0.6", "trainer.lr=1e-4", "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
         f"run.vllm_url={url}"])
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer.source.harness.policy.attached
@@ -220,7 +220,7 @@ def test_live_step_with_real_patches_and_mixed_rewards(tmp_path, local_instances
     tokenizer = AutoTokenizer.from_pretrained(small_model)
     respond, chosen = _patch_writing_policy(inst)
     overrides = [f"model={small_model}", "algo.aem_min_range=0.0", "run.steps=1", "rollout.tasks_per_step=1", "rollout.samples_per_task=4",
-                 "rollout.max_turns=8", "rollout.max_new_tokens=1024", "rollout.concurrency=4",
+                 "rollout.agent.max_turns=8", "rollout.agent.max_new_tokens=1024", "rollout.concurrency=4",
                  "trainer.lr=1e-4",
                  "run.dataset=local", "run.split=test", f"run.instance_ids=[{INSTANCE}]",
                  "rollout.filter_groups=true"]

@@ -76,7 +76,7 @@ class Workload:
     output_sigma: float = 0.8
     observation_median: float = 200.0  # a tool's output, lognormal, mean ~330
     observation_sigma: float = 1.0
-    observation_cap: int = 4_000  # rollout.max_observation_chars 16,000 at ~4 characters a token
+    observation_cap: int = 4_000  # rollout.agent.max_observation_chars 16,000 at ~4 characters a token
     # Off-server time. Measured here (docs/benchmarks.md, real containers, 2-core machine): the
     # scaffold's own overhead 45 ms a turn, a sandbox start-to-ready 234 ms (p50). A command's own
     # run time on a real repository was not measured here (the local suite's repositories are

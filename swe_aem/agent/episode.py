@@ -15,46 +15,15 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from swe_aem.agent.chat import ChatTokens
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.toolcalls import ToolCallError, parse_tool_call, stop_strings
 from swe_aem.agent.tools import ToolResult, ToolRunner
 from swe_aem.agent.trajectory import Episode, Turn
 from swe_aem.policy.client import PolicyClient, SamplingParams
 from swe_aem.sandbox import Breakage, Sandbox, classify_breakage
-
-
-@dataclass
-class AgentConfig:
-    max_turns: int = 30
-    max_context_tokens: int = 8192  # prompt + response of the last turn
-    max_observation_chars: int = 8000
-    episode_timeout_s: float = 1800.0
-    tool_timeout_s: float = 60.0  # default execute_bash timeout
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512  # per turn
-    max_malformed_calls: int = 3  # consecutive turns without a valid tool call end the episode
-    tool_call_format: str = "xml"
-    # the run's sampling seed: each request is seeded from (seed, task, sample, turn), so two
-    # runs (two arms, a rerun) that sample the same weights see the same samples; None: unseeded
-    seed: int | None = None
-    # thinking models (Qwen3): the chat template's enable_thinking. On: no stop strings (the
-    # turn ends on EOS; see toolcalls.stop_strings), the call is read after </think> only, and
-    # each turn records its thinking span (Turn.thinking_tokens)
-    thinking: bool = False
-
-    @classmethod
-    def for_preset(cls, preset: Any, max_context_tokens: int | None = None,
-                   thinking: bool | None = None, **kwargs: Any) -> AgentConfig:
-        """Settings for a model preset: its tool-call format, context capped at its window,
-        thinking as given (None: the preset's default, `ModelPreset.thinking`)."""
-        window = preset.max_model_len
-        return cls(max_context_tokens=min(max_context_tokens or window, window),
-                   tool_call_format=preset.tool_call_format,
-                   thinking=preset.thinking if thinking is None else thinking, **kwargs)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -105,7 +74,10 @@ async def run_episode(
     """Run one agent episode on an instance inside a started sandbox."""
     start = time.monotonic()
     deadline = start + config.episode_timeout_s
-    chat = ChatTokens(tokenizer, config.tool_call_format, thinking=config.thinking)
+    if config.tool_call_format is None:
+        raise ValueError("AgentConfig.tool_call_format is unset: resolve the settings for the model "
+                         "(AgentConfig.for_model) or name the format")
+    chat = ChatTokens(tokenizer, config.tool_call_format, thinking=bool(config.thinking))
     tools = ToolRunner(sandbox, default_timeout_s=config.tool_timeout_s)
     episode = Episode(instance.instance_id, sample_index, model=policy_client.model)
     pending = chat.initial_ids(instance)  # ids added since the last response
@@ -114,7 +86,8 @@ async def run_episode(
     malformed = 0  # consecutive turns whose tool call could not be parsed
     try:
         for turn_no in range(config.max_turns):
-            room = config.max_context_tokens - len(context)
+            limit = config.max_context_tokens  # None: unresolved, the server's window applies
+            room = config.max_new_tokens if limit is None else limit - len(context)
             if room <= 0:
                 episode.termination = "context_overflow"
                 break
@@ -125,7 +98,7 @@ async def run_episode(
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_tokens=min(config.max_new_tokens, room),
-                stop=stop_strings(config.tool_call_format, config.thinking),
+                stop=stop_strings(config.tool_call_format, bool(config.thinking)),
                 seed=None if config.seed is None else request_seed(
                     config.seed, instance.instance_id, sample_index, turn_no),
             )
@@ -137,7 +110,7 @@ async def run_episode(
             text = chat.decode(gen.token_ids)
             call, parse_error, result = None, None, None
             try:
-                call = parse_tool_call(text, config.tool_call_format, thinking=config.thinking)
+                call = parse_tool_call(text, config.tool_call_format, thinking=bool(config.thinking))
             except ToolCallError as exc:
                 parse_error = str(exc)
             t1 = time.monotonic()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swe_aem.agent.episode import AgentConfig
 from swe_aem.agent.rollout_batch import RolloutResult, rollout
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.policy.client import PolicyClient
 from swe_aem.policy.models import ModelPreset
 from swe_aem.sandbox import SandboxConfig, SandboxPool

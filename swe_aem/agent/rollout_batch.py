@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from swe_aem.agent.episode import AgentConfig, in_thread, run_episode
+from swe_aem.agent.episode import in_thread, run_episode
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import Episode, grade_tests_of
 from swe_aem.policy.client import PolicyClient
 from swe_aem.sandbox import SandboxError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from swe_aem.commands.rollout import add_sampling_arguments
+from swe_aem.commands.agent_options import add_agent_arguments, agent_from_args
 from swe_aem.data.families import FORMATS
 from swe_aem.eval.evaluate import VERIFIED, EvalError, EvalSettings, evaluate
 
@@ -20,10 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-format", default=None, choices=FORMATS, help="dataset family (default: from the name or the columns)")
     p.add_argument("--split", default="test")
     p.add_argument("--runs", type=int, default=1, help="k: independent runs (Pass@1 is averaged over them)")
-    p.add_argument("--max-turns", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    add_sampling_arguments(p, concurrency=8, sample="run")
+    add_agent_arguments(p, EvalSettings().agent, concurrency=8, sample="run")
     p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
@@ -44,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --runs must be at least 1")
         return 2
     out = args.out or Path("runs") / "eval" / Path(args.model).name
-    settings = EvalSettings(runs=args.runs, max_turns=args.max_turns, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, concurrency=args.concurrency,
-                            seed=args.seed, thinking=args.thinking)
+    settings = EvalSettings(runs=args.runs, concurrency=args.concurrency,
+                            agent=agent_from_args(args, EvalSettings().agent))
     try:
         if args.harness_dir is not None:  # read as SWE-bench Pro rows load (data/pro_runners.py)
             use_harness_dir(args.harness_dir)

@@ -14,6 +14,7 @@ lone training run's. One arm's processes are all gone before the next arm starts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     scale = TOY if args.model == "tiny" else FULL
     out = args.out or Path("runs") / "reproduce" / Path(args.model).name
-    settings = EvalSettings(runs=args.eval_runs or scale["eval_runs"], max_turns=scale["max_turns"],
-                            max_new_tokens=scale["max_new_tokens"])
+    settings = EvalSettings(runs=args.eval_runs or scale["eval_runs"], agent=dataclasses.replace(
+        EvalSettings().agent, max_turns=scale["max_turns"], max_new_tokens=scale["max_new_tokens"]))
     only = [f"run.instance_ids=[{','.join(args.instances)}]"] if args.instances else []
     overrides = [f"model={args.model}", *only, *args.overrides]
     recipes = dict(zip(("base", "aem"), scale["recipes"]))

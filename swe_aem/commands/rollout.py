@@ -13,19 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from swe_aem.agent.episode import AgentConfig
+from swe_aem.agent.settings import AgentConfig
+from swe_aem.commands.agent_options import add_agent_arguments, agent_from_args
 from swe_aem.data.families import FORMATS
 
-
-def add_sampling_arguments(parser: argparse.ArgumentParser, *, concurrency: int, sample: str) -> None:
-    """--concurrency, --seed and --thinking, as `swe-aem rollout` and `swe-aem eval` take them
-    (`sample`: what the third part of a request's seed counts, a sample or a run)."""
-    parser.add_argument("--concurrency", type=int, default=concurrency)
-    parser.add_argument("--seed", type=int, default=0,
-                        help=f"sampling seed: each request is seeded from (seed, task, {sample}, turn)")
-    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help=("thinking models: the chat template's enable_thinking (--no-thinking: "
-                              "off); default: the preset's (qwen3-32b on, others off)"))
+ROLLOUT_AGENT = AgentConfig()  # the agent's settings of `swe-aem rollout` unless a flag says otherwise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,26 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use a running server instead of starting one (its served model name: --served-name)")
     parser.add_argument("--served-name", default="policy")
     parser.add_argument("--samples", "-G", type=int, default=1)
-    parser.add_argument("--max-turns", type=int, default=30)
-    parser.add_argument("--max-context", type=int, default=None, help="tokens; default: the preset's")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--episode-timeout", type=float, default=1800.0)
     parser.add_argument("--grade-timeout", type=float, default=1800.0, help="seconds for one eval script")
     parser.add_argument("--retries", type=int, default=1,
                         help="times an episode or grading that failed for infrastructure reasons is retried")
-    add_sampling_arguments(parser, concurrency=4, sample="sample")
+    add_agent_arguments(parser, ROLLOUT_AGENT, concurrency=4, sample="sample")
     parser.add_argument("--no-grade", action="store_true", help="skip grading (reward stays null)")
     parser.add_argument("--out", required=True, type=Path)
-
-
-def agent_config(preset, args: argparse.Namespace) -> AgentConfig:
-    """The agent settings the flags give (each flag here: --max-turns once reached no episode)."""
-    return AgentConfig.for_preset(
-        preset, max_context_tokens=args.max_context, max_turns=args.max_turns,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        episode_timeout_s=args.episode_timeout, seed=args.seed, thinking=args.thinking)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     traj_path = args.out / "trajectories.jsonl"
     traj_path.write_text("")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = agent_config(preset, args)
+    config = agent_from_args(args, ROLLOUT_AGENT).for_model(preset)
     with open_harness(model_path, preset, concurrency=args.concurrency, server_url=args.server_url,
                       served_name=args.served_name) as h:
         result = h.rollout(

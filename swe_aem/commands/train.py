@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<run.name or model-algo>")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     add_launch_arguments(p)
-    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.max_turns=8)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. rollout.agent.max_turns=8)")
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:

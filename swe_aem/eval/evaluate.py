@@ -9,9 +9,10 @@ interval, Pass@k with the unbiased estimator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.errors import SetupError
 
 VERIFIED = "SWE-bench/SWE-bench_Verified"
@@ -23,18 +24,20 @@ class EvalError(SetupError, RuntimeError):
 
 @dataclass
 class EvalSettings:
+    """How `swe-aem eval` runs: samples per task, grading and the agent's settings."""
+
     runs: int = 1
-    max_turns: int = 100  # the DeepSWE evaluation's step budget
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    max_context_tokens: int | None = None  # None: the model's
-    episode_timeout_s: float = 5400.0
+    """Samples per instance (Pass@1 over k runs, Pass@k)."""
     grade_timeout_s: float = 1800.0
+    """Limit of one grading run (s)."""
     concurrency: int = 8
-    retries: int = 1  # an episode or grading that failed for infrastructure reasons
-    seed: int | None = 0  # sampling seed of the evaluation (agent.loop.request_seed); None: unseeded
-    thinking: bool | None = None  # the chat template's enable_thinking; None: the preset's
+    """Episodes at once."""
+    retries: int = 1
+    """Reruns of an episode or a grading that failed for infrastructure reasons."""
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(
+        max_turns=100, episode_timeout_s=5400.0, seed=0))
+    """The agent's settings; defaults: the DeepSWE evaluation's 100 steps and 5,400 s, at
+    temperature 1, seeded (0) so that two evaluations of two checkpoints are paired."""
 
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
@@ -48,7 +51,6 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     """
     from transformers import AutoTokenizer
 
-    from swe_aem.agent.episode import AgentConfig
     from swe_aem.agent.harness import open_harness
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data import load_instances
@@ -59,10 +61,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    agent = AgentConfig.for_preset(
-        preset, max_context_tokens=s.max_context_tokens, max_turns=s.max_turns,
-        temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-        episode_timeout_s=s.episode_timeout_s, seed=s.seed, thinking=s.thinking)
+    agent = s.agent.for_model(preset)
     traj_path = out_dir / "trajectories.jsonl"
     traj_path.write_text("")
     with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
@@ -71,7 +70,7 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
                            grade=grader(h.grade_pool, timeout=s.grade_timeout_s, strict=False),
                            max_retries=s.retries, concurrency=s.concurrency,
                            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
-    meta = {"dataset": dataset, "split": split, "max_turns": s.max_turns, "temperature": s.temperature,
+    meta = {"dataset": dataset, "split": split, "max_turns": agent.max_turns, "temperature": agent.temperature,
             "thinking": agent.thinking}
     return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
                                 title=f"{model} on {dataset}")

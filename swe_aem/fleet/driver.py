@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from swe_aem.agent.episode import AgentConfig
 from swe_aem.agent.rollout_batch import Dropped, RolloutResult
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import Episode
 from swe_aem.errors import RunError, SweAemError
 from swe_aem.fleet.replica import ReplicaSpec, RolloutReplica, Weights, replica_run_id

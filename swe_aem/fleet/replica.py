@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swe_aem.agent.episode import AgentConfig
 from swe_aem.agent.rollout_batch import Dropped, rollout
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import Episode
 from swe_aem.errors import SweAemError
 from swe_aem.policy.models import ModelPreset

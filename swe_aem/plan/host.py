@@ -157,7 +157,8 @@ def host_plan(cfg, preset: ModelPreset, *, node_bytes: float, threshold: float |
     bound = (threshold if threshold is not None else RAY_THRESHOLD) if ray else 1.0
     limit = bound * node_bytes
     s = TrainerSettings.of(cfg, preset)
-    longest = min(cfg.rollout.max_context_tokens + cfg.rollout.max_new_tokens, preset.max_model_len)
+    agent = cfg.rollout.agent.for_model(preset)
+    longest = min(agent.max_context_tokens + agent.max_new_tokens, preset.max_model_len)
     trainer = HostProcess("trainer (rank 0)", 1, trainer_host_items(preset, s, longest))
     servers = 0 if cfg.run.vllm_url is not None or cfg.run.replay else n  # attached, or no rollouts
     weights = arch.params * dtype_bytes(preset.dtype)

@@ -232,9 +232,10 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
                         f"{cluster.gpus}; add nodes or use placement=colocated")
         world = 1
 
-    longest = min(cfg.rollout.max_context_tokens, preset.max_model_len)
-    if cfg.rollout.max_context_tokens > preset.max_model_len:
-        notes.append(f"rollout.max_context_tokens {cfg.rollout.max_context_tokens:,} is over the model's "
+    asked = cfg.rollout.agent.max_context_tokens
+    longest = cfg.rollout.agent.for_model(preset).max_context_tokens
+    if asked is not None and asked > preset.max_model_len:
+        notes.append(f"rollout.agent.max_context_tokens {asked:,} is over the model's "
                      f"max_model_len {preset.max_model_len:,}: episodes stop at {preset.max_model_len:,} tokens")
     lora = None
     if settings.lora_rank is not None:
@@ -308,7 +309,7 @@ def make_plan(cfg, preset: ModelPreset, cluster: Cluster, *, model_path: str | P
                      "or preempts the rest when all are long)")
     return Plan(preset.name, arch.params, cluster, preset.placement, preset.sleep_mode, settings,
                 tuple(processes), tuple(groups), vllm, trainer, host, at_load, tuple(notes), tuple(problems),
-                sampling_record(cfg.rollout.temperature, cfg.rollout.top_p), lora)
+                sampling_record(cfg.rollout.agent.temperature, cfg.rollout.agent.top_p), lora)
 
 
 def _serving(cfg, preset: ModelPreset, s: TrainerSettings) -> ModelPreset:
@@ -403,7 +404,8 @@ def _trainer_knobs(preset, cfg, s: TrainerSettings, trainer: TrainerMemory, budg
             hi = mid - 1
     if lo >= 1024:
         fit = lo // 1024 * 1024
-        knobs.append(f"rollout.max_context_tokens<={fit:,} (now {cfg.rollout.max_context_tokens:,})"
+        knobs.append(f"rollout.agent.max_context_tokens<={fit:,} "
+                     f"(now {cfg.rollout.agent.for_model(preset).max_context_tokens:,})"
                      + (f" and trainer.micro_batch_tokens<={fit:,}" if s.micro_batch_tokens > fit else ""))
     else:
         knobs.append(f"more GPUs (--nodes; ZeRO shards over {trainer.world} ranks now)")

@@ -289,7 +289,7 @@ class TrainerMemory:
     it keeps on the GPU between updates (while a colocated vLLM runs)."""
 
     world: int
-    longest: int  # the longest sample: rollout.max_context_tokens capped by max_model_len
+    longest: int  # the longest sample: rollout.agent.max_context_tokens capped by max_model_len
     rows: int  # samples of that length packed in one micro-batch
     state: tuple[Item, ...]  # parameters, gradients, optimizer states, runtime: always there
     work: tuple[Item, ...]  # gathered parameters, activations, buffers: during the update

@@ -111,7 +111,7 @@ class ModelPreset:
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = True
     tool_call_format: str = "qwen"  # "qwen" (<tool_call>{json}</tool_call>) or "xml"
-    # rollout.thinking when that is null: whether the model thinks (<think>...</think>) before
+    # rollout.agent.thinking when that is null: whether the model thinks (<think>...</think>) before
     # each call, the chat template's enable_thinking. On for Qwen3, as it ships; off elsewhere
     thinking: bool = False
     # AEM's group entropy-range floor in nats (algo.aem_min_range when that is null): the

@@ -169,8 +169,8 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
     from transformers import AutoTokenizer
 
     from swe_aem.agent.chat import ChatTokens
-    from swe_aem.agent.episode import AgentConfig
     from swe_aem.agent.harness import open_harness
+    from swe_aem.agent.settings import AgentConfig
     from swe_aem.policy.client import PolicyClient
     from swe_aem.policy.models import resolve_model
     from swe_aem.policy.scripted import ScriptedPolicyServer
@@ -196,9 +196,8 @@ def make_demonstrations(instances: Sequence[Any], model: str, out: str | Path, *
                   for ts in scripts.values() for t in ts)
     # thinking off: a gold edit has no reasoning to show, so the demonstration is written in the
     # template's no-thinking form (Qwen3: an empty <think></think> in the prompt, not sampled)
-    config = AgentConfig.for_preset(preset, max_new_tokens=longest + 8, temperature=0.0,
-                                    max_turns=max(len(t) for t in scripts.values()) + 1,
-                                    thinking=False)
+    config = AgentConfig(max_new_tokens=longest + 8, temperature=0.0,
+                         max_turns=max(len(t) for t in scripts.values()) + 1, thinking=False).for_model(preset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")

@@ -118,7 +118,6 @@ def _fit(sft: SftConfig, work: Path, episodes: list, progress: bool) -> dict:
 def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) -> WarmStart:
     from swe_aem.agent.trajectory import read_episodes
     from swe_aem.data import load_instances
-    from swe_aem.data.instances import draw_tasks, task_pool
     from swe_aem.policy.models import PRESET_FILE, base_preset_name, resolve_model
     from swe_aem.sft.demos import make_demonstrations
     from swe_aem.sft.trainer import SftConfig
@@ -126,7 +125,7 @@ def _warm_start(cfg: WarmStartConfig, model: str, *, seed: int, progress: bool) 
     base = base_preset_name(model)
     _, base_dir = resolve_model(model)
     every = load_instances(cfg.dataset, split=cfg.split)
-    chosen = set(draw_tasks(task_pool(every, cfg.instances_matching, cfg.max_fix_lines), cfg.tasks, seed))
+    chosen = set(cfg.draw(every, seed, "warm_start"))
     instances = [i for i in every if i.instance_id in chosen]
     root = Path(cfg.cache_dir).expanduser()
     folder = root / f"{base}-{cache_key(base_dir, instances, cfg, seed)}"

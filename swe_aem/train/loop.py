@@ -280,18 +280,12 @@ class Trainer:
 
     def _heldout_eval_on_rank0(self, phase: str) -> None:
         from swe_aem.data import load_instances
-        from swe_aem.data.instances import draw_tasks, task_pool
 
         h = self.cfg.heldout
         dataset = h.dataset or self.cfg.run.dataset
         every = {i.instance_id: i for i in load_instances(dataset, split=h.split,
                                                             dataset_format=self.cfg.run.dataset_format)}
-        try:
-            pool = task_pool(list(every.values()), h.instances_matching, h.max_fix_lines)
-        except ValueError as exc:
-            raise ConfigError(f"heldout.instances_matching / max_fix_lines on {dataset}/{h.split}: "
-                              f"{exc}") from None
-        ids = draw_tasks(pool, h.tasks, self.cfg.trainer.seed if h.seed is None else h.seed)
+        ids = h.draw(list(every.values()), self.cfg.trainer.seed if h.seed is None else h.seed, "heldout")
         out = self.run_dir / "heldout" / f"{phase}-step-{self.state.step:06d}"
         timing: dict[str, float] = {}
         with timed(timing, "heldout"):
@@ -330,7 +324,7 @@ class Trainer:
         layout, plan, shard = self._lay_out(samples, step, m)
         with timed(m, "forward"):
             fwd = forward_old(self.engine, samples, layout, self.settings.micro_batch_tokens, self.pad_id,
-                              indices=shard, temperature=cfg.rollout.temperature,
+                              indices=shard, temperature=cfg.rollout.agent.temperature,
                               packed=cfg.trainer.pack_sequences, token_entropy=cfg.run.record_token_entropy)
         m["computed_over_real"] = fwd.computed_over_real  # padding's overhead (1.0: none)
         with timed(m, "credit"):
@@ -393,7 +387,7 @@ class Trainer:
             out.update(ppo_update(self.engine, samples, layout, fwd.old_logprobs, credit.turn_advantages,
                                   self.loss_cfg, self.settings.micro_batch_tokens, self.pad_id,
                                   mini_batches=cfg.trainer.mini_batches, epochs=cfg.trainer.ppo_epochs,
-                                  indices=shard, temperature=cfg.rollout.temperature, plan=plan,
+                                  indices=shard, temperature=cfg.rollout.agent.temperature, plan=plan,
                                   packed=cfg.trainer.pack_sequences))
         tokens = sum(len(samples[i].input_ids) for i in shard)
         out["tokens_per_s"] = tokens * (1 + cfg.trainer.ppo_epochs) / max(
@@ -510,9 +504,9 @@ class Trainer:
         rollout.parity_max_kl. Rank 0 asks the server, every rank scores (ZeRO-3 gathers)."""
         r = self.cfg.rollout
         prompt = parity_prompt_ids(self.tokenizer)
-        sampling = SamplingParams(temperature=r.temperature, max_tokens=PARITY_TOKENS, seed=PARITY_SEED)
+        sampling = SamplingParams(temperature=r.agent.temperature, max_tokens=PARITY_TOKENS, seed=PARITY_SEED)
         gen = on_rank0(lambda: self.source.probe_sample(prompt, sampling), f"sampling parity probe ({where})")
-        stats = parity_stats(gen.logprobs, score_sampled(self.engine, prompt, gen.token_ids, r.temperature))
+        stats = parity_stats(gen.logprobs, score_sampled(self.engine, prompt, gen.token_ids, r.agent.temperature))
         if self.is_main:
             console.print(f"sampling parity ({where}): KL(server || trainer) {stats.kl:.3g} per token over "
                           f"{stats.tokens} sampled tokens, max |log-prob diff| {stats.max_abs_diff:.3g}")

@@ -124,6 +124,6 @@ def recorded_config(cfg: Config) -> str:
     evaluations use, every field named (not settings: what the requests and servers send)."""
     from swe_aem.policy.session import sampling_record
 
-    effective = {"effective_sampling": {"rollout": sampling_record(cfg.rollout.temperature, cfg.rollout.top_p),
+    effective = {"effective_sampling": {"rollout": sampling_record(cfg.rollout.agent.temperature, cfg.rollout.agent.top_p),
                                         "heldout": sampling_record(cfg.heldout.temperature)}}
     return to_yaml(cfg) + yaml.safe_dump(effective, sort_keys=False)

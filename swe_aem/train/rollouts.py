@@ -30,10 +30,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from swe_aem.agent.episode import AgentConfig, step_seed
+from swe_aem.agent.episode import step_seed
 from swe_aem.agent.rollout_batch import RolloutResult, rollout
+from swe_aem.agent.settings import AgentConfig
 from swe_aem.agent.trajectory import Episode, read_episodes, write_episodes
-from swe_aem.config import Config, RolloutConfig
+from swe_aem.config import Config
 from swe_aem.errors import SetupError
 from swe_aem.jsonl import write_jsonl
 from swe_aem.policy.models import ModelPreset
@@ -83,14 +84,6 @@ class ServedPolicy(RolloutSource, Protocol):
 
     def evaluate(self, instances: list, *, runs: int, temperature: float, out_dir: Path,
                  model_name: str) -> dict: ...
-
-
-def agent_config(preset: ModelPreset, rollout: RolloutConfig) -> AgentConfig:
-    """The agent settings of a run's episodes: every AgentConfig field that the `rollout`
-    section also names, taken from it (a field passed by hand once went missing: max_turns,
-    and episodes ran on to their timeout)."""
-    shared = {f.name for f in dataclasses.fields(AgentConfig)} & {f.name for f in dataclasses.fields(rollout)}
-    return AgentConfig.for_preset(preset, **{name: getattr(rollout, name) for name in shared})
 
 
 def uses_fleet(cfg: Config) -> bool:
@@ -215,7 +208,7 @@ class LiveRollouts:
                 report: HeldoutReport | None, start: int) -> None:
         self.cfg, self.run_dir, self.run_id, self.report = cfg, Path(run_dir), run_id, report
         self.tokenizer = tokenizer
-        self.agent_cfg = agent_config(preset, cfg.rollout)
+        self.agent_cfg = cfg.rollout.agent.for_model(preset)
         self.buffer = RolloutBuffer(self.run_dir, start, cfg.rollout.max_staleness or 0)
         self.dropped_path = self.run_dir / "dropped_episodes.jsonl"
         self.dropped: list = []  # the last round's dropped samples
@@ -302,7 +295,7 @@ class LiveRollouts:
         result = self.run(self.batch(instances, runs, config, "heldout", progress=True,
                                      on_episode=lambda ep: write_episodes(traj, [ep], append=True)))
         meta = {"dataset": self.cfg.heldout.dataset or self.cfg.run.dataset, "split": self.cfg.heldout.split,
-                "max_turns": self.cfg.rollout.max_turns, "temperature": temperature}
+                "max_turns": self.agent_cfg.max_turns, "temperature": temperature}
         paths = self.report(out_dir, result, instances, runs, model_name=model_name, meta=meta,
                             title=f"held-out: {model_name}")
         return json.loads(paths["json"].read_text())["summary"]
