@@ -79,14 +79,15 @@ def test_every_agent_flag_reaches_the_episodes() -> None:
     """--max-turns once reached no episode (it kept the agent's default of 30)."""
     import argparse
 
-    from swe_aem.commands.rollout import add_arguments, agent_config
+    from swe_aem.commands.agent_options import agent_from_args
+    from swe_aem.commands.rollout import ROLLOUT_AGENT, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--max-turns", "6", "--max-context", "2000", "--max-new-tokens", "99",
                               "--temperature", "0.3", "--top-p", "0.9", "--episode-timeout", "77",
                               "--seed", "5"])
-    got = agent_config(load_preset("tiny"), args)
+    got = agent_from_args(args, ROLLOUT_AGENT).for_model(load_preset("tiny"))
     assert got.seed == 5
     assert (got.max_turns, got.max_context_tokens, got.max_new_tokens) == (6, 2000, 99)
     assert (got.temperature, got.top_p, got.episode_timeout_s) == (0.3, 0.9, 77.0)
