@@ -435,3 +435,38 @@ def test_swe_rebench_v2_verdict_follows_its_harness():
     # the row's own script echoes the markers the verdict reads between
     [inst] = load_instances(str(shared("swe_rebench_v2.sample.jsonl")))
     assert f'echo "{families.START}"' in inst.eval_script and f'echo "{families.END}"' in inst.eval_script
+
+
+def test_a_decontaminated_set_keeps_the_rows_created_after_the_date_and_names_their_language():
+    """--created-after on the families whose rows carry a date (SWE-rebench V2 in epoch
+    milliseconds, Verified and SWE-Gym as date strings), refused naming the column on those
+    without (SWE-bench Pro, Multi-SWE-bench); each row's language as its family names it."""
+    from datetime import timedelta
+
+    from swe_aem.data.instances import created_time, decontaminated, instance_language
+
+    v2 = load_instances(str(shared("swe_rebench_v2.sample.jsonl")))
+    verified = load_instances(str(shared("swebench_verified_v5.sample.jsonl")))
+    gym = load_instances(str(shared("swe_gym.sample.jsonl")))
+    for insts, name in ((v2, "v2"), (verified, "verified"), (gym, "gym")):
+        times = sorted(created_time(i.created_at) for i in insts)
+        before = (times[0] - timedelta(seconds=1)).isoformat()
+        assert decontaminated(insts, before, name) == insts  # every row is newer
+        if times[0] < times[-1]:  # strictly after the oldest: the oldest goes, the newer stay
+            kept = decontaminated(insts, times[0].isoformat(), name)
+            assert {i.instance_id for i in kept} == {i.instance_id for i in insts if created_time(i.created_at) > times[0]}
+        with pytest.raises(DatasetError, match="none of the .* is newer"):
+            decontaminated(insts, times[-1].isoformat(), name)
+    assert created_time("1609298073000").year == 2020  # V2's milliseconds
+    assert created_time("2024-02-19 20:29:03").tzinfo is not None  # no zone: UTC
+    with pytest.raises(DatasetError, match="not an ISO 8601 date"):
+        decontaminated(v2, "last spring", "v2")
+    for sample in ("swe_bench_pro.sample.jsonl", "multi_swe_bench.sample.jsonl"):
+        with pytest.raises(DatasetError, match="no 'created_at' column value"):
+            decontaminated(load_instances(str(shared(sample))), "2020-01-01", sample)
+    assert {instance_language(i) for i in verified} == {"python"}
+    assert instance_language(v2[0]) == rows("swe_rebench_v2.sample.jsonl")[0]["language"].lower()
+    pro = load_instances(str(shared("swe_bench_pro.sample.jsonl")))
+    assert {instance_language(i) for i in pro} == {r["repo_language"].lower() for r in rows("swe_bench_pro.sample.jsonl")}
+    # no `lang` in these rows: the package's folder of each repository's class
+    assert {instance_language(i) for i in load_instances(str(shared("multi_swe_bench.sample.jsonl")))} == {"java"}

@@ -33,5 +33,5 @@ def test_eval_on_local_suite(tmp_path, capsys):
 
 def test_eval_offline_hub_dataset_is_a_clear_error(capsys, tmp_path):
     rc = main(["eval", "--model", "tiny", "--runs", "1", "--out", str(tmp_path)])
-    assert rc == 1
-    assert "SWE-bench" in capsys.readouterr().out
+    assert rc == 2  # bad input: the dataset cannot be had (swe_aem/errors.py's kinds)
+    assert "SWE-bench" in capsys.readouterr().err

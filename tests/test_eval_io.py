@@ -167,3 +167,32 @@ def test_load_runs_reads_the_project_grade_report(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text(json.dumps(report))
     # e got no prediction: it stays in the denominator, unresolved, as do errors and empty patches
     assert load_runs(tmp_path / "report.json") == [{"a": True, "b": False, "c": False, "d": False, "e": False}]
+
+
+def test_the_report_gives_the_resolve_rate_per_language(tmp_path: Path) -> None:
+    """eval.json's by_language: per language its instance count and Pass@1 (the mean over
+    runs of the share resolved); eval.md shows the table. By hand: go 1/2 then 2/2, python 0/1."""
+    from swe_aem.eval.report import by_group
+
+    runs = [{"a": True, "b": False, "c": False}, {"a": True, "b": True, "c": False}]
+    languages = {"a": "go", "b": "go", "c": "python"}
+    assert by_group(runs, languages) == {"go": {"n_instances": 2, "pass1_mean": 0.75},
+                                         "python": {"n_instances": 1, "pass1_mean": 0.0}}
+    paths = write_eval_result(tmp_path, runs, languages=languages, n_boot=50)
+    record = json.loads(paths["json"].read_text())
+    assert record["by_language"]["go"]["pass1_mean"] == 0.75
+    assert "| go | 2 | 75.0 |" in paths["markdown"].read_text()
+    assert "by_language" not in json.loads(write_eval_result(tmp_path / "plain", runs, n_boot=50)["json"].read_text())
+
+
+def test_eval_refuses_created_after_on_rows_without_a_date(tmp_path: Path, capsys) -> None:
+    """`swe-aem eval --created-after` on SWE-bench Pro rows: refused before any model or server
+    starts, naming the missing column (exit 2: bad input)."""
+    from helpers import SHARED
+
+    if not SHARED.is_dir():
+        pytest.skip("needs ../shared/datasets (sample rows from public repositories, not committed)")
+    code = main(["eval", "--model", "tiny", "--dataset", str(SHARED / "swe_bench_pro.sample.jsonl"),
+                 "--created-after", "2025-01-01", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "no 'created_at' column value" in capsys.readouterr().err

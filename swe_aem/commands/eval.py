@@ -11,7 +11,7 @@ from pathlib import Path
 
 from swe_aem.commands.agent_options import add_agent_arguments, agent_from_args
 from swe_aem.data.families import FORMATS
-from swe_aem.eval.evaluate import VERIFIED, EvalError, EvalSettings, evaluate
+from swe_aem.eval.evaluate import VERIFIED, EvalSettings, evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=1, help="k: independent runs (Pass@1 is averaged over them)")
     add_agent_arguments(p, EvalSettings().agent, concurrency=8, sample="run")
     p.add_argument("--instances", nargs="*", default=None, help="only these instance ids")
+    p.add_argument("--created-after", default=None, metavar="DATE",
+                   help="a decontaminated set: only tasks created after DATE (ISO 8601, UTC), for a model "
+                        "whose training data ends then; refused on datasets whose rows carry no date")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
     p.add_argument("--harness-dir", type=Path, default=None,
@@ -30,12 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swe_aem.data.families import FormatError
-    from swe_aem.data.instances import DatasetError
     from swe_aem.data.pro_runners import use_harness_dir
-    from swe_aem.policy.models import ModelUnavailableError
-    from swe_aem.policy.session import PolicySetupError
-    from swe_aem.sandbox import DockerUnavailableError
 
     if args.runs < 1:
         print("error: --runs must be at least 1")
@@ -48,11 +46,10 @@ def run(args: argparse.Namespace) -> int:
             use_harness_dir(args.harness_dir)
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url,
-                         dataset_format=args.dataset_format)
-    except (KeyError, ModelUnavailableError, DockerUnavailableError, DatasetError, PolicySetupError,
-            EvalError, FormatError) as exc:
+                         dataset_format=args.dataset_format, created_after=args.created_after)
+    except KeyError as exc:  # an unknown preset name; the project's own errors reach the CLI (errors.py)
         print(f"error: {exc.args[0] if exc.args else exc}")
-        return 1
+        return 2
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -583,6 +583,12 @@ def _msb_harness(org: str, name: str, number: int, tag: str = "", number_interva
                           f"has no log parser for this repository ({exc})") from exc
 
 
+def _msb_language(harness: Any) -> str:
+    """The language folder of the package's instance class (multi_swe_bench.harness.repos.<lang>.<org>...)."""
+    parts = type(harness).__module__.split(".")
+    return parts[parts.index("repos") + 1] if "repos" in parts[:-1] else ""
+
+
 def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
     """Multi-SWE-bench (and Multi-SWE-RL) row -> Instance fields: the issue from resolved_issues,
     the base from base.sha, F2P / P2P from f2p_tests / p2p_tests (s2p, n2p and the row's
@@ -627,7 +633,8 @@ def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
     # the run command from the row's own class; the parser from the class the harness's report
     # step creates (ReportTask.instance: "<org>/<repo>", tag and number_interval not read)
     run = _msb_harness(org, name, number, **selectors).fix_patch_run()
-    _msb_harness(org, name, number)
+    # the row's optional `lang`, else the package's folder of the class (harness/repos/<lang>/)
+    language = str(row.get("lang") or "") or _msb_language(_msb_harness(org, name, number))
     return {**{k: v for k, v in row.items() if k not in ("repo", "base")}, **patches, **texts, **tests,
             **results, "resolved_issues": issues,
             "instance_id": row.get("instance_id") or f"{org}__{name}-{number}",
@@ -635,7 +642,7 @@ def multi_swe_bench(row: dict[str, Any]) -> dict[str, Any]:
             "problem_statement": statement, "patch": patches["fix_patch"],
             "FAIL_TO_PASS": sorted(tests["f2p_tests"]), "PASS_TO_PASS": sorted(tests["p2p_tests"]),
             "image": multi_swe_bench_image(org, name, number), "workdir": f"/home/{name}",
-            "history_remove_paths": list(MSB_BAKED_PATCHES), "language": str(row.get("lang") or ""),
+            "history_remove_paths": list(MSB_BAKED_PATCHES), "language": language,
             "eval_script": f"#!/bin/bash\n{run}\n", "grader": "multi-swe-bench",
             "log_parser": f"{org}/{name}", "eval_type": "msb_report"}
 

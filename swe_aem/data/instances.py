@@ -15,6 +15,7 @@ import json
 import random
 import re
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from swe_aem.data import pro_runners
@@ -202,3 +203,54 @@ def draw_tasks(instance_ids: list[str], n: int | None, seed: int) -> list[str]:
     if n is None or n >= len(ids):
         return ids
     return sorted(random.Random(seed).sample(ids, n))
+
+
+# graders of families whose tasks are all Python: SWE-bench (and SWE-rebench V1 rows, graded
+# as SWE-bench), SWE-Gym, SWE-smith, R2E-Gym, the local and generated suites
+PYTHON_GRADERS = ("swebench", "swesmith", "r2e")
+
+
+def instance_language(inst: Instance) -> str:
+    """A task's programming language: the row's own column where its family has one
+    (SWE-rebench V2 `language`, SWE-bench Pro `repo_language`, Multi-SWE-bench `lang`, kept
+    as `language`), python for the Python-only families, else "unknown"."""
+    named = str(inst.extra.get("language") or "").strip().lower()
+    return named or ("python" if inst.grader in PYTHON_GRADERS else "unknown")
+
+
+def created_time(text: str) -> datetime | None:
+    """A row's created_at as an aware UTC time: ISO 8601 (a trailing Z, a space for the T, no
+    zone read as UTC) or milliseconds since the epoch; None for an empty or "None" value."""
+    text = str(text).strip()
+    if not text or text == "None":
+        return None
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    try:
+        when = datetime.fromisoformat(text)  # 3.11 reads a trailing Z
+    except ValueError:
+        raise DatasetError(f"created_at {text!r} is neither an ISO 8601 date nor epoch milliseconds") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def decontaminated(instances: list[Instance], date: str, dataset: str) -> list[Instance]:
+    """The instances created after `date` (ISO 8601, UTC unless it names a zone): a
+    decontaminated set for a model whose training data ends at `date`. Every row must carry
+    its creation date: a dataset whose rows have none is refused, naming the column."""
+    try:
+        cut = created_time(date)
+    except DatasetError:
+        raise DatasetError(f"--created-after {date!r} is not an ISO 8601 date (e.g. 2025-06-01)") from None
+    if cut is None:
+        raise DatasetError("--created-after needs a date (e.g. 2025-06-01)")
+    undated = [i.instance_id for i in instances if created_time(i.created_at) is None]
+    if undated:
+        raise DatasetError(f"--created-after: {len(undated)} of {len(instances)} rows of {dataset} have no "
+                           f"'created_at' column value (e.g. {undated[0]}); SWE-bench Pro and "
+                           "Multi-SWE-bench rows carry no creation date")
+    newer = [i for i in instances if created_time(i.created_at) > cut]
+    if not newer:
+        latest = max(created_time(i.created_at) for i in instances)
+        raise DatasetError(f"--created-after {date}: none of the {len(instances)} rows of {dataset} is newer "
+                           f"(the latest was created {latest.isoformat()})")
+    return newer

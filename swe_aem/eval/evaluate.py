@@ -42,7 +42,7 @@ class EvalSettings:
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
              instance_ids: list[str] | None = None, server_url: str | None = None,
-             dataset_format: str | None = None) -> dict[str, Path]:
+             dataset_format: str | None = None, created_after: str | None = None) -> dict[str, Path]:
     """Roll out `s.runs` samples per instance, grade them (official rules), write the report.
 
     A sample lost to infrastructure failures after its retries is not scored 0: its
@@ -54,11 +54,14 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.agent.harness import open_harness
     from swe_aem.agent.trajectory import write_episodes
     from swe_aem.data import load_instances
+    from swe_aem.data.instances import decontaminated
     from swe_aem.policy.models import resolve_model
     from swe_aem.reward import grader
 
     preset, model_path = resolve_model(model)
     instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
+    if created_after is not None:  # a decontaminated set: tasks newer than the model's data
+        instances = decontaminated(instances, created_after, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     agent = s.agent.for_model(preset)
@@ -70,7 +73,8 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
                            grade=grader(h.grade_pool, timeout=s.grade_timeout_s, strict=False),
                            max_retries=s.retries, concurrency=s.concurrency,
                            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
-    meta = {"dataset": dataset, "split": split, "max_turns": agent.max_turns, "temperature": agent.temperature,
+    meta = {"dataset": dataset, "split": split, "created_after": created_after,
+            "max_turns": agent.max_turns, "temperature": agent.temperature,
             "thinking": agent.thinking}
     return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
                                 title=f"{model} on {dataset}")
@@ -84,6 +88,7 @@ def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, m
     same way: an instance that lost a sample to infrastructure failures is left out of
     every run (runs stay paired), never scored 0.
     """
+    from swe_aem.data.instances import instance_language
     from swe_aem.eval.predictions import Prediction, write_predictions
     from swe_aem.eval.report import write_eval_result
     from swe_aem.eval.runs import runs_from_samples
@@ -102,4 +107,5 @@ def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, m
             "dropped_samples": [d.to_json() for d in result.dropped][:50],
             "note": "an instance with a sample lost to infrastructure failures (after retries) "
                     "is excluded from every run, never counted as unresolved"}
-    return write_eval_result(out_dir, graded, meta=meta, title=title)
+    languages = {i.instance_id: instance_language(i) for i in instances if i.instance_id in set(kept)}
+    return write_eval_result(out_dir, graded, meta=meta, title=title, languages=languages)

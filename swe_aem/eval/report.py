@@ -44,6 +44,24 @@ def summary_markdown(s: EvalSummary, title: str = "Evaluation") -> str:
     return "\n".join(lines)
 
 
+def by_group(runs: Sequence[Run], groups: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """Resolve rate per group of instances (a language): for each group its instance count and
+    Pass@1, the mean over runs of the share of its instances resolved. Pure."""
+    members: dict[str, list[str]] = {}
+    for instance in sorted(runs[0]) if runs else []:
+        members.setdefault(groups.get(instance, "unknown"), []).append(instance)
+    return {g: {"n_instances": len(ids),
+                "pass1_mean": sum(sum(r[i] for i in ids) / len(ids) for r in runs) / len(runs)}
+            for g, ids in sorted(members.items())}
+
+
+def group_markdown(groups: Mapping[str, Mapping[str, float]], name: str = "language") -> str:
+    """Markdown table of by_group's result."""
+    return "\n".join([f"| {name} | instances | Pass@1 (%) |", "|---|---|---|",
+                      *[f"| {g} | {int(v['n_instances'])} | {_pct(v['pass1_mean'])} |" for g, v in groups.items()],
+                      ""])
+
+
 def plot_summary(s: EvalSummary, path: Path, title: str = "Evaluation") -> Path:
     """Two panels: resolve rate per run with the Pass@1 mean and CI, and Pass@k against k."""
     import matplotlib
@@ -79,8 +97,10 @@ def write_eval_result(
     title: str = "Evaluation",
     n_boot: int = 10_000,
     seed: int = 0,
+    languages: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Summarise k graded runs and write eval.json, eval.md and eval.png into out_dir.
+    """Summarise k graded runs and write eval.json, eval.md and eval.png into out_dir;
+    with `languages` (instance id -> language) the resolve rate per language too.
 
     eval.json keeps the per-instance booleans of every run (`runs`), so any later
     statistic (`swe-aem compare`, the reproduction table) is recomputed from the record.
@@ -93,8 +113,12 @@ def write_eval_result(
         "summary": summary.to_dict(),
         "runs": [{i: bool(r[i]) for i in sorted(r)} for r in runs],
     }
+    markdown = summary_markdown(summary, title)
+    if languages is not None:
+        record["by_language"] = by_group(runs, languages)
+        markdown += "\n" + group_markdown(record["by_language"])
     paths = {"json": out / "eval.json", "markdown": out / "eval.md", "plot": out / "eval.png"}
     paths["json"].write_text(json.dumps(record, indent=1))
-    paths["markdown"].write_text(summary_markdown(summary, title))
+    paths["markdown"].write_text(markdown)
     plot_summary(summary, paths["plot"], title)
     return paths
