@@ -5,6 +5,9 @@
   swe-aem sft train --data demos.jsonl runs/x/trajectories.jsonl --min-reward 1 --out runs/sft
       SFT on those episodes (rejection sampling for rollout output): OUT/model is servable,
       OUT/metrics.jsonl has the loss of every step
+  swe-aem sft train --data demos.jsonl --lora-rank 16 --out runs/sft-lora
+      LoRA SFT: rank-16 adapters trained, the base frozen; OUT/final_adapter is the peft
+      adapter, OUT/model the base with it merged in (servable as the full SFT's)
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep graded episodes with reward >= this (rejection sampling)")
     train.add_argument("--max-tokens", type=int, default=None, help="skip episodes longer than this")
     train.add_argument("--model", default="tiny", help="preset name or a local model folder to start from")
-    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--lr", type=float, default=None,
+                       help="default: 5e-5, with --lora-rank 5e-4 (ten times full fine-tuning's, as in LoRA RL)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-episodes", type=int, default=4, help="episodes per optimizer step")
     train.add_argument("--micro-batch-tokens", type=int, default=None, help="default: the preset's")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", required=True, type=Path, help="run folder (model/ is the servable model)")
+    train.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                       help="train rank-R LoRA adapters only (peft), the base frozen; default: the full model")
+    train.add_argument("--lora-alpha", type=float, default=None,
+                       help="the adapters' scale is alpha / rank (default: 2 x rank)")
+    train.add_argument("--out", required=True, type=Path,
+                       help="run folder (model/ is the servable model; with LoRA final_adapter/ the adapter)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,9 +88,11 @@ def _train(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: no such episode file: {', '.join(missing)}")
         return 1
+    # a bad setting is an SftConfigError (InputError): the CLI prints it and exits 2
+    cfg = SftConfig(model=args.model, lr=args.lr, epochs=args.epochs, batch_episodes=args.batch_episodes,
+                    micro_batch_tokens=args.micro_batch_tokens, seed=args.seed, lora_rank=args.lora_rank,
+                    lora_alpha=args.lora_alpha)
     try:
-        cfg = SftConfig(model=args.model, lr=args.lr, epochs=args.epochs, batch_episodes=args.batch_episodes,
-                        micro_batch_tokens=args.micro_batch_tokens, seed=args.seed)
         episodes = [ep for path in args.data for ep in read_episodes(path)]
     except ValueError as exc:
         print(f"error: {exc}")

@@ -3,6 +3,12 @@
 One optimizer step per batch of episodes; the step's loss is the token mean of
 -log p over the batch's sampled tokens, whatever the micro-batch split (each
 micro-batch's NLL sum is divided by the whole batch's loss-token count).
+
+LoRA SFT (`lora_rank`): the RL trainer's LoRA (swe_aem/train/lora.py) on the same engine:
+peft's adapters injected in place, only they trained, the base frozen bit for bit; the
+export is OUT/model (the base with B @ A x alpha / r merged in, servable as the full SFT's
+folder is, by `swe-aem train` and vLLM) and OUT/final_adapter (the adapter as peft saves it:
+vLLM serves it on the base, and `trainer.lora.init_from` continues it in LoRA RL).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 from swe_aem.agent.trajectory import Episode
-from swe_aem.config import Config, TrainerConfig
+from swe_aem.config import LORA_DEFAULT_LR, Config, LoraConfig, TrainerConfig
+from swe_aem.errors import InputError
+from swe_aem.policy.adapters import VLLM_MAX_LORA_RANK
 from swe_aem.sft.batching import (
     epoch_batches,
     loss_tokens,
@@ -28,10 +36,26 @@ from swe_aem.sft.batching import (
 )
 from swe_aem.train.batch import Sample, TurnLayout, collate
 from swe_aem.train.loop import seed_everything
+from swe_aem.train.lora import AdapterPublisher, add_lora, describe
 from swe_aem.train.model import EngineSettings, build_engine
 from swe_aem.train.ranks import init_distributed
 from swe_aem.train.resolve import check_hardware, engine_settings
 from swe_aem.train.weights import WeightPublisher
+
+FULL_LR = 5e-5
+"""SFT's learning rate for the full model when `lr` is left unset."""
+
+LORA_LR = FULL_LR * (LORA_DEFAULT_LR / TrainerConfig.lr)
+"""SFT's learning rate with LoRA when `lr` is left unset: 5e-4, full SFT's rate times the
+ratio LoRA RL's default takes over full RL's (config.LORA_DEFAULT_LR / trainer.lr, 1e-5 /
+1e-6 = 10) for its reason: an adapter's update B @ A starts at zero and moves by lr x alpha / r
+per entry, and LoRA's best rate is about 10x full fine-tuning's (Schulman et al., "LoRA Without
+Regret", 2025). LORA_DEFAULT_LR itself (1e-5) would be a fifth of full SFT's rate, not ten
+times it."""
+
+
+class SftConfigError(InputError, ValueError):
+    """SFT settings that cannot train; the message names each field (and its option)."""
 
 
 @dataclass
@@ -39,7 +63,7 @@ class SftConfig:
     """Typed SFT settings; None fields take the model preset's value (like the RL trainer)."""
 
     model: str = "tiny"  # a preset name or a local model folder
-    lr: float = 5e-5
+    lr: float | None = None  # None: FULL_LR, or LORA_LR with lora_rank (set in __post_init__)
     epochs: int = 3
     batch_episodes: int = 4  # episodes per optimizer step
     micro_batch_tokens: int | None = None  # padded tokens per forward; None: the preset's
@@ -47,8 +71,12 @@ class SftConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     logprob_chunk_size: int = 1024
+    lora_rank: int | None = None  # LoRA SFT: train rank-r adapters only; None: the full model
+    lora_alpha: float | None = None  # the adapters' scale is alpha / rank; None: 2 x rank
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = FULL_LR if self.lora_rank is None else LORA_LR
         problems = []
         if not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr must be a positive number, got {self.lr}")
@@ -60,8 +88,31 @@ class SftConfig:
             problems.append(f"micro_batch_tokens must be at least 2, got {self.micro_batch_tokens}")
         if self.grad_clip < 0:
             problems.append(f"grad_clip must be >= 0, got {self.grad_clip}")
+        problems += self._lora_problems()
         if problems:
-            raise ValueError("bad SFT config: " + "; ".join(problems))
+            raise SftConfigError("bad SFT config: " + "; ".join(problems))
+
+    def _lora_problems(self) -> list[str]:
+        """What is wrong with lora_rank / lora_alpha, each named with its CLI option (rank and
+        alpha are checked here, before the model loads; what needs the model, in add_lora)."""
+        rank, alpha = self.lora_rank, self.lora_alpha
+        out = []
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)
+                                 or not 1 <= rank <= VLLM_MAX_LORA_RANK):
+            out.append(f"lora_rank (--lora-rank) must be a whole number in [1, {VLLM_MAX_LORA_RANK}] "
+                       f"(vLLM's largest --max-lora-rank: a larger adapter cannot be served), got {rank!r}")
+        if alpha is not None and rank is None:
+            out.append("lora_alpha (--lora-alpha) scales LoRA adapters: give lora_rank (--lora-rank) too")
+        elif alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+            out.append(f"lora_alpha (--lora-alpha) must be a positive number, got {alpha}")
+        return out
+
+    def lora(self) -> LoraConfig | None:
+        """The RL trainer's LoRA settings for these (add_lora's input; its alpha None means
+        2 x rank there); None: full fine-tuning."""
+        if self.lora_rank is None:
+            return None
+        return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, lr=self.lr)
 
     def engine_settings(self, preset) -> EngineSettings:
         """The RL trainer's resolution (preset defaults: ZeRO stage, dtype, offload, ...)."""
@@ -71,7 +122,8 @@ class SftConfig:
 
 
 class SftTrainer:
-    """`SftTrainer(cfg, out_dir).fit(episodes)` -> out_dir/model (servable) + metrics.jsonl."""
+    """`SftTrainer(cfg, out_dir).fit(episodes)` -> out_dir/model (servable) + metrics.jsonl
+    (with LoRA also out_dir/final_adapter, the peft adapter out_dir/model has merged in)."""
 
     def __init__(self, cfg: SftConfig, out_dir: str | Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,12 +144,24 @@ class SftTrainer:
         dtype = torch.bfloat16 if self.settings.bf16 else torch.float32
         lm = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self.lm_config = lm.config
+        lora = cfg.lora()
+        if lora is not None:
+            lm = add_lora(lm, lora)  # in place: every other parameter frozen
+            print(describe(lm))
+        self.trainable_parameters = sum(p.numel() for p in lm.parameters() if p.requires_grad)
         self.engine = build_engine(lm, self.settings, cfg.logprob_chunk_size)
         self.device = next(self.engine.module.parameters()).device
 
     @property
     def model_dir(self) -> Path:
+        """The servable model folder (with LoRA: the base with the adapter merged in)."""
         return self.out_dir / "model"
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The peft adapter folder of a LoRA SFT (AdapterPublisher.export's sibling of
+        model_dir); None for full fine-tuning."""
+        return None if self.cfg.lora_rank is None else self.model_dir.with_name("final_adapter")
 
     def batch_loss(self, samples: Sequence[Sample], batch: Sequence[int], train: bool) -> float:
         """Token-mean NLL of the batch (before the step when train=True, which then takes
@@ -153,8 +217,12 @@ class SftTrainer:
         self.export(self.model_dir)
         return {"steps": len(plan), "episodes": len(samples), "first_loss": losses[0],
                 "last_loss": losses[-1], "tokens": tokens_all, "train_s": seconds,
-                "tokens_per_s": tokens_all / seconds, "model": str(self.model_dir)}
+                "tokens_per_s": tokens_all / seconds, "trainable_parameters": self.trainable_parameters,
+                "model": str(self.model_dir),
+                **({"adapter": str(self.adapter_dir)} if self.adapter_dir is not None else {})}
 
     def export(self, folder: Path) -> None:
-        """A servable HF folder (safetensors, config, tokenizer), as the RL trainer's final_model."""
-        WeightPublisher(self.out_dir / ".weights", self.lm_config).export(self.engine, folder, self.tokenizer)
+        """A servable HF folder (safetensors, config, tokenizer), as the RL trainer's final_model;
+        with LoRA the base with the adapter merged in, and the adapter beside it (final_adapter)."""
+        publisher = WeightPublisher if self.cfg.lora_rank is None else AdapterPublisher
+        publisher(self.out_dir / ".weights", self.lm_config).export(self.engine, folder, self.tokenizer)
