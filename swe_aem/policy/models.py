@@ -27,7 +27,7 @@ class ModelUnavailableError(SetupError, RuntimeError):
 
 
 PLACEMENTS = ("colocated", "split")
-# What a preset's `lora:` may set: swe_aem.config.LoraConfig's fields (tests/test_plan.py
+# What a preset's `lora:` may set: swe_aem.config.LoraConfig's fields (tests/plan/test_plan.py
 # holds the two equal; policy cannot import config)
 LORA_KEYS = frozenset({"rank", "alpha", "dropout", "target_modules", "init_from", "lr"})
 

@@ -45,7 +45,8 @@ def script(responses: list[str], then: str | None = None) -> Responder:
     return respond
 
 
-def editor_calls_for_patch(patch: str, fmt: str = "xml", context: int | None = None) -> list[str]:
+def editor_calls_for_patch(patch: str, fmt: str = "xml", context: int | None = None,
+                           root: str = "/testbed") -> list[str]:
     """The str_replace_editor calls (in tool-call format fmt) that make the edits of a
     unified diff: one str_replace per hunk, one create per new file. Lets a scripted policy
     edit files the way the gold patch does.
@@ -53,6 +54,7 @@ def editor_calls_for_patch(patch: str, fmt: str = "xml", context: int | None = N
     `context` bounds the unchanged lines kept before and after a hunk's changes (None: all
     of the diff's). 0 gives the smallest `old_str`, just the changed lines, which a model
     can copy from a view; a hunk that only adds lines keeps one line before it (or after).
+    `root`: the repository's folder in the image (the instance's workdir).
     """
     calls: list[str] = []
     path, hunk, creating = "", [], False
@@ -84,7 +86,7 @@ def editor_calls_for_patch(patch: str, fmt: str = "xml", context: int | None = N
         elif line.startswith("--- "):
             creating = line.strip() == "--- /dev/null"
         elif line.startswith("+++ "):
-            path = "/testbed/" + line[4:].strip().removeprefix("b/")
+            path = f"{root.rstrip('/')}/" + line[4:].strip().removeprefix("b/")
         elif line.startswith("@@"):
             flush()
         elif line.startswith(("-", "+", " ")) and path:

@@ -41,7 +41,7 @@ script and parser are, by the row's `log_parser` (chosen at load, data/pro_runne
 
 Pro's images have ENTRYPOINT ["/bin/bash"] (their Dockerfiles' last line): their containers
 start in the grading pool only where the sandbox sets its own entrypoint (the xfail test in
-tests/test_grading_swebench_pro.py). The verdict records the pass rule, the runner and the
+tests/reward/test_grading_swebench_pro.py). The verdict records the pass rule, the runner and the
 harness checkout used.
 """
 

@@ -195,7 +195,7 @@ class AdapterPublisher(WeightPublisher):
 
 def check_engine(lora: LoraConfig | None, zero_stage: int) -> None:
     """LoRA trains on ZeRO-2 and ZeRO-3 alike: nothing is refused (the hook resolve_run calls
-    for a LoRA engine). Measured (tests/test_train_lora.py, float32 on CPU): two steps of the
+    for a LoRA engine). Measured (tests/train/test_train_lora.py, float32 on CPU): two steps of the
     tiny model's adapter equal plain torch AdamW's within 3.2e-8 on ZeRO-2 and 3.7e-8 on
     ZeRO-3 on one rank, 4.2e-8 and 4.7e-8 on two gloo ranks (a move of 2e-2: float32
     rounding); the gradient norms agree to 3e-8 relative. Under ZeRO-3 load_model builds the base inside zero.Init (each rank a

@@ -14,7 +14,7 @@ server, the others join the gathers (and IPC's handle all-gather).
 
 Imports vLLM: import this module only where such a transfer is chosen (vLLM is optional).
 Tested here on CPU: the source on two gloo ranks under ZeRO-3 and the route sequence against
-the stand-in server (tests/test_weight_transfer.py). Not run here (no GPU): the NCCL broadcast
+the stand-in server (tests/train/test_train_weights.py). Not run here (no GPU): the NCCL broadcast
 and CUDA IPC sharing themselves, i.e. vLLM's data plane.
 """
 
