@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from swe_aem import hostmem
 from swe_aem.agent.trajectory import Episode
 from swe_aem.config import LORA_DEFAULT_LR, Config, LoraConfig, TrainerConfig
 from swe_aem.errors import InputError
@@ -131,6 +132,7 @@ class SftTrainer:
         from swe_aem.policy.models import resolve_model
 
         self.cfg, self.out_dir = cfg, Path(out_dir)
+        hostmem.map_large_allocations()  # as the RL trainer: freed activations leave the heap
         _, world = init_distributed()
         if world != 1:
             raise RuntimeError(f"swe-aem sft runs as one process (world size {world}); "

@@ -122,6 +122,7 @@ class Trainer:
         a resume), then the rollout source and its weights."""
         self.cfg, self.run_dir, self.heldout_report = cfg, Path(run_dir), heldout_report
         hostmem.limit_malloc_arenas()  # before DeepSpeed's, Ray's and the stream's threads allocate
+        hostmem.map_large_allocations()  # activations' blocks go back to the kernel when freed
         self.rank, self.world = ranks.init_distributed(cfg.run.collective_timeout_s)
         self.is_main = self.rank == 0
         seed_everything(cfg.trainer.seed + self.rank)
