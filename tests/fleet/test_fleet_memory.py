@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -79,10 +80,13 @@ def test_death_reason_reads_rays_memory_kill():
 
 
 @pytest.mark.vllm
-def test_one_async_step_on_two_real_vllm_cpu_replicas(tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full-weights", "lora"])
+def test_one_async_step_on_two_real_vllm_cpu_replicas(tmp_path, lora):
     """rollout.replicas=2, rollout.max_staleness=1, the tiny model on vllm-cpu: two steps of
     the loop (step 1's batch rolls out while step 0 trains), each token within one version of
-    its step, and both replicas serve the last pushed version at the end."""
+    its step, and both replicas serve the last pushed version at the end. With LoRA
+    (trainer.lora.rank=8) every replica's server starts with LoRA on and loads each pushed
+    adapter folder through vLLM's route; no full-weight folder is written."""
     from swe_aem.config import load_config
     from swe_aem.train.loop import Trainer
 
@@ -91,7 +95,7 @@ def test_one_async_step_on_two_real_vllm_cpu_replicas(tmp_path):
         "rollout.agent.max_turns=2", "rollout.agent.max_new_tokens=48", "rollout.concurrency=2", "rollout.replicas=2",
         "rollout.max_staleness=1", "vllm.kv_cache_gib=1", "trainer.lr=1e-4", "run.dataset=local",
         "run.split=test", "run.instance_ids=[swe-aem__pyledger-1]", "heldout.split=null",
-        "run.grade_timeout_s=120"])
+        "run.grade_timeout_s=120", *(["trainer.lora.rank=8", "trainer.lora.lr=1e-3"] if lora else [])])
     trainer = Trainer(cfg, tmp_path / "run")
     try:
         rows = []
@@ -113,3 +117,6 @@ def test_one_async_step_on_two_real_vllm_cpu_replicas(tmp_path):
         else:
             assert info["weights"][1] == served[1] and info["weights"][0] <= served[0], info
     assert sum(not m["optimizer_step_skipped"] for m in rows) == 0 or served[1] is not None
+    if lora:  # the start adapter at least was pushed to both replicas, and only adapters
+        assert served[1] is not None and Path(served[1]).name.startswith("adapter-v"), served
+        assert not list((tmp_path / "run" / "weights").rglob("model.safetensors"))

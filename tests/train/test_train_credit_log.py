@@ -106,7 +106,7 @@ def test_record_credit_writes_token_entropies_only_when_on(small_model, replay, 
 _RANK = r"""
 import json, sys
 import torch
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1].rsplit("/", 1)[0]]  # this test folder, tests/
 from test_train_deepspeed import make_samples, settings, tiny_lm
 from test_train_credit_log import _turn_means
 from swe_aem.train.batch import TurnLayout, balanced_shards
@@ -138,7 +138,7 @@ def _free_port() -> int:
 def test_token_entropies_are_gathered_to_rank0():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), DS_ACCELERATOR="cpu")
-    tests = str(Path(__file__).resolve().parents[1])
+    tests = str(Path(__file__).resolve().parent)
     procs = [subprocess.Popen([sys.executable, "-c", _RANK, tests], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]

@@ -302,7 +302,7 @@ def test_an_adapter_only_checkpoint_resumes_the_adapter(zero2, tmp_path):
 # ------------------------------------------------------------------ two gloo ranks
 _TWO_RANKS = """
 import os, sys
-sys.path.insert(0, sys.argv[1])  # the tests' helpers
+sys.path[:0] = [sys.argv[1], sys.argv[1].rsplit("/", 1)[0]]  # this test folder and tests/ (helpers)
 import torch
 from test_train_deepspeed import LOSS, make_samples
 from test_train_lora import _lora_lm, _lora_settings
@@ -346,7 +346,7 @@ def test_two_gloo_ranks_train_the_one_rank_adapter(tmp_path, tiny_folder, zero2)
 
     from swe_aem.policy.server import free_port
 
-    tests = str(Path(__file__).parents[1])
+    tests = str(Path(__file__).parent)
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _TWO_RANKS, tests, str(tiny_folder), str(tmp_path)],

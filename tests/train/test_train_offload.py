@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _RANK = r"""
 import copy, json, sys
 import deepspeed, torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], sys.argv[2].rsplit("/", 1)[0]]  # this test folder, tests/
 from test_train_deepspeed import ADAM_EPS, LR, LOSS, make_samples, tiny_lm
 from swe_aem.train.batch import TurnLayout, balanced_shards, pack_by_tokens
 from swe_aem.train.model import EngineSettings, build_engine
@@ -78,7 +78,7 @@ def _free_port() -> int:
 def test_offload_accumulation_equals_one_micro_batch_on_two_ranks():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), DS_ACCELERATOR="cpu")
-    tests = str(Path(__file__).resolve().parents[1])
+    tests = str(Path(__file__).resolve().parent)
     procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(r), tests], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
