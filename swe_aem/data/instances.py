@@ -243,14 +243,15 @@ def decontaminated(instances: list[Instance], date: str, dataset: str) -> list[I
         raise DatasetError(f"--created-after {date!r} is not an ISO 8601 date (e.g. 2025-06-01)") from None
     if cut is None:
         raise DatasetError("--created-after needs a date (e.g. 2025-06-01)")
-    undated = [i.instance_id for i in instances if created_time(i.created_at) is None]
+    created = [created_time(i.created_at) for i in instances]  # each row's date read once
+    undated = [i.instance_id for i, when in zip(instances, created, strict=True) if when is None]
     if undated:
         raise DatasetError(f"--created-after: {len(undated)} of {len(instances)} rows of {dataset} have no "
                            f"'created_at' column value (e.g. {undated[0]}); SWE-bench Pro and "
                            "Multi-SWE-bench rows carry no creation date")
-    newer = [i for i in instances if created_time(i.created_at) > cut]
+    newer = [i for i, when in zip(instances, created, strict=True) if when > cut]
     if not newer:
-        latest = max(created_time(i.created_at) for i in instances)
+        latest = max(created)
         raise DatasetError(f"--created-after {date}: none of the {len(instances)} rows of {dataset} is newer "
                            f"(the latest was created {latest.isoformat()})")
     return newer

@@ -120,14 +120,16 @@ def write_rollout_report(out_dir: Path, result, instances: list, runs: int, *, m
                           [Prediction(e.instance_id, model_name, e.patch or "")
                            for e in result.episodes if e.sample_index == r])
     lost = sorted({d.instance_id for d in result.dropped})
-    kept = [i.instance_id for i in instances if i.instance_id not in set(lost)]
+    kept_instances = [i for i in instances if i.instance_id not in lost]
+    kept = [i.instance_id for i in kept_instances]
     if not kept:
         raise EvalError(f"every instance lost a sample to infrastructure failures: "
                         f"{[d.reason for d in result.dropped][:3]}")
-    graded = runs_from_samples([e for e in result.episodes if e.instance_id in set(kept)], kept, runs)
+    kept_ids = set(kept)
+    graded = runs_from_samples([e for e in result.episodes if e.instance_id in kept_ids], kept, runs)
     meta = {"model": model_name, **meta, "runs": runs, "instances_excluded": lost,
             "dropped_samples": [d.to_json() for d in result.dropped][:50],
             "note": "an instance with a sample lost to infrastructure failures (after retries) "
                     "is excluded from every run, never counted as unresolved"}
-    languages = {i.instance_id: instance_language(i) for i in instances if i.instance_id in set(kept)}
+    languages = {i.instance_id: instance_language(i) for i in kept_instances}
     return write_eval_result(out_dir, graded, meta=meta, title=title, languages=languages)
